@@ -1,0 +1,44 @@
+"""`python -m loldu_lightning` / `loldu`: parse the Hydra config and call train(cfg)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .config import register_resolvers
+from .overrides import check_override_keys
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _run(cfg: DictConfig) -> float | None:
+    from .train import train
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        result = train(cfg)
+    except Exception:
+        if not multirun:
+            raise
+        logging.getLogger(__name__).exception("job failed; the sweep goes on (see its metrics.json)")
+        # One failed job must not end a sweep: its metrics.json records the error for the report.
+        return math.nan
+    return result["objective"]
+
+
+def main() -> None:
+    register_resolvers()
+    try:
+        check_override_keys(sys.argv[1:])
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Baselines implemented by PEFT: LoRA, PiSSA, VeRA, FourierFT and TinyLoRA.
+
+Each wraps `peft.get_peft_model`; the adapter files are PEFT's own (`adapter_config.json` +
+`adapter_model.safetensors`), loadable with `PeftModel.from_pretrained`, and the task heads sit
+beside them in `head.safetensors` (see `heads.py` for why PEFT's `modules_to_save` is not used).
+"""
+
+from __future__ import annotations
+
+import abc
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peft
+import torch
+from peft import FourierFTConfig, LoraConfig, PeftConfig, PeftModel, VeraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from loldu_lightning.adapters.base import Adapter
+from loldu_lightning.adapters.options import (
+    require_number,
+    require_positive_int,
+    require_target_modules,
+)
+
+
+class PeftAdapter(Adapter):
+    """Shared PEFT plumbing; subclasses only say how their options become a PEFT config."""
+
+    def __init__(self, options: Any) -> None:
+        super().__init__(options)
+        # Building the config now runs PEFT's own value checks before any model is loaded.
+        self._peft_config()
+
+    @abc.abstractmethod
+    def _peft_config(self) -> PeftConfig:
+        """A fresh PEFT config (PEFT mutates the one it is given, so never reuse one)."""
+
+    def _inject(self, model: nn.Module) -> nn.Module:
+        if isinstance(model, PeftModel):
+            raise ValueError(f"adapter {self.name!r} needs a plain model, got a model that already carries PEFT adapters")
+        # No task_type: the generic PeftModel forwards model(**batch) unchanged and leaves heads to us.
+        return get_peft_model(model, self._peft_config())
+
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
+        peft_model = self._require_peft_model(model)
+        if base_model_name is not None:
+            peft_model.peft_config["default"].base_model_name_or_path = base_model_name
+        peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+
+    def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
+        if not (directory / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no adapter_config.json in {directory}; it does not hold a saved {self.name!r} adapter")
+        saved_type = PeftConfig.from_pretrained(str(directory)).peft_type
+        expected_type = self._peft_config().peft_type
+        if saved_type != expected_type:
+            raise ValueError(
+                f"{directory} holds a {saved_type.value} adapter but adapter {self.name!r} loads {expected_type.value}; "
+                "select the adapter it was trained with"
+            )
+        return PeftModel.from_pretrained(model, str(directory), is_trainable=True)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return self._require_peft_model(model).merge_and_unload()
+
+    def _is_adapter_layer(self, module: nn.Module) -> bool:
+        return isinstance(module, BaseTunerLayer)
+
+    def _require_peft_model(self, model: nn.Module) -> PeftModel:
+        if not isinstance(model, PeftModel):
+            raise ValueError(
+                f"adapter {self.name!r} expected the PeftModel returned by apply() or load(), got {type(model).__name__}"
+            )
+        return model
+
+
+# -- LoRA -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoraOptions:
+    """LoRA (Hu et al. 2021): update B A of rank r, scaled by alpha / r."""
+
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+
+    def __post_init__(self) -> None:
+        require_positive_int("lora", "r", self.r)
+        require_number("lora", "alpha", self.alpha, minimum=0)
+        require_number("lora", "dropout", self.dropout, minimum=0, maximum=1)
+        require_target_modules("lora", self.target_modules)
+
+
+class LoraAdapter(PeftAdapter):
+    name = "lora"
+    options_type = LoraOptions
+    options: LoraOptions
+
+    def _peft_config(self) -> PeftConfig:
+        return LoraConfig(
+            r=self.options.r,
+            lora_alpha=self.options.alpha,
+            lora_dropout=self.options.dropout,
+            target_modules=self.options.target_modules,
+            init_lora_weights=self._init_lora_weights(),
+        )
+
+    def _init_lora_weights(self) -> bool | str:
+        return True
+
+
+# -- PiSSA ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PissaOptions:
+    """PiSSA (Meng et al. 2024): LoRA initialised from the top-r singular triplets of W.
+
+    `niter`: None runs a full SVD; an integer runs that many fast (randomised) SVD iterations.
+    """
+
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    niter: int | None = None
+
+    def __post_init__(self) -> None:
+        require_positive_int("pissa", "r", self.r)
+        require_number("pissa", "alpha", self.alpha, minimum=0)
+        require_number("pissa", "dropout", self.dropout, minimum=0, maximum=1)
+        require_target_modules("pissa", self.target_modules)
+        if self.niter is not None:
+            require_positive_int("pissa", "niter", self.niter)
+
+
+class PissaAdapter(LoraAdapter):
+    """PiSSA moves the principal part of W into A, B, so its files are converted on save.
+
+    PiSSA rewrites the base weights to the residual W - B0 A0. A trained PiSSA adapter therefore
+    only makes sense on top of that residual; `save` stores instead the equivalent plain LoRA of
+    rank 2r on the untouched base (PEFT's documented conversion: B A - B0 A0 = [B | -B0][A ; A0]),
+    so `load` works on a fresh pretrained model. `merge` of an applied model is exact either way.
+    """
+
+    name = "pissa"
+    options_type = PissaOptions
+    options: PissaOptions
+
+    def __init__(self, options: PissaOptions) -> None:
+        super().__init__(options)
+        self._initial_state: dict[str, torch.Tensor] | None = None
+
+    def _init_lora_weights(self) -> bool | str:
+        return "pissa" if self.options.niter is None else f"pissa_niter_{self.options.niter}"
+
+    def _inject(self, model: nn.Module) -> nn.Module:
+        peft_model = super()._inject(model)
+        # Kept on the CPU: it is only read when saving, and would otherwise double the adapter's GPU memory.
+        self._initial_state = {
+            key: tensor.detach().to("cpu", copy=True).contiguous()
+            for key, tensor in get_peft_model_state_dict(peft_model).items()
+        }
+        return peft_model
+
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
+        if self._initial_state is None:  # loaded from disk: already a plain LoRA on the untouched base
+            super()._save_adapter(model, directory, base_model_name)
+            return
+        peft_model = self._require_peft_model(model)
+        if base_model_name is not None:
+            peft_model.peft_config["default"].base_model_name_or_path = base_model_name
+        with tempfile.TemporaryDirectory() as scratch:
+            initial_dir = Path(scratch) / "pissa_init"
+            initial_dir.mkdir()
+            save_file(self._initial_state, str(initial_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+            peft_model.save_pretrained(
+                str(directory), save_embedding_layers=False, path_initial_model_for_weight_conversion=str(initial_dir)
+            )
+
+    def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
+        self._initial_state = None
+        return super()._load_adapter(model, directory)
+
+
+# -- VeRA -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VeraOptions:
+    """VeRA (Kopiczko et al. 2024): frozen shared random A, B of rank r; trains scaling vectors b and d."""
+
+    r: int = 256
+    target_modules: list[str] | str | None = None
+    projection_prng_key: int = 0
+    d_initial: float = 0.1
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_positive_int("vera", "r", self.r)
+        require_target_modules("vera", self.target_modules)
+        if isinstance(self.projection_prng_key, bool) or not isinstance(self.projection_prng_key, int):
+            raise ValueError(f"adapter 'vera': option 'projection_prng_key' must be an integer, got {self.projection_prng_key!r}")
+        require_number("vera", "d_initial", self.d_initial)
+        require_number("vera", "dropout", self.dropout, minimum=0, maximum=1)
+
+
+class VeraAdapter(PeftAdapter):
+    name = "vera"
+    options_type = VeraOptions
+    options: VeraOptions
+
+    def _peft_config(self) -> PeftConfig:
+        return VeraConfig(
+            r=self.options.r,
+            target_modules=self.options.target_modules,
+            projection_prng_key=self.options.projection_prng_key,
+            d_initial=self.options.d_initial,
+            vera_dropout=self.options.dropout,
+            # The projections are a few MB at most; saving them keeps loading exact on any hardware.
+            save_projection=True,
+        )
+
+
+# -- FourierFT --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FourierFTOptions:
+    """FourierFT (Gao et al. 2024): trains n spectral coefficients per matrix at fixed random frequencies."""
+
+    n_frequency: int = 1000
+    scaling: float = 150.0
+    random_loc_seed: int = 777
+    target_modules: list[str] | str | None = None
+
+    def __post_init__(self) -> None:
+        require_positive_int("fourierft", "n_frequency", self.n_frequency)
+        require_number("fourierft", "scaling", self.scaling)
+        if isinstance(self.random_loc_seed, bool) or not isinstance(self.random_loc_seed, int):
+            raise ValueError(f"adapter 'fourierft': option 'random_loc_seed' must be an integer, got {self.random_loc_seed!r}")
+        require_target_modules("fourierft", self.target_modules)
+
+
+class FourierFTAdapter(PeftAdapter):
+    name = "fourierft"
+    options_type = FourierFTOptions
+    options: FourierFTOptions
+
+    def _peft_config(self) -> PeftConfig:
+        return FourierFTConfig(
+            n_frequency=self.options.n_frequency,
+            scaling=self.options.scaling,
+            random_loc_seed=self.options.random_loc_seed,
+            target_modules=self.options.target_modules,
+        )
+
+
+# -- TinyLoRA ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TinyLoraOptions:
+    """TinyLoRA: frozen rank-r SVD of W, steered by a trainable vector of size u through fixed random projections.
+
+    `weight_tying` in [0, 1] shares that vector across modules (1.0 = one vector for the whole model).
+    """
+
+    r: int = 2
+    u: int = 64
+    weight_tying: float = 0.0
+    projection_seed: int = 42
+    dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+
+    def __post_init__(self) -> None:
+        require_positive_int("tinylora", "r", self.r)
+        require_positive_int("tinylora", "u", self.u)
+        require_number("tinylora", "weight_tying", self.weight_tying, minimum=0, maximum=1)
+        if isinstance(self.projection_seed, bool) or not isinstance(self.projection_seed, int):
+            raise ValueError(f"adapter 'tinylora': option 'projection_seed' must be an integer, got {self.projection_seed!r}")
+        require_number("tinylora", "dropout", self.dropout, minimum=0, maximum=1)
+        require_target_modules("tinylora", self.target_modules)
+
+
+class TinyLoraAdapter(PeftAdapter):
+    name = "tinylora"
+    options_type = TinyLoraOptions
+    options: TinyLoraOptions
+
+    def __init__(self, options: TinyLoraOptions) -> None:
+        if not hasattr(peft, "TinyLoraConfig"):
+            raise ValueError(
+                f"adapter 'tinylora' needs peft.TinyLoraConfig, which the installed PEFT {peft.__version__} lacks; "
+                "upgrade PEFT (pip install -U peft) or choose another adapter"
+            )
+        super().__init__(options)
+
+    def _peft_config(self) -> PeftConfig:
+        return peft.TinyLoraConfig(
+            r=self.options.r,
+            u=self.options.u,
+            weight_tying=self.options.weight_tying,
+            projection_seed=self.options.projection_seed,
+            tinylora_dropout=self.options.dropout,
+            target_modules=self.options.target_modules,
+            save_projection=True,
+        )

@@ -1,0 +1,109 @@
+"""Baselines that add no layers and only choose which base parameters train.
+
+`full` trains everything, `bitfit` the biases, `linear_probe` nothing but the heads. Their files
+follow the PEFT layout: `adapter_config.json` names the method and base model,
+`adapter_model.safetensors` holds the trained non-head parameters (empty for a linear probe) and
+`head.safetensors` the heads. Buffers are not saved: the transformer models used here have no
+buffers that training changes.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from loldu_lightning.adapters.base import Adapter
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """These methods take no options; the dataclass exists so that typos are still rejected."""
+
+
+class SubsetAdapter(Adapter):
+    """Trains a fixed subset of the base parameters chosen by `_trains`; merging is a no-op."""
+
+    options_type = NoOptions
+
+    @abc.abstractmethod
+    def _trains(self, parameter_name: str) -> bool:
+        """Whether the base parameter with this qualified name is trained (heads aside)."""
+
+    def _inject(self, model: nn.Module) -> nn.Module:
+        for parameter_name, parameter in model.named_parameters():
+            parameter.requires_grad_(self._trains(parameter_name))
+        return model
+
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
+        assert self._head_names is not None
+        head_prefixes = tuple(f"{head}." for head in self._head_names)
+        # named_parameters() skips tied duplicates, which safetensors could not store twice.
+        state = {
+            name: parameter.detach().contiguous()
+            for name, parameter in model.named_parameters()
+            if self._trains(name) and not name.startswith(head_prefixes)
+        }
+        save_file(state, str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+        config = {"adapter_type": self.name, "base_model_name_or_path": base_model_name, "library": "loldu_lightning"}
+        (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
+        config_path, weights_path = directory / ADAPTER_CONFIG_FILE, directory / ADAPTER_WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; {directory} does not hold a saved {self.name!r} adapter")
+        saved_type = json.loads(config_path.read_text()).get("adapter_type")
+        if saved_type != self.name:
+            raise ValueError(
+                f"{directory} holds a {saved_type!r} adapter, not {self.name!r}; select the adapter it was trained with"
+            )
+        state = load_file(str(weights_path))
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        if unexpected:
+            raise ValueError(
+                f"{weights_path} holds weights {unexpected[:5]} that {type(model).__name__} does not have; "
+                "load into the architecture the adapter was trained on"
+            )
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise ValueError(f"weights in {weights_path} do not fit {type(model).__name__}: {error}") from error
+        return self._inject(model)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+class FullAdapter(SubsetAdapter):
+    """Full fine-tuning: every parameter trains."""
+
+    name = "full"
+
+    def _trains(self, parameter_name: str) -> bool:
+        return True
+
+
+class LinearProbeAdapter(SubsetAdapter):
+    """Linear probing: the backbone is frozen, only the heads train."""
+
+    name = "linear_probe"
+
+    def _trains(self, parameter_name: str) -> bool:
+        return False
+
+
+class BitFitAdapter(SubsetAdapter):
+    """BitFit (Ben Zaken et al. 2022): only bias terms train, plus the heads."""
+
+    name = "bitfit"
+
+    def _trains(self, parameter_name: str) -> bool:
+        return parameter_name == "bias" or parameter_name.endswith(".bias")

@@ -1,0 +1,54 @@
+"""Config helpers shared by the CLI and `train(cfg)`: resolvers and early validation.
+
+Validation runs before any model or dataset loads, so a typo costs a second, not a download.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib import resources
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from .models import minilm_path
+
+
+def package_path(relative: str) -> str:
+    """Absolute path of a file shipped inside the package (the quickstart data)."""
+    return str(resources.files("loldu_lightning").joinpath(relative))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("minilm_path"):
+        OmegaConf.register_new_resolver("minilm_path", minilm_path)
+    if not OmegaConf.has_resolver("package_path"):
+        OmegaConf.register_new_resolver("package_path", package_path)
+
+
+register_resolvers()
+
+_TRAINER_KEYS = frozenset(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+
+
+def _choice(value: Any, allowed, key: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}.")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the values that Hydra's composition cannot: registry names and Trainer options."""
+    from .adapters import build_adapter
+    from .tasks import TASK_FAMILIES
+    from .tasks.base import OPTIMIZERS, SCHEDULES
+
+    _choice(cfg.task.family, TASK_FAMILIES, "task.family")
+    _choice(cfg.optimizer.name, OPTIMIZERS, "optimizer.name")
+    _choice(cfg.scheduler.name, set(SCHEDULES) | {"none"}, "scheduler.name")
+    _choice(cfg.task.mode, {"max", "min"}, "task.mode")
+    unknown = set(cfg.trainer) - _TRAINER_KEYS
+    if unknown:
+        raise ValueError(f"Unknown trainer option(s) {sorted(unknown)}; lightning.Trainer accepts: "
+                         f"{', '.join(sorted(_TRAINER_KEYS))}.")
+    build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))

@@ -1,0 +1,87 @@
+"""The LightningModule every task family builds on: optimisation, schedules and lean checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, \
+    get_linear_schedule_with_warmup
+
+SCHEDULES = {
+    "linear": get_linear_schedule_with_warmup,
+    "cosine": get_cosine_schedule_with_warmup,
+    "constant": lambda optimizer, num_warmup_steps, num_training_steps: get_constant_schedule_with_warmup(
+        optimizer, num_warmup_steps),
+}
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class AdaptedTask(L.LightningModule):
+    """Holds `self.model` (a transformers model) that the adapter callback adapts at `setup()`.
+
+    Checkpoints hold only what training changes (trainable parameters and buffers); the frozen base
+    weights come back from the base model on restore, so a checkpoint of roberta-base with LoLDU is
+    megabytes, not half a gigabyte.
+    """
+
+    def __init__(self, model: nn.Module, head_modules: Sequence[str], optimizer: Mapping[str, Any],
+                 scheduler: Mapping[str, Any]):
+        super().__init__()
+        self.model = model
+        self.head_modules = tuple(head_modules)
+        self.optimizer_cfg = dict(optimizer)
+        self.scheduler_cfg = dict(scheduler)
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Training loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
+                "The run stopped; the last checkpoint is kept in checkpoints/. Lower optimizer.lr, set "
+                "trainer.gradient_clip_val, or use trainer.precision=32-true.")
+
+    def configure_optimizers(self):
+        options = dict(self.optimizer_cfg)
+        name = options.pop("name")
+        head_lr = options.pop("head_lr", None)
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("No trainable parameters: the adapter froze everything (check adapter and head_modules).")
+        if head_lr is None:
+            groups = [{"params": [p for _, p in params]}]
+        else:
+            is_head = lambda n: any(f".{h}." in f".{n}" for h in self.head_modules)  # noqa: E731
+            groups = [{"params": [p for n, p in params if not is_head(n)]},
+                      {"params": [p for n, p in params if is_head(n)], "lr": head_lr}]
+            groups = [g for g in groups if g["params"]]
+        optimizer = OPTIMIZERS[name](groups, **options)
+        schedule = dict(self.scheduler_cfg)
+        kind = schedule.pop("name")
+        if kind == "none":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = schedule.get("warmup_steps")
+        if warmup is None:
+            warmup = int(round(float(schedule.get("warmup_ratio") or 0.0) * total))
+        lr_scheduler = SCHEDULES[kind](optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
+
+    # lean checkpoints ---------------------------------------------------------------------------
+    def _frozen_keys(self) -> set[str]:
+        return {name for name, param in self.named_parameters() if not param.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        frozen = self._frozen_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["frozen_weights_omitted"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("frozen_weights_omitted"):
+            # strict loading stays on: every frozen key is filled from the freshly built base model
+            current = self.state_dict()
+            checkpoint["state_dict"] = {**{k: current[k] for k in self._frozen_keys()}, **checkpoint["state_dict"]}

@@ -1,0 +1,144 @@
+"""The Hydra + Lightning application end to end on the real GLUE files with a tiny RoBERTa."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+from helpers import TINY_GLUE, compose_config, list_config_options
+from omegaconf import OmegaConf
+
+from loldu_lightning.adapters import build_adapter
+from loldu_lightning.config import validate_config
+from loldu_lightning.overrides import check_override_keys
+from loldu_lightning.train import train
+
+
+@pytest.fixture
+def rte(shared_data):
+    return [*TINY_GLUE, "task=glue/rte", f"data.data_dir={shared_data / 'glue' / 'RTE'}"]
+
+
+def test_default_config_is_the_offline_quickstart():
+    cfg = compose_config([])
+    assert cfg.model.name_or_path == "minilm"
+    assert cfg.adapter.name == "loldu"
+    assert os.path.isfile(os.path.join(cfg.data.data_dir, "train.tsv"))
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("experiment", [e for e in list_config_options("experiment")])
+def test_every_experiment_composes_and_instantiates(experiment):
+    cfg = compose_config([f"experiment={experiment}", "trainer=cpu"])
+    validate_config(cfg)
+    adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
+    assert adapter.name == cfg.adapter.name
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_glue_paper_hyperparameters_are_encoded():
+    cfg = compose_config(["experiment=paper/glue_mrpc"])
+    assert (cfg.optimizer.lr, cfg.trainer.max_epochs, cfg.data.max_length) == (3e-4, 20, 512)
+    assert (cfg.adapter.rank, cfg.adapter.alpha, list(cfg.adapter.target_modules)) == (768, 768, ["query", "value"])
+    assert cfg.data.batch_size == 32 and cfg.scheduler.warmup_ratio == 0.06
+
+
+def test_train_on_real_rte_writes_every_output(rte, tmp_path):
+    result = train(compose_config(rte, tmp_path))
+    assert result["status"] == "completed"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= metrics["objective"] <= 1.0 and metrics["best"]["val/accuracy"] == metrics["objective"]
+    assert metrics["params"]["adapter"] == 2 * 2 * (8 + 1)  # 2 layers x (query, value) x (r + 1)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    for kind in ("best", "last"):
+        assert {p.name for p in (tmp_path / "adapter" / kind).iterdir()} >= {"adapter_config.json"}
+    assert list((tmp_path / "logs").rglob("metrics.csv"))
+
+
+def test_resume_after_epoch_one_matches_uninterrupted_run(rte, tmp_path):
+    two_epochs = [*rte, "trainer.max_epochs=2"]
+    straight = train(compose_config(two_epochs, tmp_path / "straight"))
+
+    interrupted_dir = tmp_path / "interrupted"
+    cfg = compose_config(two_epochs, interrupted_dir)
+    cfg.callbacks.extra = {"stop": {"_target_": "helpers.StopAfterFirstEpoch"}}
+    first = train(cfg)
+    assert first["final"]["epoch"] == 0
+    resumed = train(compose_config([*two_epochs, "ckpt_path=last"], interrupted_dir))
+    assert resumed["final"]["epoch"] == 1
+    assert resumed["final"]["val/accuracy"] == pytest.approx(straight["final"]["val/accuracy"], abs=1e-6)
+    assert resumed["final"]["val/loss"] == pytest.approx(straight["final"]["val/loss"], rel=1e-4)
+
+
+def test_checkpoints_omit_frozen_weights(rte, tmp_path):
+    import torch
+
+    train(compose_config(rte, tmp_path))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not any("word_embeddings" in key for key in state)
+    assert any(key.endswith(".z") for key in state)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(rte, tmp_path):
+    cfg = compose_config([*rte, "optimizer.lr=1e30", "trainer.max_epochs=3", "scheduler=constant"], tmp_path)
+    with pytest.raises(FloatingPointError, match="Lower optimizer.lr"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "FloatingPointError" in metrics["error"]
+    assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("adapter.rnak=8", "Keys under 'adapter': .*rank"),
+    ("optimizer.lrr=1", "Keys under 'optimizer': .*lr"),
+])
+def test_unknown_keys_list_the_allowed_ones(override, message):
+    with pytest.raises(ValueError, match=message):
+        check_override_keys([override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("adapter.init=unifrom", "uniform"),
+    ("adapter.scaling=sometimes", "learned"),
+    ("optimizer.name=adamx", "adamw"),
+    ("+trainer.max_epoch=2", "max_epochs"),
+])
+def test_bad_values_fail_before_any_model_loads(override, message):
+    with pytest.raises(ValueError, match=message):
+        validate_config(compose_config([override]))
+
+
+def test_missing_model_and_data_name_the_fix(shared_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.name_or_path"):
+        train(compose_config(["model=roberta-base", "model.name_or_path=/nonexistent/roberta",
+                              f"data.data_dir={shared_data / 'glue' / 'RTE'}", "task=glue/rte"], tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match="data.data_dir"):
+        train(compose_config([*TINY_GLUE, "task=glue/rte", "data.data_dir=/nonexistent/RTE"], tmp_path / "b"))
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "loldu_lightning", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_typo_fails_fast_with_the_allowed_keys(tmp_path):
+    run = _cli("adapter.rnak=8", cwd=tmp_path)
+    assert run.returncode != 0
+    assert "Unknown config key 'adapter.rnak'" in run.stderr and "rank" in run.stderr
+
+
+def test_cli_multirun_yields_one_run_per_init(rte, tmp_path):
+    run = _cli("-m", "adapter.init=uniform,zeros", *rte, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(jobs) == 2
+    assert {json.loads(p.read_text())["status"] for p in jobs} == {"completed"}
+    overrides_seen = {tuple(OmegaConf.load(p.parent / ".hydra" / "overrides.yaml")) for p in jobs}
+    assert any("adapter.init=zeros" in o for o in overrides_seen)
