@@ -1,0 +1,60 @@
+"""LoLDU (Lower-Diag-Upper low-rank adaptation) in pure PyTorch.
+
+    from loldu_lightning.loldu import LoLDUConfig, inject, summary
+    model = inject(model, LoLDUConfig(rank=768, alpha=768, target_modules=["query", "value"]))
+    print(summary(model))
+
+No Lightning, no Hydra: decomposition, the LoLDU layer, injection by target names/regex,
+merge/unmerge/unload, adapter save/load and the parameter report.
+"""
+
+from .adapter_io import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    adapter_state_dict,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+    weight_fingerprint,
+)
+from .config import LoLDUConfig
+from .decomposition import LDUFactors, ldu_decompose
+from .forward_cost import choose_forward_path
+from .layer import LoLDULinear, module_seed
+from .model_ops import disable, enable, inject, loldu_modules, merge, unload, unmerge
+from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS
+from .report import parameter_counts, summary, trainable_parameters
+from .targeting import resolve_target_modules
+
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_WEIGHTS_NAME",
+    "DECOMPOSE_DTYPES",
+    "DTYPES",
+    "FORWARD_MODES",
+    "INITS",
+    "LDUFactors",
+    "LoLDUConfig",
+    "LoLDULinear",
+    "RESIDUALS",
+    "SCALINGS",
+    "adapter_state_dict",
+    "choose_forward_path",
+    "disable",
+    "enable",
+    "inject",
+    "ldu_decompose",
+    "load_adapter",
+    "loldu_modules",
+    "merge",
+    "module_seed",
+    "parameter_counts",
+    "read_adapter_config",
+    "resolve_target_modules",
+    "save_adapter",
+    "summary",
+    "trainable_parameters",
+    "unload",
+    "unmerge",
+    "weight_fingerprint",
+]

@@ -1,0 +1,115 @@
+"""The LoLDU configuration: a validated, JSON-safe dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, check_choice
+
+TargetSpec = Union[str, tuple[str, ...]]
+
+
+def _normalise_targets(name: str, value: Any, allow_none: bool) -> TargetSpec | None:
+    """A string stays a string (regex or ``all-linear``); any other sequence becomes a tuple of names."""
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"LoLDU config: {name} must be a module name list or a regex string, got None")
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"LoLDU config: {name} is an empty string; give module names such as ['query', 'value']")
+        return value
+    if isinstance(value, Sequence) or hasattr(value, "__iter__"):
+        names = tuple(value)
+        if not names or not all(isinstance(item, str) and item for item in names):
+            raise ValueError(f"LoLDU config: {name} must be a non-empty list of non-empty strings, got {value!r}")
+        return names
+    raise ValueError(f"LoLDU config: {name} must be a list of module names or a regex string, got {type(value).__name__}")
+
+
+@dataclass
+class LoLDUConfig:
+    """Everything that defines a LoLDU adapter.
+
+    rank: components kept per matrix, an int >= 1 or ``"full"`` (= min(out, in) of each matrix).
+    alpha: sigma0 = alpha / rank; None means alpha = rank (sigma0 = 1).
+    init / scaling / residual / forward_mode: names from the registries in ``registries.py``.
+    target_modules / exclude_modules: a list (a module matches when its qualified name equals an
+        entry or ends with ``.<entry>``), a regex string (``re.fullmatch``), or ``"all-linear"``.
+    dtype: storage dtype of the frozen factors; None = the base weight's dtype.
+    seed: base of the per-module seeds of the random inits.
+    decompose_dtype: precision of the LU decomposition (float32 or float64).
+    save_factors: also store L, U and the permutation in adapter files (bit-exact portability).
+    """
+
+    rank: int | str
+    alpha: float | None = None
+    init: str = "uniform"
+    scaling: str = "learned"
+    residual: str = "init"
+    target_modules: TargetSpec = ("query", "value")
+    exclude_modules: TargetSpec | None = None
+    dtype: str | None = None
+    forward_mode: str = "auto"
+    seed: int = 0
+    decompose_dtype: str = "float32"
+    save_factors: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not (isinstance(self.rank, int) or self.rank == "full"):
+            raise ValueError(f"LoLDU config: rank must be an integer >= 1 or 'full', got {self.rank!r}")
+        if isinstance(self.rank, int) and self.rank < 1:
+            raise ValueError(f"LoLDU config: rank must be >= 1 (or 'full'), got {self.rank}")
+        if self.alpha is not None:
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
+                raise ValueError(f"LoLDU config: alpha must be a positive number or None (= rank), got {self.alpha!r}")
+            if not math.isfinite(self.alpha) or self.alpha <= 0:
+                raise ValueError(f"LoLDU config: alpha must be a positive finite number or None (= rank), got {self.alpha}")
+            self.alpha = float(self.alpha)
+        check_choice("init", self.init, INITS)
+        check_choice("scaling", self.scaling, SCALINGS)
+        check_choice("residual", self.residual, RESIDUALS)
+        check_choice("forward_mode", self.forward_mode, FORWARD_MODES)
+        check_choice("decompose_dtype", self.decompose_dtype, DECOMPOSE_DTYPES)
+        if self.dtype is not None:
+            check_choice("dtype", self.dtype, DTYPES)
+        self.target_modules = _normalise_targets("target_modules", self.target_modules, allow_none=False)
+        self.exclude_modules = _normalise_targets("exclude_modules", self.exclude_modules, allow_none=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"LoLDU config: seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.save_factors, bool):
+            raise ValueError(f"LoLDU config: save_factors must be true or false, got {self.save_factors!r}")
+
+    def resolve_rank(self, max_rank: int) -> int:
+        """The rank for a matrix whose ``min(out, in)`` is ``max_rank``."""
+        return max_rank if self.rank == "full" else int(self.rank)
+
+    def resolve_alpha(self, rank: int) -> float:
+        """alpha for a matrix adapted at ``rank`` (None in the config means alpha = rank)."""
+        return float(rank) if self.alpha is None else float(self.alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        for key in ("target_modules", "exclude_modules"):
+            if isinstance(data[key], tuple):
+                data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LoLDUConfig":
+        """Inverse of ``to_dict``; unknown keys are an error so typos do not pass silently."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"LoLDU config: unknown field(s) {unknown}; allowed fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of the config fields, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+

@@ -1,0 +1,101 @@
+"""LU -> LDU decomposition of a weight matrix, with the row permutation kept as an index vector.
+
+For ``W0`` (m x n, out x in), ``k = min(m, n)``: ``W0 = P L U`` with partial pivoting; with
+``d = diag(U)`` and ``U1 = U / d[:, None]`` this is ``W0 = P L diag(d) U1``. We return the first
+``r`` components with the permutation already applied to ``L`` (``lower = (P L)[:, :r]``), so the
+forward pass never permutes anything, and ``perm`` with ``(P @ M) == M[perm]``. The dense ``m x m``
+permutation matrix is never built.
+
+Tiny pivots: a pivot ``d_i`` with ``|d_i| <= max|d| * max(m, n) * eps(decompose dtype)`` (the
+tolerance ``torch.linalg.matrix_rank`` uses for singular values; it also catches exact zeros and
+the all-zero matrix) is numerically zero. Dividing by it would blow the row of ``U1`` up to inf or
+NaN, so that row of ``U`` is kept unnormalised and its ``d`` entry set to 1: ``lower @ diag(d) @
+upper`` still reconstructs ``W0`` exactly and every value stays finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LDUFactors:
+    """The kept LDU components of one matrix, in the decomposition dtype.
+
+    lower: ``(P L)[:, :r]``, m x r. diag: ``d[:r]``. upper: ``U1[:r]``, r x n (unit diagonal
+    except at tiny pivots). perm: int64, length m, ``(P @ M) == M[perm]``.
+    zero_pivots: how many of the kept ``r`` pivots were numerically zero.
+    """
+
+    lower: Tensor
+    diag: Tensor
+    upper: Tensor
+    perm: Tensor
+    zero_pivots: int
+
+    @property
+    def rank(self) -> int:
+        return self.diag.numel()
+
+    def reconstruct(self) -> Tensor:
+        """``lower @ diag(d) @ upper``: equals W0 when all ``min(m, n)`` components are kept."""
+        return (self.lower * self.diag) @ self.upper
+
+
+def permutation_from_pivots(pivots: Tensor, num_rows: int) -> Tensor:
+    """Index vector ``perm`` with ``(P @ M) == M[perm]`` from LAPACK-style 1-based row-swap pivots."""
+    rows = list(range(num_rows))
+    # LAPACK swaps row i with row pivots[i] - 1, in order; ``rows`` ends as P^T's gather index.
+    for i, pivot in enumerate(pivots.tolist()):
+        j = pivot - 1
+        rows[i], rows[j] = rows[j], rows[i]
+    # P^T M = M[rows], hence P M = M[argsort(rows)].
+    return torch.argsort(torch.tensor(rows, dtype=torch.int64))
+
+
+def tiny_pivot_mask(diag: Tensor, shape: tuple[int, int]) -> Tensor:
+    """True where a pivot is numerically zero relative to the largest one (see module docstring)."""
+    tolerance = diag.abs().max() * max(shape) * torch.finfo(diag.dtype).eps
+    return diag.abs() <= tolerance
+
+
+def ldu_decompose(weight: Tensor, rank: int | None = None, dtype: torch.dtype = torch.float32) -> LDUFactors:
+    """Decompose ``weight`` (m x n, out x in) and keep the first ``rank`` components (all when None).
+
+    Runs in ``dtype`` (float32 or float64) on the weight's device whatever the weight's own dtype.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"ldu_decompose: expected a 2-D weight (out x in), got shape {tuple(weight.shape)}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"ldu_decompose: decomposition dtype must be float32 or float64, got {dtype}")
+    m, n = weight.shape
+    k = min(m, n)
+    r = k if rank is None else rank
+    if not 1 <= r <= k:
+        raise ValueError(f"ldu_decompose: rank must be in [1, {k}] for a {m} x {n} matrix, got {r}")
+
+    matrix = weight.detach().to(dtype)
+    if not torch.isfinite(matrix).all():
+        raise ValueError(f"ldu_decompose: the {m} x {n} weight contains inf or NaN; it cannot be decomposed")
+    # lu_factor_ex: singular matrices are valid input here (lu_factor raises on a zero pivot).
+    packed, pivots, _ = torch.linalg.lu_factor_ex(matrix)
+    lower_full = torch.tril(packed[:, :k], diagonal=-1)
+    lower_full.diagonal().fill_(1.0)
+    upper = torch.triu(packed[:r, :])
+    diag = upper.diagonal().clone()
+
+    tiny = tiny_pivot_mask(packed.diagonal(), (m, n))[:r]
+    diag = torch.where(tiny, torch.ones_like(diag), diag)
+    upper = upper / diag[:, None]
+
+    perm = permutation_from_pivots(pivots.cpu(), m).to(weight.device)
+    return LDUFactors(
+        lower=lower_full[perm, :r].contiguous(),
+        diag=diag,
+        upper=upper.contiguous(),
+        perm=perm,
+        zero_pivots=int(tiny.sum()),
+    )

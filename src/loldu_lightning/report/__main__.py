@@ -1,0 +1,44 @@
+"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--out dir]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loldu_lightning.report.build import build_report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loldu_lightning.report",
+        description="Summarise a Hydra multirun of loldu_lightning: per-group tables over seeds, "
+        "failed/missing runs, CSVs and figures.",
+    )
+    parser.add_argument("sweep_dir", help="the multirun directory (holds multirun.yaml and one sub-directory per job)")
+    parser.add_argument(
+        "--by",
+        default=None,
+        help="comma-separated config keys to group by (default: the overrides that vary, except seed)",
+    )
+    parser.add_argument(
+        "--metric", default=None, help="a key of each run's `best` metrics, e.g. val/f1 (default: each run's monitor)"
+    )
+    parser.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = build_report(args.sweep_dir, by=args.by, metric=args.metric, out=args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    for path in report.files:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Matplotlib figures of a sweep: metric vs adapter size (the paper's Figure 1), vs rank, vs lr.
+
+Figures are built with the object-oriented API on an Agg canvas, so they neither depend on nor
+change the global pyplot backend: saving works headless and notebooks display them inline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator, ScalarFormatter
+
+from loldu_lightning.report.table import aggregate
+
+MAX_COLUMNS = 3
+
+
+def short_labels(keys: Sequence[str]) -> dict[str, str]:
+    """`adapter.init` -> `init` unless two keys would share a short name."""
+    shorts = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: short if shorts.count(short) == 1 else key for key, short in zip(keys, shorts)}
+
+
+def group_label(group: pd.Series, keys: Sequence[str]) -> str:
+    names = short_labels(keys)
+    return ", ".join(f"{names[key]}={group[key]}" for key in keys)
+
+
+def _task_axes(tasks: Sequence[str]) -> tuple[Figure, list[Axes]]:
+    """One panel per task: tasks have different metrics, so they never share a y axis."""
+    columns = min(MAX_COLUMNS, len(tasks))
+    rows = math.ceil(len(tasks) / columns)
+    figure = Figure(figsize=(5.5 * columns, 4.2 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = [figure.add_subplot(rows, columns, i + 1) for i in range(len(tasks))]
+    for ax, task in zip(axes, tasks):
+        ax.set_title(str(task))
+        ax.grid(True, which="major", alpha=0.3)
+    return figure, axes
+
+
+def _errorbar(ax: Axes, x: np.ndarray, groups: pd.DataFrame, **style: Any) -> None:
+    """Median markers with min–max bars across seeds."""
+    median = groups["median"].to_numpy(float)
+    spread = np.vstack([median - groups["min"].to_numpy(float), groups["max"].to_numpy(float) - median])
+    ax.errorbar(x, median, yerr=spread, capsize=3, **style)
+
+
+def _metric_label(groups: pd.DataFrame) -> str:
+    return ", ".join(dict.fromkeys(groups["metric_name"].dropna())) or "metric"
+
+
+def params_vs_metric(groups: pd.DataFrame, by: list[str], notes: list[str]) -> Figure | None:
+    """Metric against trainable adapter parameters (log x), one labelled point per group."""
+    usable = groups[(groups["n"] > 0) & (groups["params.adapter"].fillna(0).astype(float) > 0)]
+    dropped = int((groups["n"] > 0).sum()) - len(usable)
+    if dropped:
+        notes.append(
+            f"params_vs_metric.png: {dropped} group(s) without a positive adapter parameter count left out (log axis)"
+        )
+    if usable.empty:
+        return None
+    tasks = sorted(usable["task"].unique())
+    figure, axes = _task_axes(tasks)
+    for ax, task in zip(axes, tasks):
+        task_groups = usable[usable["task"] == task]
+        x = task_groups["params.adapter"].to_numpy(float)
+        _errorbar(ax, x, task_groups, fmt="o", markersize=6)
+        for x_value, (_, group) in zip(x, task_groups.iterrows()):
+            label = group_label(group, by)
+            if label:
+                ax.annotate(label, (x_value, group["median"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable adapter parameters")
+        ax.set_ylabel(_metric_label(task_groups))
+    return figure
+
+
+def axis_vs_metric(
+    runs: pd.DataFrame, axis: str, by: list[str], log_base: float, notes: list[str], figure_name: str
+) -> Figure | None:
+    """Metric against one swept hyperparameter, one line per combination of the other keys."""
+    series_keys = [key for key in by if key != axis]
+    groups = aggregate(runs, ["task", *series_keys, axis])
+    x_all = pd.to_numeric(groups[axis], errors="coerce")
+    usable_mask = (groups["n"] > 0) & (x_all > 0)
+    dropped = int((groups["n"] > 0).sum() - usable_mask.sum())
+    if dropped:
+        notes.append(f"{figure_name}: {dropped} group(s) with a non-numeric or non-positive {axis} left out (log axis)")
+    usable = groups[usable_mask].assign(_x=x_all[usable_mask])
+    if usable.empty:
+        return None
+    tasks = sorted(usable["task"].unique())
+    figure, axes = _task_axes(tasks)
+    for ax, task in zip(axes, tasks):
+        task_groups = usable[usable["task"] == task]
+        series = task_groups.groupby(series_keys, sort=False, dropna=False) if series_keys else [((), task_groups)]
+        for _, line in series:
+            line = line.sort_values("_x")
+            label = group_label(line.iloc[0], series_keys) or None
+            _errorbar(ax, line["_x"].to_numpy(float), line, fmt="o-", markersize=5, label=label)
+        ax.set_xscale("log", base=log_base)
+        if log_base == 2:
+            # Ranks read better as the swept integers (1, 4, 768) than as powers of two.
+            ax.set_xticks(sorted(task_groups["_x"].unique()))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel(axis)
+        ax.set_ylabel(_metric_label(task_groups))
+        if series_keys:
+            ax.legend(fontsize=8)
+    return figure

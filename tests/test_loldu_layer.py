@@ -1,0 +1,235 @@
+"""LoLDULinear: inits, residual modes, sigma, and the two exact forward paths."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from loldu_lightning.loldu import INITS, LoLDUConfig, LoLDULinear, choose_forward_path, inject
+from loldu_lightning.loldu import merged_function
+from loldu_lightning.loldu.merged_function import merged_linear
+
+SHAPES = {"square": (12, 12), "tall": (20, 8), "wide": (6, 14)}  # (out, in)
+
+
+class Toy(nn.Module):
+    """Two adapted layers and an activation: enough to see every effect of an adapter."""
+
+    def __init__(self, width: int = 12, out: int = 7) -> None:
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.act = nn.Tanh()
+        self.value = nn.Linear(width, out)
+
+    def forward(self, x):
+        return self.value(self.act(self.query(x)))
+
+
+def _toy(seed: int = 0) -> Toy:
+    torch.manual_seed(seed)
+    return Toy()
+
+
+def _layer(shape, mode="auto", seed=0, bias=True, **config) -> LoLDULinear:
+    torch.manual_seed(seed)
+    out_features, in_features = shape
+    config = {"rank": min(shape) - 1, "alpha": 3.0, "forward_mode": mode, **config}
+    layer = LoLDULinear(nn.Linear(in_features, out_features, bias=bias), LoLDUConfig(**config), name="layer")
+    with torch.no_grad():  # move away from step 0 so the update is not zero
+        layer.z.add_(torch.randn_like(layer.z))
+        layer.sigma.mul_(1.5)
+    return layer
+
+
+def _reference(layer: LoLDULinear, x):
+    """y = x W^T + b with W built densely from the factors: the definition, not the implementation."""
+    weight = layer.base_layer.weight + layer.lower @ torch.diag(layer.sigma * layer.z - layer.c) @ layer.upper
+    return nn.functional.linear(x, weight, layer.base_layer.bias)
+
+
+@pytest.mark.parametrize("init", sorted(INITS))
+@pytest.mark.parametrize("mode", ["factored", "merged"])
+def test_residual_init_leaves_the_model_unchanged_at_step_zero_for_every_init(init, mode):
+    base = _toy()
+    model = inject(copy.deepcopy(base), LoLDUConfig(rank=6, alpha=12, init=init, forward_mode=mode))
+    x = torch.randn(5, 12)
+    assert torch.equal(model(x), base(x))
+
+
+@pytest.mark.parametrize("init", sorted(INITS))
+def test_residual_ldu_is_neutral_only_for_the_ldu_init(init):
+    base = _toy()
+    model = inject(copy.deepcopy(base), LoLDUConfig(rank=6, alpha=12, init=init, residual="ldu"))
+    x = torch.randn(5, 12)
+    unchanged = torch.allclose(model(x), base(x), atol=1e-6, rtol=0)
+    assert unchanged == (init == "ldu")
+
+
+def test_inits_follow_their_definitions():
+    weight_layer = nn.Linear(16, 16)
+    diag = None
+    values = {}
+    for init in INITS:
+        layer = LoLDULinear(copy.deepcopy(weight_layer), LoLDUConfig(rank=16, init=init), name="q")
+        values[init] = layer.z.detach()
+        if init == "ldu":
+            diag = values[init]
+    mean, std = diag.mean(), diag.std()
+    half = abs(float(mean)) / 2
+    assert torch.equal(values["constant"], torch.full((16,), float(mean)))
+    assert values["uniform"].abs().max() <= half and values["uniform"].std() > 0
+    assert values["uniform_unit"].abs().max() <= 1.0 and values["uniform_unit"].std() > 0
+    assert torch.equal(values["zeros"], torch.zeros(16)) and torch.equal(values["ones"], torch.ones(16))
+    assert values["normal"].std() > 0 and values["normal_unit"].std() > 0
+    assert abs(float(values["normal"].mean() - mean)) < 3 * float(std)
+
+
+def test_random_inits_are_reproducible_per_name_and_independent_of_module_order():
+    config = LoLDUConfig(rank=6, init="normal_unit", seed=7)
+    linear = nn.Linear(12, 12)
+    first = LoLDULinear(copy.deepcopy(linear), config, name="encoder.query").z
+    again = LoLDULinear(copy.deepcopy(linear), config, name="encoder.query").z
+    other_name = LoLDULinear(copy.deepcopy(linear), config, name="encoder.value").z
+    other_seed = LoLDULinear(copy.deepcopy(linear), LoLDUConfig(rank=6, init="normal_unit", seed=8), name="encoder.query").z
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other_name) and not torch.equal(first, other_seed)
+
+    forward_order = inject(_toy(), LoLDUConfig(rank=6, init="uniform"))
+    only_value = inject(_toy(), LoLDUConfig(rank=6, init="uniform", target_modules=["value"]))
+    assert torch.equal(forward_order.value.z, only_value.value.z)
+
+
+@pytest.mark.parametrize(("scaling", "trainable", "sigma"), [("learned", True, 0.5), ("fixed", False, 0.5), ("none", False, 1.0)])
+def test_scaling_modes_set_sigma_and_its_trainability(scaling, trainable, sigma):
+    layer = LoLDULinear(nn.Linear(12, 12), LoLDUConfig(rank=8, alpha=4, scaling=scaling), name="q")
+    assert isinstance(layer.sigma, nn.Parameter) == trainable
+    assert float(layer.sigma.detach()) == sigma
+    assert layer.sigma.dim() == 0
+
+
+def test_state_dict_holds_the_small_vectors_but_not_the_recomputable_factors():
+    layer = LoLDULinear(nn.Linear(12, 10), LoLDUConfig(rank=5, scaling="fixed"), name="q")
+    keys = set(layer.state_dict())
+    assert {"z", "sigma", "c", "base_layer.weight", "base_layer.bias"} == keys
+    assert layer.lower.shape == (10, 5) and layer.upper.shape == (5, 12) and layer.perm.shape == (10,)
+    assert (layer.in_features, layer.out_features, layer.rank) == (12, 10, 5)
+    assert layer.weight is layer.base_layer.weight and layer.bias is layer.base_layer.bias
+    assert not layer.merged and not layer.disabled
+
+
+@pytest.mark.parametrize("mode", ["factored", "merged", "auto"])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("input_dims", [2, 3])
+def test_forward_paths_match_the_dense_definition_in_output_and_gradients(mode, shape, input_dims):
+    layer = _layer(SHAPES[shape], mode)
+    batch = (4, 3) if input_dims == 3 else (5,)
+    x = torch.randn(*batch, layer.in_features, requires_grad=True)
+    target = torch.randn(*batch, layer.out_features)
+
+    output = layer(x)
+    ((output - target) ** 2).sum().backward()
+    grads = (x.grad.clone(), layer.z.grad.clone(), layer.sigma.grad.clone())
+    x.grad = layer.z.grad = layer.sigma.grad = None
+
+    expected = _reference(layer, x)
+    ((expected - target) ** 2).sum().backward()
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, (x.grad, layer.z.grad, layer.sigma.grad)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("recompute_weight", [True, False])
+@pytest.mark.parametrize("use_gram", [True, False])
+def test_every_merged_backward_formula_gives_the_same_gradients(monkeypatch, recompute_weight, use_gram):
+    monkeypatch.setattr(merged_function, "recompute_weight_for_input_grad", lambda *args: recompute_weight)
+    monkeypatch.setattr(merged_function, "gram_for_scale_grad", lambda *args: use_gram)
+    layer = _layer(SHAPES["tall"], "merged")
+    x = torch.randn(3, 4, layer.in_features, requires_grad=True)
+    layer(x).sin().sum().backward()
+    grads = (x.grad.clone(), layer.z.grad.clone(), layer.sigma.grad.clone())
+    x.grad = layer.z.grad = layer.sigma.grad = None
+    _reference(layer, x).sin().sum().backward()
+    for got, want in zip(grads, (x.grad, layer.z.grad, layer.sigma.grad)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_gram", [True, False])
+def test_merged_function_gradients_pass_gradcheck_for_every_input(monkeypatch, use_gram):
+    monkeypatch.setattr(merged_function, "gram_for_scale_grad", lambda *args: use_gram)
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    x, weight, bias, lower, upper, scale = tensor(2, 3, 5), tensor(4, 5), tensor(4), tensor(4, 3), tensor(3, 5), tensor(3)
+    assert torch.autograd.gradcheck(
+        lambda *inputs: merged_linear(*inputs, torch.float64), (x, weight, bias, lower, upper, scale)
+    )
+
+
+def test_merged_path_saves_no_dense_weight_for_backward():
+    layer = _layer((24, 16), "merged")
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        layer(torch.randn(2, 16, requires_grad=True)).sum().backward()
+    dense = [t for t in saved if t.shape == (24, 16) and t.data_ptr() != layer.base_layer.weight.data_ptr()]
+    assert saved and not dense
+
+
+def test_merged_path_supports_a_trainable_base_weight_and_bias():
+    layer = _layer(SHAPES["wide"], "merged")
+    layer.base_layer.requires_grad_(True)
+    x = torch.randn(7, layer.in_features)
+    layer(x).square().sum().backward()
+    got = (layer.base_layer.weight.grad.clone(), layer.base_layer.bias.grad.clone())
+    layer.base_layer.zero_grad()
+    _reference(layer, x).square().sum().backward()
+    torch.testing.assert_close(got[0], layer.base_layer.weight.grad)
+    torch.testing.assert_close(got[1], layer.base_layer.bias.grad)
+
+
+@pytest.mark.parametrize("mode", ["factored", "merged"])
+def test_layer_without_bias_works(mode):
+    layer = _layer((10, 8), mode, bias=False)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), _reference(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_mode_prefers_factored_for_few_tokens_and_merged_for_many():
+    assert choose_forward_path(768, 768, 768, tokens=16, needs_grad=True) == "factored"
+    assert choose_forward_path(768, 768, 768, tokens=32 * 128, needs_grad=True) == "merged"
+    assert choose_forward_path(768, 768, 8, tokens=128, needs_grad=False) == "factored"
+    assert choose_forward_path(768, 768, 8, tokens=32 * 128, needs_grad=False) == "merged"
+    layer = _layer((64, 64), "auto")
+    assert layer.forward_path(torch.randn(2, 64)) == "factored"
+    assert layer.forward_path(torch.randn(4096, 64)) == "merged"
+    with torch.no_grad():
+        assert layer.forward_path(torch.randn(64, 64)) == "merged"
+
+
+def test_forward_mode_is_validated_when_changed():
+    layer = _layer((8, 8))
+    layer.forward_mode = "merged"
+    assert layer.forward_mode == "merged"
+    with pytest.raises(ValueError, match="forward_mode.*auto, factored, merged"):
+        layer.forward_mode = "dense"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+@pytest.mark.parametrize("mode", ["factored", "merged"])
+def test_autocast_runs_both_paths_in_the_autocast_dtype(dtype, mode):
+    layer = _layer((16, 12), mode)
+    x = torch.randn(6, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        output = layer(x)
+    assert output.dtype == dtype
+    output.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.z.grad.dtype == torch.float32
+    assert torch.isfinite(layer.z.grad).all() and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(output.float(), _reference(layer, x), atol=0.1, rtol=0.05)

@@ -1,0 +1,239 @@
+"""The results report on synthetic Hydra multirun trees: aggregates, problem runs, files, CLI, notebook."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loldu_lightning.report import build_report
+from loldu_lightning.report.__main__ import main as report_main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_sweep.ipynb"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+# val/accuracy per (init, scaling) and seed; medians differ from means so both are checked.
+ACCURACY = {
+    ("uniform", "learned"): {1: 0.80, 2: 0.90, 3: 0.82},
+    ("uniform", "fixed"): {1: 0.70, 2: 0.71, 3: 0.75},
+    ("ones", "learned"): {1: 0.60, 2: 0.50, 3: 0.61},
+    ("ones", "fixed"): {1: 0.40, 2: 0.41, 3: 0.42},
+}
+FAILED_JOB, MISSING_JOB = "10", "11"  # (ones, fixed) seeds 2 and 3
+
+
+def metrics_json(task: str, seed: int, value: float, monitor: str = "val/accuracy", adapter_params: int = 18456) -> dict:
+    return {
+        "status": "completed",
+        "error": None,
+        "task": task,
+        "adapter": "loldu",
+        "seed": seed,
+        "monitor": monitor,
+        "mode": "max",
+        "objective": value,
+        "best": {monitor: value, "val/loss": 1.0 - value, "epoch": 2},
+        "final": {monitor: value - 0.01, "val/loss": 1.01 - value, "epoch": 3},
+        "params": {"adapter": adapter_params, "head": 592130, "trainable": adapter_params + 592130, "total": 125257000},
+        "time_s": 10.0 + seed,
+    }
+
+
+def write_job(job_dir: Path, overrides: list[str], config: dict, metrics: dict | None) -> None:
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is not None:
+        (job_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def write_multirun(sweep: Path, task_overrides: list[str]) -> None:
+    multirun = {"hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "max_batch_size": None, "params": None},
+                          "overrides": {"task": task_overrides}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+
+
+def job_config(task: str = "glue/sst2", init: str = "uniform", scaling: str = "learned", rank: int = 8,
+               lr: float = 3e-4, seed: int = 42) -> dict:
+    family, name = task.split("/")
+    return {"task": {"family": family, "name": name}, "adapter": {"name": "loldu", "init": init, "scaling": scaling, "rank": rank},
+            "optimizer": {"lr": lr}, "seed": seed}
+
+
+@pytest.fixture()
+def init_sweep(tmp_path: Path) -> Path:
+    """2 inits x 2 scalings x 3 seeds in Hydra's job order; one job failed, one left no metrics.json."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    write_multirun(sweep, ["adapter.init=uniform,ones", "adapter.scaling=learned,fixed", "seed=1,2,3"])
+    for num, (init, scaling, seed) in enumerate(itertools.product(["uniform", "ones"], ["learned", "fixed"], [1, 2, 3])):
+        overrides = [f"adapter.init={init}", f"adapter.scaling={scaling}", f"seed={seed}"]
+        metrics: dict[str, Any] | None = metrics_json("glue/sst2", seed, ACCURACY[(init, scaling)][seed])
+        if str(num) == FAILED_JOB:
+            metrics.update(status="failed", error="RuntimeError: loss is NaN at step 12\nTraceback (most recent call last):",
+                           objective=None, best={}, final={})
+        if str(num) == MISSING_JOB:
+            metrics = None
+        write_job(sweep / str(num), overrides, job_config(init=init, scaling=scaling, seed=seed), metrics)
+    return sweep
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_aggregates_over_seeds_per_varying_override(init_sweep: Path) -> None:
+    report = build_report(init_sweep)
+    assert report.by == ["adapter.init", "adapter.scaling"]
+    assert len(report.runs) == 12 and len(report.groups) == 4
+    for (init, scaling), by_seed in ACCURACY.items():
+        group = report.groups[(report.groups["adapter.init"] == init) & (report.groups["adapter.scaling"] == scaling)]
+        assert len(group) == 1
+        group = group.iloc[0]
+        values = list(by_seed.values()) if (init, scaling) != ("ones", "fixed") else [by_seed[1]]
+        assert group["n"] == len(values)
+        assert group["median"] == pytest.approx(statistics.median(values))
+        assert group["mean"] == pytest.approx(statistics.mean(values))
+        if len(values) > 1:
+            assert group["std"] == pytest.approx(statistics.stdev(values))
+        else:
+            assert math.isnan(group["std"])
+        assert (group["min"], group["max"]) == (pytest.approx(min(values)), pytest.approx(max(values)))
+        assert group["params.adapter"] == 18456
+    broken = report.groups[report.groups["adapter.init"].eq("ones") & report.groups["adapter.scaling"].eq("fixed")].iloc[0]
+    assert (broken["n_failed"], broken["n_missing"]) == (1, 1)
+
+
+def test_writes_markdown_csvs_and_params_figure(init_sweep: Path) -> None:
+    report = build_report(init_sweep)
+    names = {path.name for path in report.files}
+    assert names == {"results.md", "results.csv", "runs.csv", "params_vs_metric.png"}
+    assert all((init_sweep / name).stat().st_size > 0 for name in names)
+    assert (init_sweep / "params_vs_metric.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (init_sweep / "results.md").read_text()
+    assert "## glue/sst2 — val/accuracy" in markdown
+    assert "| uniform | learned | 3 | **0.8200** | 0.8400 ± 0.0529 |" in markdown
+    assert "| ones | fixed | 1 (1 failed, 1 missing) | 0.4000 |" in markdown
+    failed_section = markdown.split("## Failed runs (1)")[1].split("## Missing runs (1)")[0]
+    assert f"| {FAILED_JOB} |" in failed_section and "RuntimeError: loss is NaN at step 12" in failed_section
+    assert "Traceback" not in failed_section  # only the error's first line
+    missing_section = markdown.split("## Missing runs (1)")[1]
+    assert f"| {MISSING_JOB} | `adapter.init=ones adapter.scaling=fixed seed=3` |" in missing_section
+    assert "Not started" not in markdown
+    runs = read_csv(init_sweep / "runs.csv")
+    assert [row["job"] for row in runs] == [str(i) for i in range(12)]
+    assert {row["status"] for row in runs} == {"completed", "failed", "missing"}
+    assert {"adapter.init", "adapter.scaling", "metric", "params.adapter", "params.head", "params.trainable",
+            "time_s"} <= set(runs[0])
+    assert len(read_csv(init_sweep / "results.csv")) == 4
+
+
+def test_jobs_that_never_started_are_listed(init_sweep: Path) -> None:
+    shutil.rmtree(init_sweep / MISSING_JOB)
+    report = build_report(init_sweep, write=False)
+    assert report.unstarted == [["adapter.init=ones", "adapter.scaling=fixed", "seed=3"]]
+    assert "## Not started (1)" in report.markdown and "Missing runs" not in report.markdown
+
+
+def test_metric_option_reads_best_and_rejects_unknown_keys(init_sweep: Path) -> None:
+    report = build_report(init_sweep, metric="val/loss", by="adapter.init", write=False)
+    uniform = report.groups[report.groups["adapter.init"] == "uniform"].iloc[0]
+    losses = [1.0 - value for key, by_seed in ACCURACY.items() if key[0] == "uniform" for value in by_seed.values()]
+    assert uniform["n"] == 6 and uniform["median"] == pytest.approx(statistics.median(losses))
+    with pytest.raises(ValueError, match="val/f1.*available: epoch, val/accuracy, val/loss"):
+        build_report(init_sweep, metric="val/f1", write=False)
+    with pytest.raises(ValueError, match="optimizer.momentum"):
+        build_report(init_sweep, by="optimizer.momentum", write=False)
+
+
+def test_rank_and_lr_sweep_draws_axis_figures(tmp_path: Path) -> None:
+    sweep = tmp_path / "rank_lr"
+    for num, (rank, lr, seed) in enumerate(itertools.product([1, 4, 16], [1e-4, 1e-3], [1, 2])):
+        value = 0.5 + 0.1 * math.log2(rank) / 4 + (0.05 if lr == 1e-3 else 0.0) + 0.01 * seed
+        write_job(sweep / str(num), [f"adapter.rank={rank}", f"optimizer.lr={lr}", f"seed={seed}"],
+                  job_config(rank=rank, lr=lr, seed=seed), metrics_json("glue/sst2", seed, value, adapter_params=25 * rank))
+    report = build_report(sweep)
+    assert report.by == ["adapter.rank", "optimizer.lr"]
+    assert {"rank_vs_metric.png", "lr_vs_metric.png", "params_vs_metric.png"} <= {path.name for path in report.files}
+    assert list(report.groups["adapter.rank"]) == [1, 1, 4, 4, 16, 16]  # numeric, not string, order
+    assert any("no multirun.yaml" in note for note in report.notes)
+
+
+def test_several_tasks_in_nested_job_dirs_get_one_table_each(tmp_path: Path) -> None:
+    sweep = tmp_path / "tasks"
+    for task, monitor in (("glue/sst2", "val/accuracy"), ("glue/cola", "val/mcc")):
+        for num, adapter in enumerate(["loldu", "lora"]):
+            job = sweep / task.replace("/", "_") / str(num)
+            write_job(job, [f"task={task}", f"adapter={adapter}"], job_config(task=task),
+                      metrics_json(task, 42, 0.5 + num / 10, monitor=monitor))
+    report = build_report(sweep, write=False)
+    assert report.by == ["adapter"]
+    assert "## glue/cola — val/mcc" in report.markdown and "## glue/sst2 — val/accuracy" in report.markdown
+    assert len(report.groups) == 4 and set(report.runs["job"]) == {"glue_sst2/0", "glue_sst2/1", "glue_cola/0", "glue_cola/1"}
+
+
+def test_a_single_run_directory_is_one_job(tmp_path: Path) -> None:
+    write_job(tmp_path / "run", ["seed=7"], job_config(seed=7), metrics_json("glue/sst2", 7, 0.9))
+    report = build_report(tmp_path / "run", write=False)
+    assert list(report.runs["job"]) == ["."] and report.by == [] and report.groups.iloc[0]["median"] == pytest.approx(0.9)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "loldu_lightning.report", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_cli_prints_table_and_paths(init_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(str(init_sweep), "--by", "adapter.scaling", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "| adapter.scaling | n | median |" in result.stdout
+    assert f"wrote {out / 'results.md'}" in result.stdout
+    assert len(read_csv(out / "results.csv")) == 2 and (out / "params_vs_metric.png").is_file()
+    assert not (init_sweep / "results.md").exists()
+
+
+def test_cli_names_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_main([str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty" / "logs").mkdir(parents=True)
+    assert report_main([str(tmp_path / "empty")]) == 2
+    error = capsys.readouterr().err
+    assert f"no job directories in {tmp_path / 'empty'}" in error and ".hydra/" in error
+
+
+def test_notebook_runs_on_a_sweep(init_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    kernelspec = pytest.importorskip("ipykernel.kernelspec")
+    # A kernel spec pointing at this interpreter, first on JUPYTER_PATH: the notebook runs in the
+    # test's environment whether or not a python3 spec is installed anywhere.
+    jupyter_dir = tmp_path / "jupyter"
+    kernelspec.write_kernel_spec(path=str(jupyter_dir / "kernels" / "python3"))
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("LOLDU_SWEEP_DIR", str(init_sweep))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert any("image/png" in output.get("data", {}) for output in outputs)
+    assert any("0.8200" in output.get("data", {}).get("text/markdown", "") for output in outputs)
+    assert not (init_sweep / "results.md").exists()  # the notebook only reads the sweep
