@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,7 +21,14 @@ def package_path(relative: str) -> str:
     return str(resources.files("loldu_lightning").joinpath(relative))
 
 
+def glue_dir(root: str | None, task_folder: str) -> str | None:
+    """`data.glue_root` + a task's folder name, so one override serves every GLUE task (and task sweeps)."""
+    return None if root in (None, "", "null") else str(Path(root).expanduser() / task_folder)
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("glue_dir"):
+        OmegaConf.register_new_resolver("glue_dir", glue_dir)
     if not OmegaConf.has_resolver("minilm_path"):
         OmegaConf.register_new_resolver("minilm_path", minilm_path)
     if not OmegaConf.has_resolver("package_path"):

@@ -13,11 +13,11 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from .adapters import build_adapter
-from .callbacks.adapter import AdapterCallback, RNGStateCallback
+from .callbacks.adapter import AdapterCallback, CheckpointOnException, RNGStateCallback
 from .callbacks.metrics import MetricsHistory
 from .callbacks.throughput import ThroughputCallback
 from .config import validate_config
@@ -52,11 +52,11 @@ def _callbacks(cfg: DictConfig, output_dir: Path, adapter, history: MetricsHisto
         RNGStateCallback(),
         ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best-{epoch}", monitor=task.monitor,
                         mode=task.mode, save_last=True, save_top_k=cfg.checkpoint.save_top_k),
-        OnExceptionCheckpoint(dirpath=output_dir / "checkpoints", filename="on_exception"),
+        CheckpointOnException(output_dir / "checkpoints"),
     ]
     if cfg.callbacks.throughput:
         callbacks.append(ThroughputCallback())
-    if cfg.callbacks.lr_monitor:
+    if cfg.callbacks.lr_monitor and cfg.logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(c) for c in (cfg.callbacks.extra or {}).values()]
     return callbacks

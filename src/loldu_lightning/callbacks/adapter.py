@@ -50,8 +50,6 @@ class AdapterCallback(L.Callback):
         self.parameter_counts = self.adapter.parameter_counts(pl_module.model, pl_module.head_modules)
         table = format_parameter_table(self.adapter.name, self.parameter_counts)
         log.info("Trainable parameters:\n%s", table)
-        if trainer.is_global_zero:
-            print(table)
         for logger in trainer.loggers:
             logger.log_hyperparams({f"params/{k}": v for k, v in self.parameter_counts.items()})
 
@@ -97,3 +95,19 @@ class RNGStateCallback(L.Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
         if state_dict.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class CheckpointOnException(L.Callback):
+    """Saves `on_exception.ckpt` when a run fails or is interrupted (Ctrl-C, NaN loss).
+
+    Lightning's own OnExceptionCheckpoint also makes every later `fit(ckpt_path=None)` resume
+    implicitly from `last`; that would silently continue an unrelated earlier run in the same
+    directory, so resuming stays an explicit `ckpt_path=` choice here.
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.path = Path(dirpath) / "on_exception.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)

@@ -30,7 +30,8 @@ class AdaptedTask(L.LightningModule):
     def __init__(self, model: nn.Module, head_modules: Sequence[str], optimizer: Mapping[str, Any],
                  scheduler: Mapping[str, Any]):
         super().__init__()
-        self.model = model
+        # from_pretrained returns eval mode; Lightning keeps module modes as given, so dropout would stay off
+        self.model = model.train()
         self.head_modules = tuple(head_modules)
         self.optimizer_cfg = dict(optimizer)
         self.scheduler_cfg = dict(scheduler)
