@@ -31,6 +31,14 @@ def test_default_config_is_the_offline_quickstart():
     validate_config(cfg)
 
 
+def test_quickstart_path_runs_on_the_packaged_data(tmp_path):
+    """The default config (real MiniLM, packaged SST-2 sample) end to end, on a few batches."""
+    result = train(compose_config(["debug=fast", "data.batch_size=8"], tmp_path))
+    assert result["status"] == "completed" and result["task"] == "glue/sst2"
+    assert result["params"]["adapter"] == 12 * (384 + 1)  # 6 layers x (query, value), full rank 384
+    assert result["params"]["head"] == 384 * 384 + 384 + 384 * 2 + 2  # BERT pooler + classifier
+
+
 @pytest.mark.parametrize("experiment", [e for e in list_config_options("experiment")])
 def test_every_experiment_composes_and_instantiates(experiment):
     cfg = compose_config([f"experiment={experiment}", "trainer=cpu"])

