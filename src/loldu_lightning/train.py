@@ -55,7 +55,7 @@ def _callbacks(cfg: DictConfig, output_dir: Path, adapter, history: MetricsHisto
         CheckpointOnException(output_dir / "checkpoints"),
     ]
     if cfg.callbacks.throughput:
-        callbacks.append(ThroughputCallback())
+        callbacks.append(ThroughputCallback(window_size=int(cfg.callbacks.throughput)))
     if cfg.callbacks.lr_monitor and cfg.logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(c) for c in (cfg.callbacks.extra or {}).values()]

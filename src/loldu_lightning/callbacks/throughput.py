@@ -26,7 +26,7 @@ def batch_samples_and_tokens(batch) -> tuple[int, int]:
 
 
 class ThroughputCallback(L.Callback):
-    def __init__(self, window_size: int = 20):
+    def __init__(self, window_size: int = 10):
         self.window_size = window_size
         self.throughput: Throughput | None = None
         self.samples = 0
@@ -44,8 +44,9 @@ class ThroughputCallback(L.Callback):
         self.tokens += tokens
         self.throughput.update(time=time.perf_counter() - self.start, batches=batch_idx + 1,
                                samples=self.samples, lengths=self.tokens)
+        # Rates appear once the window is full; "device/" keys are this process's own rates.
         rates = self.throughput.compute()
-        if "samples_per_sec" in rates:
-            pl_module.log("throughput/samples_per_sec", rates["samples_per_sec"], prog_bar=True)
-            if "items_per_sec" in rates:
-                pl_module.log("throughput/tokens_per_sec", rates["items_per_sec"])
+        if "device/samples_per_sec" in rates:
+            pl_module.log("throughput/samples_per_sec", rates["device/samples_per_sec"], prog_bar=True)
+        if "device/items_per_sec" in rates:
+            pl_module.log("throughput/tokens_per_sec", rates["device/items_per_sec"])

@@ -15,6 +15,7 @@ upper`` still reconstructs ``W0`` exactly and every value stays finite.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,24 @@ def tiny_pivot_mask(diag: Tensor, shape: tuple[int, int]) -> Tensor:
     return diag.abs() <= tolerance
 
 
+# Measured (benchmarks/RESULTS.md, section 3): a 768 x 768 CPU LU ran 7x slower on 2 threads than on
+# 1 when other processes shared the cores; at 4096 the two were equal. Larger ones keep all threads.
+_SINGLE_THREAD_LU_MAX_SIDE = 2048
+
+
+@contextlib.contextmanager
+def _single_thread_for_small_cpu_lu(matrix: Tensor):
+    if matrix.device.type != "cpu" or max(matrix.shape) > _SINGLE_THREAD_LU_MAX_SIDE or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def ldu_decompose(weight: Tensor, rank: int | None = None, dtype: torch.dtype = torch.float32) -> LDUFactors:
     """Decompose ``weight`` (m x n, out x in) and keep the first ``rank`` components (all when None).
 
@@ -81,7 +100,8 @@ def ldu_decompose(weight: Tensor, rank: int | None = None, dtype: torch.dtype = 
     if not torch.isfinite(matrix).all():
         raise ValueError(f"ldu_decompose: the {m} x {n} weight contains inf or NaN; it cannot be decomposed")
     # lu_factor_ex: singular matrices are valid input here (lu_factor raises on a zero pivot).
-    packed, pivots, _ = torch.linalg.lu_factor_ex(matrix)
+    with _single_thread_for_small_cpu_lu(matrix):
+        packed, pivots, _ = torch.linalg.lu_factor_ex(matrix)
     lower_full = torch.tril(packed[:, :k], diagonal=-1)
     lower_full.diagonal().fill_(1.0)
     upper = torch.triu(packed[:r, :])

@@ -1,0 +1,290 @@
+"""The four benchmark sections; each returns its table and the targets it checks."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from loldu_lightning.loldu import loldu_modules, unload
+from loldu_lightning.loldu.forward_cost import factored_extra_flops, merged_extra_flops
+
+from .measure import CaseTimes, StepMemory, interleaved_timings, measure_step_memory
+from .report import Table, Target, megabytes, milliseconds, ratio
+from .shapes import BenchShapes
+from .variants import (
+    TrainingVariant,
+    add_lora,
+    add_loldu,
+    build_encoder,
+    encoder_batch,
+    encoder_variants,
+    is_target_weight,
+    projection_variants,
+    shared_copy,
+)
+
+
+def _spread(times: CaseTimes) -> str:
+    """Fastest and slowest timed call: how much the machine's load moved the numbers."""
+    return f"{milliseconds(min(times.wall))}-{milliseconds(max(times.wall))}"
+
+
+def _memory_column(device: torch.device) -> str:
+    return "peak MiB (measured)" if device.type == "cuda" else "peak MiB (estimated)"
+
+
+def training_table(
+    title: str,
+    variants: dict[str, TrainingVariant],
+    reference: str,
+    *,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+) -> tuple[Table, dict[str, float], dict[str, StepMemory]]:
+    """Interleaved step times of every variant, then one instrumented step each for memory."""
+    timings = interleaved_timings({key: v.step for key, v in variants.items()}, warmup=warmup, steps=steps, device=device, progress=title.split(",")[0])
+    medians = {key: t.wall_median for key, t in timings.items()}
+    cpu = {key: t.cpu_median for key, t in timings.items()}
+    memory = {key: measure_step_memory(v.step, v.model, v.optimizer, device) for key, v in variants.items()}
+    ref_label = variants[reference].label
+    table = Table(
+        title,
+        [
+            "variant",
+            "adapter params",
+            "step ms (median)",
+            "min-max ms",
+            f"time vs {ref_label}",
+            "CPU-time ratio",
+            _memory_column(device),
+            f"memory vs {ref_label}",
+            "weights+buffers MiB",
+            "saved for backward MiB",
+            "grads+AdamW MiB",
+        ],
+    )
+    for key, variant in variants.items():
+        mem = memory[key]
+        table.rows.append(
+            [
+                variant.label,
+                f"{variant.adapter_params:,}",
+                milliseconds(medians[key]),
+                _spread(timings[key]),
+                ratio(medians[key], medians[reference]),
+                ratio(cpu[key], cpu[reference]),
+                megabytes(mem.peak),
+                ratio(mem.peak, memory[reference].peak),
+                megabytes(mem.weights),
+                megabytes(mem.saved_for_backward),
+                megabytes(mem.gradients + mem.optimizer_state),
+            ]
+        )
+    table.notes.append(f"{steps} timed steps per variant after {warmup} warm-up steps, round-robin; step = forward + backward + AdamW step + zero_grad.")
+    return table, medians, memory
+
+
+def linear_training_gflop(model: nn.Module, tokens: int) -> float:
+    """Forward + input-gradient FLOPs of every nn.Linear (4 m n per token): the frozen backbone's bulk."""
+    return sum(4 * m.in_features * m.out_features * tokens for m in model.modules() if isinstance(m, nn.Linear)) / 1e9
+
+
+def loldu_extra_gflop(model: nn.Module, tokens: int) -> float:
+    """Extra training FLOPs of every LoLDU layer on the path it takes, by the library's own cost model."""
+    total = 0
+    for _, layer in loldu_modules(model):
+        path = layer.forward_path(torch.empty(tokens, layer.in_features, requires_grad=True))
+        cost = merged_extra_flops if path == "merged" else factored_extra_flops
+        total += cost(layer.out_features, layer.in_features, layer.rank, tokens, True)
+    return total / 1e9
+
+
+def cost_model_note(variants: dict[str, TrainingVariant], tokens: int, floor: str) -> str:
+    """One line comparing each LoLDU variant's extra FLOPs with the backbone's linear-layer FLOPs."""
+    base = linear_training_gflop(variants[floor].model, tokens)
+    parts = [
+        f"{v.label} +{extra:.3g} GFLOP (+{100 * extra / base:.0f}%)"
+        for v in variants.values()
+        if (extra := loldu_extra_gflop(v.model, tokens)) > 0
+    ]
+    return (
+        f"Cost model (`loldu.forward_cost`, input gradient counted everywhere): the frozen linear layers do ~{base:.3g} GFLOP "
+        f"per step (forward + input gradient); LoLDU adds {'; '.join(parts)}."
+    )
+
+
+def auto_paths(model: nn.Module, tokens: int) -> list[str]:
+    """The forward paths ``auto`` takes in this model's LoLDU layers during training."""
+    return sorted({layer.forward_path(torch.empty(tokens, layer.in_features, requires_grad=True)) for _, layer in loldu_modules(model)})
+
+
+def noise_note(variants: dict[str, TrainingVariant], times: dict[str, float], auto_key: str, tokens: int) -> str:
+    """Where ``auto`` runs the same code as a forced mode, their time ratio is pure measurement noise."""
+    paths = auto_paths(variants[auto_key].model, tokens)
+    twin = auto_key.replace("auto", paths[0])
+    if len(paths) != 1 or twin not in times:
+        return f"auto took the paths {', '.join(paths)}."
+    return (
+        f"auto took the {paths[0]} path in every layer, the same code as the '{variants[twin].label}' row: "
+        f"their time ratio ({times[auto_key] / times[twin]:.2f}x) is the run-to-run noise."
+    )
+
+
+def encoder_training(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+    """Section 1: full training steps on the roberta-base architecture."""
+    base = build_encoder(shapes, device, seed)
+    batch = encoder_batch(shapes, base.config.vocab_size, device, seed)
+    variants = encoder_variants(base, shapes, batch)
+    title = (
+        f"1. Training step, {'roberta-base' if not shapes.encoder_overrides else 'tiny roberta'} "
+        f"({base.config.num_hidden_layers} layers, hidden {base.config.hidden_size}), batch {shapes.batch} x {shapes.seq_len} tokens, "
+        f"adapters on {', '.join(shapes.targets)}"
+    )
+    table, times, memory = training_table(title, variants, "lora_ref", warmup=warmup, steps=steps, device=device)
+    ref, full, low = shapes.lora_reference_rank, shapes.full_rank, shapes.low_rank
+    table.notes += [
+        "Every variant trains the classification head too (PEFT LoRA included), so differences come from the adapters alone.",
+        "The floor freezes everything but the head and makes the embeddings' output require grad, so backward runs through every layer with no adapter.",
+        f"naive / LoLDU r={full} auto step time: {times['naive'] / times['loldu_full_auto']:.2f}x.",
+        cost_model_note(variants, shapes.batch * shapes.seq_len, "floor"),
+        noise_note(variants, times, "loldu_full_auto", shapes.batch * shapes.seq_len),
+    ]
+    targets = [
+        Target(f"encoder: LoLDU r={full} auto step time / LoRA r={ref}", times["loldu_full_auto"] / times["lora_ref"], "<=", 1.10),
+        Target(f"encoder: LoLDU r={full} auto step time / LoRA r={full}", times["loldu_full_auto"] / times["lora_full"], "<=", 1.00),
+        Target(f"encoder: LoLDU r={low} auto step time / LoRA r={ref}", times["loldu_low_auto"] / times["lora_ref"], "<=", 1.05),
+        Target(f"encoder: LoLDU r={full} auto peak memory / LoRA r={ref}", memory["loldu_full_auto"].peak / memory["lora_ref"].peak, "<=", 1.10),
+        Target(f"encoder: LoLDU r={low} auto peak memory / LoRA r={ref}", memory["loldu_low_auto"].peak / memory["lora_ref"].peak, "<=", 1.10),
+    ]
+    del variants, base
+    gc.collect()
+    return table, targets
+
+
+def projection_training(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+    """Section 2: one LLaMA-shaped projection at the paper's instruction-tuning rank."""
+    variants = projection_variants(shapes, device, seed)
+    dim, r = shapes.layer_dim, shapes.layer_rank
+    title = f"2. Training step, one LLaMA-shaped layer ({dim} x {dim} nn.Linear, batch 1 x {shapes.layer_tokens} tokens), r={r}"
+    table, times, memory = training_table(title, variants, "lora_ref", warmup=warmup, steps=steps, device=device)
+    table.notes += [
+        "The layer's input requires grad (as inside a network), so every variant also computes the input gradient.",
+        noise_note(variants, times, "loldu_auto", shapes.layer_tokens),
+        cost_model_note(variants, shapes.layer_tokens, "floor"),
+        f"naive / LoLDU auto step time: {times['naive'] / times['loldu_auto']:.2f}x; "
+        f"naive / LoLDU auto peak memory: {memory['naive'].peak / memory['loldu_auto'].peak:.2f}x.",
+    ]
+    targets = [Target(f"layer {dim}x{dim}: naive / LoLDU r={r} auto step time", times["naive"] / times["loldu_auto"], ">=", 5.0)]
+    del variants
+    gc.collect()
+    return table, targets
+
+
+def initialisation_time(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+    """Section 3: LoLDU's LU-based init against PEFT's SVD-based PiSSA init on the same weights."""
+    base = build_encoder(shapes, device, seed)
+    targets, r = shapes.targets, shapes.full_rank
+
+    def on_fresh_model(apply: Callable[[nn.Module], object]) -> Callable[[], Callable[[], object]]:
+        """A factory the timer calls untimed: it copies the model, and only ``apply`` is timed."""
+
+        def factory() -> Callable[[], object]:
+            # Own copies of the targeted weights: PiSSA rewrites them with its residual.
+            model = shared_copy(base, lambda name: is_target_weight(name, targets))
+            return lambda: apply(model)
+
+        return factory
+
+    def untimed_setup(run: Callable[[], object]) -> Callable[[], Callable[[], object]]:
+        return lambda: run
+
+    target_weights = [p for name, p in base.named_parameters() if is_target_weight(name, targets) and name.endswith(".weight")]
+    factories: dict[str, Callable[[], Callable[[], object]]] = {
+        "loldu": on_fresh_model(lambda model: add_loldu(model, targets, r, "auto")),
+        "pissa": on_fresh_model(lambda model: add_lora(model, targets, r, init="pissa")),
+        "pissa_niter_4": on_fresh_model(lambda model: add_lora(model, targets, r, init="pissa_niter_4")),
+        "lu_kernel": untimed_setup(lambda: [torch.linalg.lu_factor_ex(w.float()) for w in target_weights]),
+        "svd_kernel": untimed_setup(lambda: [torch.linalg.svd(w.float(), full_matrices=False) for w in target_weights]),
+    }
+    labels = {
+        "loldu": f"LoLDU inject r={r} (LU + wrap)",
+        "pissa": f"PEFT PiSSA r={r} (full SVD)",
+        "pissa_niter_4": f"PEFT PiSSA r={r} pissa_niter_4 (randomised SVD)",
+        "lu_kernel": "kernel only: torch.linalg.lu_factor_ex",
+        "svd_kernel": "kernel only: torch.linalg.svd",
+    }
+    timings = interleaved_timings(factories, warmup=warmup, steps=steps, device=device, fresh=True, progress="3. init")
+    times = {key: t.wall_median for key, t in timings.items()}
+    cpu = {key: t.cpu_median for key, t in timings.items()}
+    shape = tuple(target_weights[0].shape)
+    table = Table(
+        f"3. Adapter initialisation on {len(target_weights)} {shape[0]} x {shape[1]} weights ({', '.join(targets)}), r={r}",
+        ["method", "ms (median)", "min-max ms", "time / LoLDU inject", "CPU-time ratio"],
+    )
+    for key, label in labels.items():
+        table.rows.append([label, milliseconds(times[key]), _spread(timings[key]), ratio(times[key], times["loldu"]), ratio(cpu[key], cpu["loldu"])])
+    table.notes.append(f"{steps} timed runs after {warmup} warm-up, round-robin; each run starts from a fresh model copy made outside the timer.")
+    del base
+    gc.collect()
+    return table, [Target(f"init: PiSSA (full SVD) / LoLDU inject r={r}", times["pissa"] / times["loldu"], ">=", 5.0)]
+
+
+def _structure(model: nn.Module) -> list[tuple[str, ...]]:
+    """What decides which kernels run: every module's type and every parameter's shape, stride and dtype."""
+    modules = [(name, type(module).__name__) for name, module in model.named_modules()]
+    params = [(name, str(tuple(p.shape)), str(p.stride()), str(p.dtype)) for name, p in model.named_parameters()]
+    return modules + params
+
+
+def merged_inference(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+    """Section 4: a merged and unloaded LoLDU model must run exactly as fast as the base model."""
+    base = build_encoder(shapes, device, seed)
+    batch = encoder_batch(shapes, base.config.vocab_size, device, seed)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    targets, r = shapes.targets, shapes.full_rank
+
+    def trained_loldu() -> nn.Module:
+        model = add_loldu(shared_copy(base, lambda name: is_target_weight(name, targets)), targets, r, "auto")
+        # Move z off its init so merging folds a non-zero update into the weights.
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, layer in loldu_modules(model):
+                layer.z.add_(0.01 * torch.randn(layer.z.shape, generator=generator).to(layer.z.device))
+        return model
+
+    models = {"base": shared_copy(base, lambda name: False), "unmerged": trained_loldu(), "merged": unload(trained_loldu())}
+    for model in models.values():
+        model.eval()
+
+    def forward(model: nn.Module) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            with torch.no_grad():
+                return model(**inputs).logits
+
+        return call
+
+    logit_gap = (forward(models["merged"])() - forward(models["unmerged"])()).abs().max().item()
+    wrappers_left = sum(1 for _ in loldu_modules(models["merged"]))
+    same_structure = _structure(models["merged"]) == _structure(models["base"])
+    timings = interleaved_timings({key: forward(model) for key, model in models.items()}, warmup=warmup, steps=steps, device=device, progress="4. inference")
+    times = {key: t.wall_median for key, t in timings.items()}
+    cpu = {key: t.cpu_median for key, t in timings.items()}
+    labels = {"base": "base model", "unmerged": f"LoLDU r={r} unmerged (adapter active)", "merged": f"LoLDU r={r} merged + unloaded"}
+    table = Table(
+        f"4. Inference latency (eval, no grad), batch {shapes.batch} x {shapes.seq_len} tokens",
+        ["model", "ms (median)", "min-max ms", "vs base", "CPU-time ratio"],
+        [[labels[key], milliseconds(times[key]), _spread(timings[key]), ratio(times[key], times["base"]), ratio(cpu[key], cpu["base"])] for key in labels],
+    )
+    table.notes += [
+        f"{steps} timed forwards after {warmup} warm-up, round-robin.",
+        f"Merged + unloaded model: {wrappers_left} LoLDU wrappers left; module types, parameter shapes and strides "
+        f"{'identical to' if same_structure else 'DIFFERENT from'} the base model, so it runs the same kernels and any "
+        f"time difference is measurement noise; max |logits(merged) - logits(unmerged)| = {logit_gap:.2e}.",
+    ]
+    del models, base
+    gc.collect()
+    return table, [Target(f"inference: LoLDU r={r} merged + unloaded / base latency", times["merged"] / times["base"], "<=", 1.01)]

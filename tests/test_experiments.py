@@ -1,0 +1,211 @@
+"""The paper's experiment configs: they compose, validate, expand to the intended sweeps, and run.
+
+The sweeps are expanded exactly as Hydra's basic sweeper expands them (`hydra.sweeper.params`
+merged with command-line overrides, then the cartesian product), so a job count here is the
+number of jobs `python -m loldu_lightning -m experiment=<name>` starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import list_config_options
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from transformers import AutoModelForSequenceClassification
+
+from loldu_lightning.adapters import build_adapter
+from loldu_lightning.config import package_path, validate_config
+from loldu_lightning.loldu import INITS, RESIDUALS, SCALINGS
+from loldu_lightning.models import load_model
+
+EXPERIMENTS = list_config_options("experiment")
+# Tables meant for `-m`: experiment name -> number of jobs its sweep starts.
+TABLE_JOBS = {
+    "minilm_table1": 3 * 4 * 3,  # tasks x methods x seeds
+    "paper/table1_glue": 6 * 8 * 5,
+    "paper/table4_vit": 6,  # datasets, seed 42
+    "paper/table5_init_scaling": 8 * 3 * 2 * 3,  # inits x scalings x residuals x seeds
+    "paper/table11_lr": 7 * 3,
+    "paper/table12_rank": 11 * 3,
+}
+TABLE1_METHODS = ["loldu", "lora", "vera", "fourierft", "pissa", "full", "linear_probe", "bitfit"]
+GLUE_TASKS = ["sst2", "mrpc", "cola", "qnli", "rte", "stsb", "mnli", "qqp"]
+VISION_DATASETS = ["cifar10", "cifar100", "eurosat", "stanford_cars", "flowers102", "fgvc_aircraft"]
+
+
+def compose_full(overrides: list[str]):
+    """The composed config including `hydra` (its sweeper params and launcher), as the CLI sees it."""
+    with initialize_config_dir(config_dir=package_path("conf"), version_base="1.3"):
+        return compose("config", overrides=[*overrides, "output_dir=unused"], return_hydra_config=True)
+
+
+def sweep_jobs(experiment: str, cli: list[str] = ()) -> list[list[str]]:
+    """The per-job override lists of `-m experiment=<experiment> <cli>`, in launch order.
+
+    Mirrors BasicSweeper.sweep: the sweeper params, then the command line (which wins on a shared key).
+    """
+    params = compose_full([f"experiment={experiment}"]).hydra.sweeper.params or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + [f"experiment={experiment}", *cli]
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def resolved(cfg, key: str):
+    return OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = compose_full([f"experiment={experiment}"])
+    validate_config(cfg)
+    # every interpolation outside `hydra` must resolve (per-task tables keyed on ${task.name} included)
+    OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
+
+
+@pytest.mark.parametrize("experiment, jobs", TABLE_JOBS.items())
+def test_table_sweeps_expand_to_the_intended_jobs(experiment, jobs):
+    expanded = sweep_jobs(experiment)
+    assert len(expanded) == jobs
+    assert len({tuple(sorted(job)) for job in expanded}) == jobs  # no duplicate job
+
+
+@pytest.mark.parametrize("experiment", TABLE_JOBS)
+def test_every_swept_value_composes_and_validates(experiment):
+    """One composition per swept value (not the full product), so a typo in any value fails here."""
+    swept = {}
+    for job in sweep_jobs(experiment):
+        for text in job:
+            key, _, value = text.partition("=")
+            swept.setdefault(key, set()).add(text)
+    first = sweep_jobs(experiment)[0]
+    for key, texts in swept.items():
+        for text in sorted(texts):
+            overrides = [t for t in first if not t.startswith(f"{key}=")] + [text]
+            cfg = compose_full(overrides)
+            validate_config(cfg)
+            for name in ("optimizer.lr", "trainer.max_epochs", "data.max_length", "data.train_limit"):
+                resolved(cfg, name)
+
+
+def test_table5_sweeps_every_init_scaling_and_residual():
+    jobs = [dict(t.split("=", 1) for t in job) for job in sweep_jobs("paper/table5_init_scaling")]
+    assert {j["adapter.init"] for j in jobs} == set(INITS)
+    assert {j["adapter.scaling"] for j in jobs} == set(SCALINGS)
+    assert {j["adapter.residual"] for j in jobs} == set(RESIDUALS)
+
+
+def test_rank_and_lr_sweeps_cover_the_papers_axes():
+    ranks = {dict(t.split("=", 1) for t in job)["adapter.rank"] for job in sweep_jobs("paper/table12_rank")}
+    assert sorted(map(int, ranks)) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768]
+    cfg = compose_full(["experiment=paper/table12_rank", "adapter.rank=4"])
+    assert cfg.adapter.alpha is None  # alpha = rank: sigma0 stays 1 along the sweep
+    rates = {dict(t.split("=", 1) for t in job)["optimizer.lr"] for job in sweep_jobs("paper/table11_lr")}
+    assert sorted(map(float, rates)) == [1e-4, 3e-4, 5e-4, 1e-3, 3e-3, 5e-3, 1e-2]
+
+
+@pytest.mark.parametrize("task", GLUE_TASKS)
+def test_table1_loldu_matches_the_per_task_paper_configs(task):
+    """Table I's LoLDU row uses the Table VII settings that paper/glue_<task> encodes."""
+    table = compose_full(["experiment=paper/table1_glue", f"task=glue/{task}"])
+    single = compose_full([f"experiment=paper/glue_{task}"])
+    for key in ("optimizer.lr", "trainer.max_epochs", "data.max_length", "data.batch_size", "adapter.rank",
+                "adapter.alpha", "scheduler.warmup_ratio", "model.name_or_path"):
+        assert resolved(table, key) == resolved(single, key), key
+    assert list(table.adapter.target_modules) == list(single.adapter.target_modules)
+
+
+def test_table1_methods_are_the_papers_baselines_with_their_own_rates():
+    methods = {}
+    for method in TABLE1_METHODS:
+        cfg = compose_full(["experiment=paper/table1_glue", f"experiment/paper/table1_glue_method={method}",
+                            "task=glue/rte"])
+        validate_config(cfg)
+        methods[cfg.adapter.name] = cfg
+    assert sorted(methods) == sorted(TABLE1_METHODS)
+    assert (methods["lora"].adapter.r, methods["lora"].adapter.alpha) == (8, 8)
+    # full fine-tuning trains every weight, so it must run far below the adapters' rates
+    assert methods["full"].optimizer.lr < methods["lora"].optimizer.lr < methods["vera"].optimizer.lr
+    # methods trained at rates a head cannot take give the head its own rate
+    for name in ("vera", "fourierft"):
+        assert methods[name].optimizer.head_lr is not None and methods[name].optimizer.head_lr < 0.02
+
+
+@pytest.mark.parametrize("dataset", VISION_DATASETS)
+def test_table4_matches_the_per_dataset_vit_configs(dataset):
+    single_name = f"paper/vit_{dataset}"
+    if single_name not in EXPERIMENTS:
+        pytest.skip(f"{single_name} is not in this checkout")
+    table = compose_full(["experiment=paper/table4_vit", f"task=vision/{dataset}"])
+    single = compose_full([f"experiment={single_name}"])
+    for key in ("seed", "optimizer.lr", "trainer.max_epochs", "data.batch_size", "scheduler.warmup_steps",
+                "adapter.rank", "adapter.alpha", "model.name_or_path", "task.name"):
+        assert resolved(table, key) == resolved(single, key), key
+
+
+def test_minilm_table1_loldu_trains_under_5_percent_of_loras_parameters():
+    counts = {}
+    for method in ("loldu", "lora"):
+        cfg = compose_full(["experiment=minilm_table1", f"experiment/minilm_table1_arm={method}"])
+        adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
+        model = load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2)
+        model = adapter.apply(model, list(cfg.model.head_modules))
+        counts[method] = adapter.parameter_counts(model, list(cfg.model.head_modules))["adapter"]
+    assert counts["loldu"] == 6 * 2 * (384 + 1)
+    assert counts["loldu"] < 0.05 * counts["lora"]
+
+
+def test_minilm_table1_reads_the_shared_glue_relative_to_the_repo_root(shared_data):
+    repo_root = Path(__file__).resolve().parents[1]
+    for task, folder in (("sst2", "SST-2"), ("mrpc", "MRPC"), ("rte", "RTE")):
+        cfg = compose_full(["experiment=minilm_table1", f"task=glue/{task}"])
+        assert (repo_root / cfg.data.data_dir / "train.tsv").is_file()
+        assert (repo_root / cfg.data.data_dir).resolve() == (shared_data / "glue" / folder).resolve()
+
+
+@pytest.mark.parametrize("launcher, target", [
+    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+])
+def test_launcher_overrides_compose(launcher, target):
+    plugin = target.split(".")[1]
+    if importlib.util.find_spec(f"hydra_plugins.{plugin}") is None:
+        pytest.skip(f"{plugin} is not installed (pip install 'loldu-lightning[slurm]' for submitit)")
+    cfg = compose_full(["experiment=paper/table1_glue", f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_ == target
+    assert len(sweep_jobs("paper/table1_glue", [f"hydra/launcher={launcher}"])) == TABLE_JOBS["paper/table1_glue"]
+
+
+def test_cli_multirun_with_joblib_runs_each_method(shared_data, tmp_path):
+    """A real `-m` through the CLI: the minilm_table1 sweep cut to RTE, seed 0 and two methods."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "experiment=minilm_table1", "experiment/minilm_table1_arm=loldu,lora", "task=glue/rte",
+            "seed=0", "model=tiny-roberta", "debug=fast", f"data.glue_root={shared_data / 'glue'}",
+            "data.max_length=64", "callbacks.lr_monitor=false", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "loldu_lightning", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+    assert len(results) == 2
+    assert {r["status"] for r in results} == {"completed"}
+    assert {r["adapter"] for r in results} == {"loldu", "lora"}
+    assert {r["task"] for r in results} == {"glue/rte"}
+    loldu = next(r for r in results if r["adapter"] == "loldu")
+    assert loldu["params"]["adapter"] == 2 * 2 * (32 + 1)  # tiny-roberta: full rank of its 32 x 32 q, v
+
+
+def test_command_line_values_narrow_a_table():
+    """The documented subsets: a command-line value replaces that key's sweep in the table."""
+    assert len(sweep_jobs("minilm_table1", ["task=glue/rte"])) == 4 * 3
+    jobs = sweep_jobs("paper/table1_glue", ["experiment/paper/table1_glue_method=loldu,lora", "seed=0"])
+    assert len(jobs) == 6 * 2
