@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def compose_full(overrides: list[str]):
         return compose("config", overrides=[*overrides, "output_dir=unused"], return_hydra_config=True)
 
 
-def sweep_jobs(experiment: str, cli: list[str] = ()) -> list[list[str]]:
+def sweep_jobs(experiment: str, cli: Sequence[str] = ()) -> list[list[str]]:
     """The per-job override lists of `-m experiment=<experiment> <cli>`, in launch order.
 
     Mirrors BasicSweeper.sweep: the sweeper params, then the command line (which wins on a shared key).
