@@ -151,3 +151,15 @@ def test_cli_multirun_yields_one_run_per_init(rte, tmp_path):
     assert {json.loads(p.read_text())["status"] for p in jobs} == {"completed"}
     overrides_seen = {tuple(OmegaConf.load(p.parent / ".hydra" / "overrides.yaml")) for p in jobs}
     assert any("adapter.init=zeros" in o for o in overrides_seen)
+
+
+def test_head_lr_gives_the_head_its_own_param_group(rte, tmp_path):
+    from loldu_lightning.tasks import build_task
+
+    cfg = compose_config([*rte, "optimizer.head_lr=0.05", "scheduler.name=none"], tmp_path)
+    module, _ = build_task(cfg)
+    adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
+    module.model = adapter.apply(module.model, module.head_modules)
+    groups = module.configure_optimizers().param_groups
+    assert [g["lr"] for g in groups] == [cfg.optimizer.lr, 0.05]
+    assert sum(p.numel() for p in groups[0]["params"]) == 2 * 2 * (8 + 1)  # only z and sigma

@@ -23,8 +23,11 @@ def minilm_path() -> str:
 
 
 def resolve_name_or_path(name_or_path: str) -> str:
-    return minilm_path() if name_or_path == MINILM else str(Path(name_or_path).expanduser()) \
-        if Path(name_or_path).expanduser().exists() else name_or_path
+    """`minilm` -> the packaged model folder; an existing local path -> expanded; else a hub id."""
+    if name_or_path == MINILM:
+        return minilm_path()
+    local = Path(name_or_path).expanduser()
+    return str(local) if local.exists() else name_or_path
 
 
 def _not_found(name_or_path: str, what: str, error: Exception) -> FileNotFoundError:

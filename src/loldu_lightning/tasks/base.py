@@ -56,7 +56,9 @@ class AdaptedTask(L.LightningModule):
         if head_lr is None:
             groups = [{"params": [p for _, p in params]}]
         else:
-            is_head = lambda n: any(f".{h}." in f".{n}" for h in self.head_modules)  # noqa: E731
+            def is_head(name: str) -> bool:
+                return any(f".{head}." in f".{name}" for head in self.head_modules)
+
             groups = [{"params": [p for n, p in params if not is_head(n)]},
                       {"params": [p for n, p in params if is_head(n)], "lr": head_lr}]
             groups = [g for g in groups if g["params"]]
