@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
-from loldu_lightning.config import package_path
+from loldu_lightning.config import config_dir
 
 # tiny model, a few batches: a full train() on 2 CPU cores in seconds
 TINY_GLUE = ["model=tiny-roberta", "trainer=cpu", "trainer.max_epochs=1", "data.train_limit=64",
@@ -16,13 +16,13 @@ TINY_GLUE = ["model=tiny-roberta", "trainer=cpu", "trainer.max_epochs=1", "data.
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None):
-    with initialize_config_dir(config_dir=package_path("conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         extra = [f"output_dir={output_dir}"] if output_dir is not None else ["output_dir=unused"]
         return compose("config", overrides=[*overrides, *extra])
 
 
 def list_config_options(group: str) -> list[str]:
-    root = Path(package_path("conf")) / group
+    root = Path(config_dir()) / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 

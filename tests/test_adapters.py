@@ -13,11 +13,11 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from transformers import RobertaConfig, RobertaForSequenceClassification, ViTConfig, ViTForImageClassification
 
-import loldu_lightning
+from loldu_lightning.config import config_dir
 from loldu_lightning.adapters import ADAPTERS, HEAD_FILE, build_adapter, resolve_head_modules, unwrap_model
 
 ROBERTA_TARGETS = ["query", "value"]
-ADAPTER_CONF_DIR = Path(loldu_lightning.__file__).parent / "conf" / "adapter"
+ADAPTER_CONF_DIR = Path(config_dir()) / "adapter"
 
 # Small option values so every method fits the 32-wide test model and runs in well under a second.
 ROBERTA_CONFIGS: dict[str, dict] = {

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from loldu_lightning.adapters import build_adapter
-from loldu_lightning.config import package_path, validate_config
+from loldu_lightning.config import config_dir, validate_config
 from loldu_lightning.loldu import INITS, RESIDUALS, SCALINGS
 from loldu_lightning.models import load_model
 
@@ -45,7 +45,7 @@ VISION_DATASETS = ["cifar10", "cifar100", "eurosat", "stanford_cars", "flowers10
 
 def compose_full(overrides: list[str]):
     """The composed config including `hydra` (its sweeper params and launcher), as the CLI sees it."""
-    with initialize_config_dir(config_dir=package_path("conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("config", overrides=[*overrides, "output_dir=unused"], return_hydra_config=True)
 
 

@@ -11,11 +11,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import register_resolvers
+from .config import config_dir, register_resolvers
 from .overrides import check_override_keys
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
     from .train import train
 

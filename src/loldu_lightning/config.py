@@ -21,6 +21,21 @@ def package_path(relative: str) -> str:
     return str(resources.files("loldu_lightning").joinpath(relative))
 
 
+def config_dir() -> str:
+    """Absolute path of the Hydra config tree.
+
+    The tree lives at the repository root (`conf/`). A wheel carries it as the `loldu_lightning.conf`
+    package directory; an editable install has no copy inside the package, so it reads the root folder.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"The config tree was found neither in {package / 'conf'} (an installed wheel) nor in "
+        f"{package.parents[1] / 'conf'} (a source checkout); reinstall with `pip install -e .` or from a wheel.")
+
+
 def glue_dir(root: str | None, task_folder: str) -> str | None:
     """`data.glue_root` + a task's folder name, so one override serves every GLUE task (and task sweeps)."""
     return None if root in (None, "", "null") else str(Path(root).expanduser() / task_folder)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .config import package_path
+from .config import config_dir
 
 _ABSENT = object()
 
@@ -17,7 +17,7 @@ _ABSENT = object()
 def _groups() -> set[str]:
     from pathlib import Path
 
-    return {p.name for p in Path(package_path("conf")).iterdir() if p.is_dir()}
+    return {p.name for p in Path(config_dir()).iterdir() if p.is_dir()}
 
 
 def check_override_keys(args: list[str]) -> None:
@@ -41,7 +41,7 @@ def check_override_keys(args: list[str]) -> None:
             value_keys.append(key)
     if not value_keys:
         return
-    with initialize_config_dir(config_dir=package_path("conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=selections)
     for key in value_keys:
         if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
