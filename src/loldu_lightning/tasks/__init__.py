@@ -13,7 +13,13 @@ def _build_vision(cfg):
     return build_vision(cfg)
 
 
-TASK_FAMILIES: dict[str, Callable] = {"glue": build_glue, "vision": _build_vision}
+def _build_diffusion(cfg):
+    from .diffusion import build_diffusion  # diffusers is only imported for diffusion runs
+
+    return build_diffusion(cfg)
+
+
+TASK_FAMILIES: dict[str, Callable] = {"glue": build_glue, "vision": _build_vision, "diffusion": _build_diffusion}
 
 
 def build_task(cfg):

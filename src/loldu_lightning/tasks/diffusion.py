@@ -1,0 +1,285 @@
+"""Subject-driven Stable Diffusion (DreamBooth-style; the paper's Tables VI and X).
+
+The adapter (LoLDU, LoRA, full fine-tuning, ...) adapts `self.model`, a small container holding the
+UNet (and the text encoder when `model.train_text_encoder=true`); the VAE and, by default, the text
+encoder stay frozen outside it. Training is the usual latent-diffusion objective: VAE latents of the
+subject photos, noise at a random timestep, MSE between the UNet's prediction and the scheduler's
+target (the noise for epsilon models, the velocity for v-prediction ones), plus the class images'
+loss weighted by `loss.prior_weight` under prior preservation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..adapters import unwrap_model
+from ..callbacks.sampling import DiffusionExportCallback, SamplingCallback
+from ..data.diffusion import SubjectDataModule, check_images, format_prompt, list_images, resolve_subject
+from ..loldu import resolve_target_modules
+from ..sd_models import SAMPLERS, SDParts, load_sd_parts, make_pipeline, sampling_scheduler
+from .base import AdaptedTask
+
+log = logging.getLogger(__name__)
+
+# Stable Diffusion's attention projections (to_out is a ModuleList: its Linear is to_out.0)
+SD_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class SubjectModel(nn.Module):
+    """What the adapter adapts: the UNet, plus the text encoder when it is trained too."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None = None):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def forward(self, noisy_latents, timesteps, encoder_hidden_states):
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states).sample
+
+
+class DiffusionSubjectTask(AdaptedTask):
+    """Noise-prediction training of a subject; fixed-noise validation loss; sampling for the callbacks."""
+
+    def __init__(self, parts: SDParts, train_text_encoder: bool, optimizer: Mapping[str, Any],
+                 scheduler: Mapping[str, Any], prior_weight: float = 1.0,
+                 val_timesteps: Sequence[int] = (100, 300, 500, 700, 900), seed: int = 42,
+                 callbacks: Sequence[L.Callback] = ()):
+        super().__init__(SubjectModel(parts.unet, parts.text_encoder if train_text_encoder else None), (),
+                         optimizer, scheduler)
+        self.vae = parts.vae
+        # the frozen text encoder lives outside the adapted container (None when it trains inside it)
+        self.frozen_text_encoder = None if train_text_encoder else parts.text_encoder
+        self.train_text_encoder = train_text_encoder
+        self.tokenizer = parts.tokenizer
+        self.noise_scheduler = parts.noise_scheduler
+        self.prediction_type = parts.noise_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"The scheduler's prediction_type {self.prediction_type!r} is not supported; "
+                             "use a model whose scheduler/scheduler_config.json says epsilon or v_prediction.")
+        self.prior_weight = float(prior_weight)
+        self.val_timesteps = [int(t) for t in val_timesteps]
+        self.seed = int(seed)
+        self._callbacks = list(callbacks)
+
+    # parts -------------------------------------------------------------------------------------
+    @property
+    def unet(self) -> nn.Module:
+        return unwrap_model(self.model).unet
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        return unwrap_model(self.model).text_encoder if self.train_text_encoder else self.frozen_text_encoder
+
+    def configure_callbacks(self):
+        return self._callbacks
+
+    def configure_optimizers(self):
+        if self.train_text_encoder and not any(p.requires_grad for p in self.text_encoder.parameters()):
+            raise ValueError(
+                "model.train_text_encoder=true but the adapter made no text-encoder parameter trainable: add the "
+                "CLIP attention projections to its targets, e.g. adapter.target_modules=[to_q,to_k,to_v,to_out.0,"
+                "q_proj,k_proj,v_proj,out_proj].")
+        return super().configure_optimizers()
+
+    # the objective -----------------------------------------------------------------------------
+    def encode_prompts(self, input_ids: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            return self.text_encoder(input_ids)[0]
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None,
+                      deterministic: bool = False) -> torch.Tensor:
+        distribution = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
+        latents = distribution.mode() if deterministic else distribution.sample(generator)
+        return latents * self.vae.config.scaling_factor
+
+    def per_example_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                         hidden_states: torch.Tensor) -> torch.Tensor:
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        prediction = self.model(noisy, timesteps, hidden_states)
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        latents = self.encode_images(batch["pixel_values"])
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  device=latents.device)
+        losses = self.per_example_loss(latents, noise, timesteps, self.encode_prompts(batch["input_ids"]))
+        prior = batch["is_prior"]
+        instance_loss = losses[~prior].mean()
+        loss = instance_loss
+        size = int((~prior).sum())
+        if prior.any():
+            prior_loss = losses[prior].mean()
+            loss = instance_loss + self.prior_weight * prior_loss
+            self.log("train/prior_loss", prior_loss, batch_size=size)
+        self.check_finite(loss)
+        self.log("train/instance_loss", instance_loss, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """The subject photos at fixed timesteps with fixed noise: the same numbers at every validation."""
+        generator = torch.Generator().manual_seed(self.seed + batch_idx)
+        latents = self.encode_images(batch["pixel_values"], deterministic=True)
+        count, steps = latents.shape[0], len(self.val_timesteps)
+        latents = latents.repeat_interleave(steps, dim=0)
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+        timesteps = torch.tensor(self.val_timesteps * count, device=latents.device)
+        hidden = self.encode_prompts(batch["input_ids"]).repeat_interleave(steps, dim=0)
+        self.log("val/loss", self.per_example_loss(latents, noise, timesteps, hidden).mean(), prog_bar=True,
+                 batch_size=count)
+
+    # sampling ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_images(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 25,
+                      guidance_scale: float = 7.5, scheduler: str = "dpm", height: int | None = None,
+                      width: int | None = None) -> list:
+        """len(prompts) x len(seeds) PIL images (prompt-major), from the current adapted UNet."""
+        unet, text_encoder = self.unet, self.text_encoder
+        modes = [(module, module.training) for module in (unet, text_encoder)]
+        pipeline = make_pipeline(unet.eval(), self.vae, text_encoder.eval(), self.tokenizer,
+                                 sampling_scheduler(scheduler, self.noise_scheduler))
+        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+        images = []
+        try:
+            with context:
+                for prompt in prompts:
+                    # CPU generators: the same seed gives the same start noise on every device
+                    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+                    images += pipeline([prompt] * len(seeds), num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale, generator=generators, height=height,
+                                       width=width).images
+        finally:
+            for module, training in modes:
+                module.train(training)
+        return images
+
+
+# building ---------------------------------------------------------------------------------------
+def check_targets(container: nn.Module, adapter_cfg: Mapping[str, Any]) -> None:
+    """A target list that matches nothing stops here, before any training, with the UNet's names."""
+    targets = adapter_cfg.get("target_modules")
+    if targets is None:
+        return
+    try:
+        resolve_target_modules(container, targets)
+    except ValueError as error:
+        raise ValueError(
+            f"adapter.target_modules={targets} does not fit the Stable Diffusion UNet: {error}. Its attention "
+            f"projections are {','.join(SD_ATTENTION_TARGETS)}: set adapter.target_modules=[{','.join(SD_ATTENTION_TARGETS)}]."
+        ) from None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60]
+
+
+def default_class_dir(parts: SDParts, class_prompt: str, resolution: int) -> Path:
+    """Generated class images are cached per (model folder, resolution, prompt), so runs share them."""
+    from ..sd_models import _cache_root
+
+    key = hashlib.sha256(f"{parts.folder.resolve()}|{resolution}".encode()).hexdigest()[:10]
+    return _cache_root() / "class_images" / f"{parts.folder.name}-{resolution}px-{key}" / _slug(class_prompt)
+
+
+def ensure_class_images(parts: SDParts, class_dir: Path, class_prompt: str, count: int, resolution: int,
+                        generation: Mapping[str, Any], batch_size: int = 4, seed: int = 0) -> list[Path]:
+    """Generate the missing class images once with the frozen pipeline; return `count` image paths."""
+    class_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    missing = count - len(existing)
+    if missing > 0:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        log.info("Generating %d class images for %r into %s", missing, class_prompt, class_dir)
+        pipeline = make_pipeline(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
+                                 sampling_scheduler(generation.get("scheduler", "dpm"), parts.noise_scheduler))
+        pipeline.to(device, dtype)
+        start = len(existing)
+        for first in range(start, count, batch_size):
+            indices = range(first, min(first + batch_size, count))
+            generators = [torch.Generator().manual_seed(seed + i) for i in indices]
+            images = pipeline([class_prompt] * len(indices), height=resolution, width=resolution,
+                              num_inference_steps=int(generation.get("num_inference_steps", 25)),
+                              guidance_scale=float(generation.get("guidance_scale", 7.5)), generator=generators).images
+            for index, image in zip(indices, images):
+                image.save(class_dir / f"class_{index:05d}.png")
+        pipeline.to("cpu", torch.float32)
+        existing = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return existing[:count]
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_diffusion(cfg: DictConfig) -> tuple[DiffusionSubjectTask, SubjectDataModule]:
+    """The `diffusion` task family: photos are checked first, then the model loads and targets are checked."""
+    data, model_cfg = cfg.data, _plain(cfg.model)
+    instance_dir, class_name = resolve_subject(data.get("instance_dir"), data.get("root"), data.get("subject"),
+                                               data.get("class_name"))
+    instance_images = list_images(instance_dir, "instance (subject photo)", "data.instance_dir")
+    check_images(instance_images)
+    token = str(data.unique_token)
+    instance_prompt = format_prompt(data.instance_prompt, token, class_name)
+    class_prompt = format_prompt(data.class_prompt, token, class_name)
+    resolution = int(data.resolution)
+    sampling = _plain(cfg.sampling)
+    if sampling.get("scheduler") not in SAMPLERS:
+        raise ValueError(f"sampling.scheduler={sampling.get('scheduler')!r} is not known; choose one of {list(SAMPLERS)}.")
+    generation = {"num_inference_steps": int(sampling["num_inference_steps"]),
+                  "guidance_scale": float(sampling["guidance_scale"]), "scheduler": sampling["scheduler"],
+                  "height": resolution, "width": resolution}
+    with_prior = bool(data.with_prior_preservation)
+    if with_prior and data.get("class_dir"):
+        existing_class = Path(str(data.class_dir)).expanduser()
+        if existing_class.is_dir():
+            check_images([p for p in existing_class.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")])
+
+    parts = load_sd_parts(model_cfg)
+    train_text_encoder = bool(model_cfg.get("train_text_encoder", False))
+    check_targets(SubjectModel(parts.unet, parts.text_encoder if train_text_encoder else None), _plain(cfg.adapter))
+    if model_cfg.get("gradient_checkpointing"):
+        parts.unet.enable_gradient_checkpointing()
+        if train_text_encoder:
+            parts.text_encoder.gradient_checkpointing_enable()
+
+    class_images: list[Path] = []
+    if with_prior:
+        class_dir = Path(str(data.class_dir)).expanduser() if data.get("class_dir") else \
+            default_class_dir(parts, class_prompt, resolution)
+        class_images = ensure_class_images(parts, class_dir, class_prompt, int(data.num_class_images), resolution,
+                                           generation, batch_size=int(data.sample_batch_size), seed=cfg.seed)
+
+    callbacks: list[L.Callback] = []
+    if sampling.get("enabled", True):
+        prompts = [format_prompt(p, token, class_name) for p in sampling["prompts"]]
+        callbacks.append(SamplingCallback(prompts, sampling["seeds"], int(sampling["every_n_steps"]),
+                                          at_start=bool(sampling.get("at_start", True)), **generation))
+    export_info = {
+        "base_model": str(parts.folder), "vae": model_cfg.get("vae_name_or_path"), "instance_dir": str(instance_dir),
+        "class_name": class_name, "unique_token": token, "instance_prompt": instance_prompt,
+        "resolution": resolution, "generation": generation, "eval": _plain(cfg.get("eval")) or {},
+    }
+    callbacks.append(DiffusionExportCallback(export_info))
+    task = DiffusionSubjectTask(parts, train_text_encoder, cfg.optimizer, cfg.scheduler,
+                                prior_weight=float(cfg.loss.prior_weight), val_timesteps=cfg.loss.val_timesteps,
+                                seed=cfg.seed, callbacks=callbacks)
+    datamodule = SubjectDataModule(instance_images, instance_prompt, parts.tokenizer, resolution,
+                                   batch_size=data.batch_size, num_workers=data.num_workers,
+                                   center_crop=bool(data.center_crop), random_flip=bool(data.random_flip),
+                                   class_images=class_images, class_prompt=class_prompt)
+    return task, datamodule
