@@ -22,11 +22,11 @@ ADAPTER_CONF_DIR = Path(config_dir()) / "adapter"
 # Small option values so every method fits the 32-wide test model and runs in well under a second.
 ROBERTA_CONFIGS: dict[str, dict] = {
     "loldu": {"name": "loldu", "rank": 4, "alpha": 4, "target_modules": ROBERTA_TARGETS, "seed": 0},
-    "lora": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ROBERTA_TARGETS},
-    "pissa": {"name": "pissa", "r": 4, "alpha": 4, "target_modules": ROBERTA_TARGETS},
-    "vera": {"name": "vera", "r": 8, "target_modules": ROBERTA_TARGETS},
+    "lora": {"name": "lora", "rank": 4, "alpha": 8, "target_modules": ROBERTA_TARGETS},
+    "pissa": {"name": "pissa", "rank": 4, "alpha": 4, "target_modules": ROBERTA_TARGETS},
+    "vera": {"name": "vera", "rank": 8, "target_modules": ROBERTA_TARGETS},
     "fourierft": {"name": "fourierft", "n_frequency": 16, "scaling": 10.0, "target_modules": ROBERTA_TARGETS},
-    "tinylora": {"name": "tinylora", "r": 2, "u": 4, "target_modules": ROBERTA_TARGETS},
+    "tinylora": {"name": "tinylora", "rank": 2, "u": 4, "target_modules": ROBERTA_TARGETS},
     "full": {"name": "full"},
     "linear_probe": {"name": "linear_probe"},
     "bitfit": {"name": "bitfit"},
@@ -147,7 +147,7 @@ def test_roberta_round_trip(name: str, tmp_path: Path):
     "cfg",
     [
         {"name": "loldu", "rank": 4, "alpha": 4, "target_modules": ["q_proj", "v_proj"], "seed": 0},
-        {"name": "lora", "r": 4, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
+        {"name": "lora", "rank": 4, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
     ],
     ids=lambda cfg: cfg["name"],
 )
@@ -234,7 +234,7 @@ def test_unknown_adapter_name_lists_the_registry():
     ("cfg", "expected_in_message"),
     [
         ({"name": "loldu", "rnak": 8}, ["rnak", "rank", "alpha", "init", "scaling", "residual"]),
-        ({"name": "lora", "rank": 8}, ["'rank'", "'r'", "'alpha'", "'dropout'", "'target_modules'"]),
+        ({"name": "lora", "r": 8}, ["'r'", "'rank'", "'alpha'", "'dropout'", "'target_modules'", "adapter.rank="]),
         ({"name": "vera", "d_init": 0.1}, ["d_init", "projection_prng_key", "d_initial"]),
         ({"name": "pissa", "n_iter": 4}, ["n_iter", "niter"]),
         ({"name": "full", "r": 8}, ["'r'", "allowed options are []"]),
@@ -251,7 +251,7 @@ def test_unknown_option_lists_the_allowed_keys(cfg: dict, expected_in_message: l
     [
         ({"name": "loldu", "rank": 4, "init": "unifrom"}, ["unifrom", "uniform", "zeros", "ldu"]),
         ({"name": "loldu", "rank": 4, "scaling": "learnt"}, ["learnt", "learned", "fixed", "none"]),
-        ({"name": "lora", "r": 0}, ["'r'", ">= 1"]),
+        ({"name": "lora", "rank": 0}, ["'rank'", ">= 1"]),
         ({"name": "pissa", "niter": -1}, ["'niter'"]),
         ({"name": "vera", "dropout": 1.5}, ["'dropout'"]),
         ({"name": "tinylora", "weight_tying": 2.0}, ["'weight_tying'"]),

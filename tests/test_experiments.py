@@ -132,7 +132,7 @@ def test_table1_methods_are_the_papers_baselines_with_their_own_rates():
         validate_config(cfg)
         methods[cfg.adapter.name] = cfg
     assert sorted(methods) == sorted(TABLE1_METHODS)
-    assert (methods["lora"].adapter.r, methods["lora"].adapter.alpha) == (8, 8)
+    assert (methods["lora"].adapter.rank, methods["lora"].adapter.alpha) == (8, 8)
     # full fine-tuning trains every weight, so it must run far below the adapters' rates
     assert methods["full"].optimizer.lr < methods["lora"].optimizer.lr < methods["vera"].optimizer.lr
     # methods trained at rates a head cannot take give the head its own rate

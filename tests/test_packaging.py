@@ -3,6 +3,7 @@ virtual environment outside the repository, composes the config and answers --he
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,16 @@ def _run(*command, cwd: Path) -> subprocess.CompletedProcess:
 def wheel_env(tmp_path_factory) -> Path:
     pytest.importorskip("setuptools")
     work = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds.
+    source = work / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "conf"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
     built = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", work / "dist",
-                 REPO, cwd=work)
+                 source, cwd=work)
     assert built.returncode == 0, built.stderr
     (wheel,) = (work / "dist").glob("loldu_lightning-*.whl")
     env_dir = work / "venv"

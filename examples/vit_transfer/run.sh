@@ -22,7 +22,7 @@ COMMON=(task=vision/imagefolder model=vit-base-in21k "model.name_or_path=$OUT/vi
         scheduler.warmup_steps=30 seed=42)
 
 "$PYTHON" -m loldu_lightning "${COMMON[@]}" adapter=loldu optimizer.lr=3e-3 "hydra.run.dir=$OUT/runs/loldu"
-"$PYTHON" -m loldu_lightning "${COMMON[@]}" adapter=lora adapter.r=16 adapter.alpha=16 optimizer.lr=1e-3 \
+"$PYTHON" -m loldu_lightning "${COMMON[@]}" adapter=lora adapter.rank=16 adapter.alpha=16 optimizer.lr=1e-3 \
   "hydra.run.dir=$OUT/runs/lora_r16"
 "$PYTHON" -m loldu_lightning "${COMMON[@]}" adapter=linear_probe optimizer.lr=3e-3 "hydra.run.dir=$OUT/runs/linear_probe"
 

@@ -31,8 +31,10 @@ def parse_options(options_type: type[OptionsT], raw: Mapping[str, Any], adapter_
     allowed = [field.name for field in dataclasses.fields(options_type)]
     unknown = sorted(set(raw) - set(allowed))
     if unknown:
+        # PEFT users type `r`; here every low-rank adapter shares the key `rank`.
+        hint = " (PEFT's `r` is called `rank` here: adapter.rank=...)" if "r" in unknown and "rank" in allowed else ""
         raise ValueError(
-            f"adapter {adapter_name!r} got unknown option(s) {unknown}; allowed options are {allowed}"
+            f"adapter {adapter_name!r} got unknown option(s) {unknown}; allowed options are {allowed}{hint}"
         )
     required = [
         field.name

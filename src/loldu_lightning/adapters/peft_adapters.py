@@ -82,15 +82,16 @@ class PeftAdapter(Adapter):
 # -- LoRA -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoraOptions:
-    """LoRA (Hu et al. 2021): update B A of rank r, scaled by alpha / r."""
+    """LoRA (Hu et al. 2021): update B A of rank `rank`, scaled by alpha / rank (PEFT's `r` is `rank` here,
+    the key every low-rank adapter shares, so `-m adapter=loldu,lora adapter.rank=16` sweeps both)."""
 
-    r: int = 8
+    rank: int = 8
     alpha: float = 8
     dropout: float = 0.0
     target_modules: list[str] | str | None = None
 
     def __post_init__(self) -> None:
-        require_positive_int("lora", "r", self.r)
+        require_positive_int("lora", "rank", self.rank)
         require_number("lora", "alpha", self.alpha, minimum=0)
         require_number("lora", "dropout", self.dropout, minimum=0, maximum=1)
         require_target_modules("lora", self.target_modules)
@@ -103,7 +104,7 @@ class LoraAdapter(PeftAdapter):
 
     def _peft_config(self) -> PeftConfig:
         return LoraConfig(
-            r=self.options.r,
+            r=self.options.rank,
             lora_alpha=self.options.alpha,
             lora_dropout=self.options.dropout,
             target_modules=self.options.target_modules,
@@ -122,14 +123,14 @@ class PissaOptions:
     `niter`: None runs a full SVD; an integer runs that many fast (randomised) SVD iterations.
     """
 
-    r: int = 8
+    rank: int = 8
     alpha: float = 8
     dropout: float = 0.0
     target_modules: list[str] | str | None = None
     niter: int | None = None
 
     def __post_init__(self) -> None:
-        require_positive_int("pissa", "r", self.r)
+        require_positive_int("pissa", "rank", self.rank)
         require_number("pissa", "alpha", self.alpha, minimum=0)
         require_number("pissa", "dropout", self.dropout, minimum=0, maximum=1)
         require_target_modules("pissa", self.target_modules)
@@ -191,14 +192,14 @@ class PissaAdapter(LoraAdapter):
 class VeraOptions:
     """VeRA (Kopiczko et al. 2024): frozen shared random A, B of rank r; trains scaling vectors b and d."""
 
-    r: int = 256
+    rank: int = 256
     target_modules: list[str] | str | None = None
     projection_prng_key: int = 0
     d_initial: float = 0.1
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        require_positive_int("vera", "r", self.r)
+        require_positive_int("vera", "rank", self.rank)
         require_target_modules("vera", self.target_modules)
         if isinstance(self.projection_prng_key, bool) or not isinstance(self.projection_prng_key, int):
             raise ValueError(f"adapter 'vera': option 'projection_prng_key' must be an integer, got {self.projection_prng_key!r}")
@@ -213,7 +214,7 @@ class VeraAdapter(PeftAdapter):
 
     def _peft_config(self) -> PeftConfig:
         return VeraConfig(
-            r=self.options.r,
+            r=self.options.rank,
             target_modules=self.options.target_modules,
             projection_prng_key=self.options.projection_prng_key,
             d_initial=self.options.d_initial,
@@ -263,7 +264,7 @@ class TinyLoraOptions:
     `weight_tying` in [0, 1] shares that vector across modules (1.0 = one vector for the whole model).
     """
 
-    r: int = 2
+    rank: int = 2
     u: int = 64
     weight_tying: float = 0.0
     projection_seed: int = 42
@@ -271,7 +272,7 @@ class TinyLoraOptions:
     target_modules: list[str] | str | None = None
 
     def __post_init__(self) -> None:
-        require_positive_int("tinylora", "r", self.r)
+        require_positive_int("tinylora", "rank", self.rank)
         require_positive_int("tinylora", "u", self.u)
         require_number("tinylora", "weight_tying", self.weight_tying, minimum=0, maximum=1)
         if isinstance(self.projection_seed, bool) or not isinstance(self.projection_seed, int):
@@ -295,7 +296,7 @@ class TinyLoraAdapter(PeftAdapter):
 
     def _peft_config(self) -> PeftConfig:
         return peft.TinyLoraConfig(
-            r=self.options.r,
+            r=self.options.rank,
             u=self.options.u,
             weight_tying=self.options.weight_tying,
             projection_seed=self.options.projection_seed,

@@ -25,7 +25,7 @@ from loldu_lightning.report.unstarted import find_unstarted
 SEED_KEY = "seed"
 TASK_KEY = "task"
 # (figure file, candidate config keys, log base of the x axis)
-AXIS_FIGURES = (("rank_vs_metric.png", ("adapter.rank", "adapter.r"), 2), ("lr_vs_metric.png", ("optimizer.lr",), 10))
+AXIS_FIGURES = (("rank_vs_metric.png", ("adapter.rank",), 2), ("lr_vs_metric.png", ("optimizer.lr",), 10))
 
 
 @dataclass

@@ -18,7 +18,7 @@ UNREADABLE = "unreadable"
 OWN_COLUMN_KEYS = ("task", "seed")
 PARAM_KEYS = ("adapter", "head", "trainable", "total")
 # Ablation axes plotted when they vary, whether swept by override or by experiment config.
-AXIS_KEYS = ("adapter.rank", "adapter.r", "optimizer.lr")
+AXIS_KEYS = ("adapter.rank", "optimizer.lr")
 
 
 def _number(value: Any) -> float:
