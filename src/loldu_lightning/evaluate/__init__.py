@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 # name -> module path; each module defines add_arguments(parser) and run(args) -> dict
-EVALUATIONS: dict[str, str] = {}
+EVALUATIONS: dict[str, str] = {
+    "dreambooth": "loldu_lightning.evaluate.dreambooth",  # DINO / CLIP-I / CLIP-T of a diffusion/subject run
+    "perplexity": "loldu_lightning.evaluate.perplexity",  # held-out loss / perplexity of an instruct run or base LM
+    "humaneval": "loldu_lightning.evaluate.humaneval",  # HumanEval pass@1, generated code run in a sandbox
+    "lm-eval": "loldu_lightning.evaluate.lm_harness",  # MMLU / BBH / DROP (any lm-eval task) through lm-eval
+}
 
 EVAL_FILE = "eval.json"
 
