@@ -64,7 +64,7 @@ class FeatureCLIP(nn.Module):
 
 def _local(path: str | None, what: str, flag: str, example: str) -> Path:
     if not path:
-        raise ValueError(f"{what} needs a local model folder: pass {flag}=/path/to/{example} (download it once with "
+        raise ValueError(f"{what} needs a local model folder: pass {flag}=/path/to/{Path(example).name} (download it once with "
                          f"huggingface-cli download {example} --local-dir /path/to/{Path(example).name}).")
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
