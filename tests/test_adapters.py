@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import RobertaConfig, RobertaForSequenceClassification, ViTConfig, ViTForImageClassification
 
 from loldu_lightning.config import config_dir
-from loldu_lightning.adapters import ADAPTERS, HEAD_FILE, build_adapter, resolve_head_modules, unwrap_model
+from loldu_lightning.adapters import ADAPTERS, HEAD_FILE, build_adapter, count_parameters, resolve_head_modules, unwrap_model
 
 ROBERTA_TARGETS = ["query", "value"]
 ADAPTER_CONF_DIR = Path(config_dir()) / "adapter"
@@ -120,7 +120,7 @@ def run_round_trip(
     assert all(grad is not None and grad.abs().sum() > 0 for grad in head_grads)
     trained = logits_of(model, batch)
 
-    adapter.save(model, directory, base_model_name="tiny-test-model")
+    adapter.save(model, directory, [head], base_model_name="tiny-test-model")
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in directory.iterdir()}
 
     loaded = build_adapter(cfg).load(make_model(), directory)
@@ -158,7 +158,7 @@ def test_vit_round_trip(cfg: dict, tmp_path: Path):
 def test_loldu_adapter_count_is_rank_plus_one_per_module():
     adapter = build_adapter(ROBERTA_CONFIGS["loldu"])
     model = adapter.apply(tiny_roberta(), ["classifier"])
-    counts = adapter.parameter_counts(model, ["classifier"])
+    counts = count_parameters(model, ["classifier"])
     head = sum(p.numel() for p in model.classifier.parameters())
     assert counts["adapter"] == (4 + 1) * 4  # rank 4, query+value in 2 layers
     assert counts["head"] == head
@@ -170,15 +170,15 @@ def test_baseline_parameter_counts():
     head = sum(p.numel() for p in tiny_roberta().classifier.parameters())
 
     probe = build_adapter({"name": "linear_probe"})
-    counts = probe.parameter_counts(probe.apply(tiny_roberta(), ["classifier"]), ["classifier"])
+    counts = count_parameters(probe.apply(tiny_roberta(), ["classifier"]), ["classifier"])
     assert counts == {"adapter": 0, "head": head, "trainable": head, "total": total}
 
     full = build_adapter({"name": "full"})
-    counts = full.parameter_counts(full.apply(tiny_roberta(), ["classifier"]), ["classifier"])
+    counts = count_parameters(full.apply(tiny_roberta(), ["classifier"]), ["classifier"])
     assert counts == {"adapter": total - head, "head": head, "trainable": total, "total": total}
 
     lora = build_adapter(ROBERTA_CONFIGS["lora"])
-    counts = lora.parameter_counts(lora.apply(tiny_roberta(), ["classifier"]), ["classifier"])
+    counts = count_parameters(lora.apply(tiny_roberta(), ["classifier"]), ["classifier"])
     lora_size = 4 * 4 * (32 + 32)  # 4 modules, r = 4, A (r x 32) + B (32 x r)
     assert counts == {"adapter": lora_size, "head": head, "trainable": lora_size + head, "total": total + lora_size}
 
@@ -186,7 +186,7 @@ def test_baseline_parameter_counts():
 def test_pissa_saves_an_equivalent_plain_lora(tmp_path: Path):
     adapter = build_adapter(ROBERTA_CONFIGS["pissa"])
     model = adapter.apply(tiny_roberta(), ["classifier"])
-    adapter.save(model, tmp_path)
+    adapter.save(model, tmp_path, ["classifier"])
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     # Rank doubles ([B | -B0][A ; A0]); alpha doubles with it so alpha / r is unchanged.
     assert (saved["peft_type"], saved["r"], saved["lora_alpha"], saved["init_lora_weights"]) == ("LORA", 8, 8, True)
@@ -194,7 +194,7 @@ def test_pissa_saves_an_equivalent_plain_lora(tmp_path: Path):
 
 def test_head_files_hold_the_full_head(tmp_path: Path):
     adapter = build_adapter(ROBERTA_CONFIGS["lora"])
-    adapter.save(adapter.apply(tiny_roberta(), ["classifier"]), tmp_path)
+    adapter.save(adapter.apply(tiny_roberta(), ["classifier"]), tmp_path, ["classifier"])
     from safetensors.torch import load_file
 
     assert set(load_file(str(tmp_path / HEAD_FILE))) == {f"classifier.{key}" for key in tiny_roberta().classifier.state_dict()}
@@ -284,9 +284,12 @@ def test_every_adapter_has_a_packaged_config():
     assert {path.stem for path in ADAPTER_CONF_DIR.glob("*.yaml")} == set(ADAPTERS)
 
 
-def test_save_needs_a_prepared_model(tmp_path: Path):
-    with pytest.raises(ValueError, match="apply\\(\\) or load\\(\\)"):
-        build_adapter({"name": "full"}).save(tiny_roberta(), tmp_path)
+def test_save_names_its_heads_and_needs_an_applied_model(tmp_path: Path):
+    lora = build_adapter(ROBERTA_CONFIGS["lora"])
+    with pytest.raises(ValueError, match="expected the PeftModel returned by apply\\(\\) or load\\(\\)"):
+        lora.save(tiny_roberta(), tmp_path, ["classifier"])
+    with pytest.raises(ValueError, match="head module 'clasifier' matches no module"):
+        lora.save(lora.apply(tiny_roberta(), ["classifier"]), tmp_path, ["clasifier"])
 
 
 def test_load_errors_name_the_problem(tmp_path: Path):
@@ -294,12 +297,12 @@ def test_load_errors_name_the_problem(tmp_path: Path):
         build_adapter(ROBERTA_CONFIGS["lora"]).load(tiny_roberta(), tmp_path / "missing")
 
     lora = build_adapter(ROBERTA_CONFIGS["lora"])
-    lora.save(lora.apply(tiny_roberta(), ["classifier"]), tmp_path / "lora")
+    lora.save(lora.apply(tiny_roberta(), ["classifier"]), tmp_path / "lora", ["classifier"])
     with pytest.raises(ValueError, match="holds a LORA adapter"):
         build_adapter(ROBERTA_CONFIGS["vera"]).load(tiny_roberta(), tmp_path / "lora")
 
     bitfit = build_adapter({"name": "bitfit"})
-    bitfit.save(bitfit.apply(tiny_roberta(), ["classifier"]), tmp_path / "bitfit")
+    bitfit.save(bitfit.apply(tiny_roberta(), ["classifier"]), tmp_path / "bitfit", ["classifier"])
     with pytest.raises(ValueError, match="holds a 'bitfit' adapter"):
         build_adapter({"name": "full"}).load(tiny_roberta(), tmp_path / "bitfit")
 

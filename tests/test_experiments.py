@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import list_config_options
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -23,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
-from loldu_lightning.adapters import build_adapter
+from loldu_lightning.adapters import build_adapter, count_parameters
 from loldu_lightning.config import config_dir, validate_config
 from loldu_lightning.loldu import INITS, RESIDUALS, SCALINGS
 from loldu_lightning.models import load_model
@@ -34,9 +35,9 @@ TABLE_JOBS = {
     "minilm_table1": 3 * 4 * 3,  # tasks x methods x seeds
     "paper/table1_glue": 6 * 8 * 5,
     "paper/table4_vit": 6,  # datasets, seed 42
-    "paper/table5_init_scaling": 8 * 3 * 2 * 3,  # inits x scalings x residuals x seeds
-    "paper/table11_lr": 7 * 3,
-    "paper/table12_rank": 11 * 3,
+    "paper/table5_init_scaling": 8 * 2 * 2 * 3,  # inits x (learned, none) x (authors, init) x seeds
+    "paper/table11_lr": 8 * 3,
+    "paper/table12_rank": 11 * 2 * 3,  # ranks x (alpha = r, alpha = 768) x seeds
 }
 TABLE1_METHODS = ["loldu", "lora", "vera", "fourierft", "pissa", "full", "linear_probe", "bitfit"]
 GLUE_TASKS = ["sst2", "mrpc", "cola", "qnli", "rte", "stsb", "mnli", "qqp"]
@@ -97,31 +98,62 @@ def test_every_swept_value_composes_and_validates(experiment):
                 resolved(cfg, name)
 
 
-def test_table5_sweeps_every_init_scaling_and_residual():
+def test_table5_sweeps_every_init_with_the_authors_residual_and_distinct_scalings():
     jobs = [dict(t.split("=", 1) for t in job) for job in sweep_jobs("paper/table5_init_scaling")]
     assert {j["adapter.init"] for j in jobs} == set(INITS)
-    assert {j["adapter.scaling"] for j in jobs} == set(SCALINGS)
-    assert {j["adapter.residual"] for j in jobs} == set(RESIDUALS)
+    # with alpha = r, fixed and none are the same model (sigma = 1): only learned vs none is swept
+    assert {j["adapter.scaling"] for j in jobs} == {"learned", "none"} and set(SCALINGS) >= {"learned", "none"}
+    assert {j["adapter.residual"] for j in jobs} == {"authors", "init"} and "authors" in RESIDUALS
+    cfg = compose_full(["experiment=paper/table5_init_scaling"])
+    assert cfg.adapter.rank == cfg.adapter.alpha == 768
 
 
 def test_rank_and_lr_sweeps_cover_the_papers_axes():
-    ranks = {dict(t.split("=", 1) for t in job)["adapter.rank"] for job in sweep_jobs("paper/table12_rank")}
-    assert sorted(map(int, ranks)) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768]
-    cfg = compose_full(["experiment=paper/table12_rank", "adapter.rank=4"])
-    assert cfg.adapter.alpha is None  # alpha = rank: sigma0 stays 1 along the sweep
+    jobs = [dict(t.split("=", 1) for t in job) for job in sweep_jobs("paper/table12_rank")]
+    assert sorted({int(j["adapter.rank"]) for j in jobs}) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768]
+    assert {j["adapter.alpha"] for j in jobs} == {"null", "768"}  # alpha = r, or held at 768
+    cfg = compose_full(["experiment=paper/table12_rank", "adapter.rank=4", "adapter.alpha=null"])
+    assert cfg.adapter.alpha is None
+    # Table XI: the paper's own grid, with the setting its 3e-3 row shares with Table V (ldu, no scaling)
     rates = {dict(t.split("=", 1) for t in job)["optimizer.lr"] for job in sweep_jobs("paper/table11_lr")}
-    assert sorted(map(float, rates)) == [1e-4, 3e-4, 5e-4, 1e-3, 3e-3, 5e-3, 1e-2]
+    assert sorted(map(float, rates)) == sorted([1e-1, 5e-2, 8e-3, 5e-3, 3e-3, 6e-4, 3e-4, 1e-5])
+    cfg = compose_full(["experiment=paper/table11_lr"])
+    assert (cfg.adapter.init, cfg.adapter.scaling) == ("ldu", "none")
+
+
+# Table VII of the paper: (lr, epochs, max length) per task.
+PAPER_TABLE7 = {"sst2": (4e-4, 10, 128), "mrpc": (3e-4, 20, 512), "cola": (2e-4, 20, 128), "qnli": (2e-4, 10, 512),
+                "rte": (4e-4, 20, 512), "stsb": (2e-4, 30, 512), "mnli": (3e-4, 10, 128), "qqp": (3e-4, 20, 512)}
+EXPERIMENT_DIR = Path(config_dir()) / "experiment" / "paper"
 
 
 @pytest.mark.parametrize("task", GLUE_TASKS)
-def test_table1_loldu_matches_the_per_task_paper_configs(task):
-    """Table I's LoLDU row uses the Table VII settings that paper/glue_<task> encodes."""
-    table = compose_full(["experiment=paper/table1_glue", f"task=glue/{task}"])
-    single = compose_full([f"experiment=paper/glue_{task}"])
-    for key in ("optimizer.lr", "trainer.max_epochs", "data.max_length", "data.batch_size", "adapter.rank",
-                "adapter.alpha", "scheduler.warmup_ratio", "model.name_or_path"):
-        assert resolved(table, key) == resolved(single, key), key
-    assert list(table.adapter.target_modules) == list(single.adapter.target_modules)
+def test_glue_configs_are_the_papers_table7(task):
+    """paper/glue_<task> and Table I's LoLDU row both read paper/table7_glue: the paper's numbers."""
+    lr, epochs, max_length = PAPER_TABLE7[task]
+    for overrides in ([f"experiment=paper/glue_{task}"], ["experiment=paper/table1_glue", f"task=glue/{task}"]):
+        cfg = compose_full(overrides)
+        assert cfg.task.name == task and cfg.adapter.name == "loldu"
+        assert (resolved(cfg, "optimizer.lr"), cfg.trainer.max_epochs, cfg.data.max_length) == (lr, epochs, max_length)
+        assert (cfg.data.batch_size, cfg.scheduler.warmup_ratio, cfg.adapter.rank, cfg.adapter.alpha) == (32, 0.06, 768, 768)
+        assert list(cfg.adapter.target_modules) == ["query", "value"] and cfg.model.name_or_path == "roberta-base"
+        assert cfg.data.group_by_length is False  # the published runs shuffled plainly
+
+
+def test_each_paper_table_is_written_once():
+    """The per-task and per-dataset files only include their table's base and pick the task."""
+    bases = {"glue_": "table7_glue", "vit_": "table9_vit"}
+    for path in sorted(EXPERIMENT_DIR.glob("*.yaml")):
+        prefix = next((p for p in bases if path.name.startswith(p)), None)
+        if prefix is None:
+            continue
+        body = yaml.safe_load(path.read_text())
+        assert set(body) == {"defaults"}, f"{path.name} sets values of its own: {sorted(set(body) - {'defaults'})}"
+        assert body["defaults"][0] == f"/experiment/paper/{bases[prefix]}", path.name
+    for table in ("table4_vit", "table5_init_scaling", "table11_lr", "table12_rank"):
+        body = yaml.safe_load((EXPERIMENT_DIR / f"{table}.yaml").read_text())
+        assert body["defaults"][0] == "/experiment/paper/table9_vit" and "optimizer" not in body, table
+    assert yaml.safe_load((EXPERIMENT_DIR / "table1_glue.yaml").read_text())["defaults"][0] == "/experiment/paper/table7_glue"
 
 
 def test_table1_methods_are_the_papers_baselines_with_their_own_rates():
@@ -159,7 +191,7 @@ def test_minilm_table1_loldu_trains_under_5_percent_of_loras_parameters():
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
         model = load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2)
         model = adapter.apply(model, list(cfg.model.head_modules))
-        counts[method] = adapter.parameter_counts(model, list(cfg.model.head_modules))["adapter"]
+        counts[method] = count_parameters(model, list(cfg.model.head_modules))["adapter"]
     assert counts["loldu"] == 6 * 2 * (384 + 1)
     assert counts["loldu"] < 0.05 * counts["lora"]
 
@@ -210,3 +242,28 @@ def test_command_line_values_narrow_a_table():
     assert len(sweep_jobs("minilm_table1", ["task=glue/rte"])) == 4 * 3
     jobs = sweep_jobs("paper/table1_glue", ["experiment/paper/table1_glue_method=loldu,lora", "seed=0"])
     assert len(jobs) == 6 * 2
+
+
+GAP_ARMS = list_config_options("experiment/minilm_gap_arm")
+
+
+@pytest.mark.parametrize("arm", GAP_ARMS)
+def test_minilm_gap_arms_compose_per_task(arm):
+    for task, budget in (("sst2", (2000, 1, 64)), ("rte", (500, 2, 128))):
+        cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}", f"task=glue/{task}"])
+        validate_config(cfg)
+        assert (cfg.data.train_limit, cfg.trainer.max_epochs, cfg.data.max_length) == budget
+        assert cfg.model.name_or_path == "minilm" and cfg.data.batch_size == 16
+
+
+def test_minilm_gap_loldu_arms_stay_under_5_percent_of_lora_r16():
+    counts = {}
+    for arm in ("lora_r16", "loldu_qkv", "loldu_tuned"):
+        cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}"])
+        adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
+        model = adapter.apply(load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2),
+                              list(cfg.model.head_modules))
+        counts[arm] = count_parameters(model, list(cfg.model.head_modules))["adapter"]
+    assert counts["lora_r16"] == 6 * 2 * 16 * (384 + 384)
+    assert counts["loldu_qkv"] == 6 * 3 * (384 + 1) < 0.05 * counts["lora_r16"]
+    assert counts["loldu_tuned"] < 0.05 * counts["lora_r16"]

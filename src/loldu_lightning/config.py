@@ -8,12 +8,15 @@ from __future__ import annotations
 import inspect
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .models import minilm_path
+
+if TYPE_CHECKING:
+    from .adapters import Adapter
 
 
 def package_path(relative: str) -> str:
@@ -60,8 +63,9 @@ def _choice(value: Any, allowed, key: str) -> None:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}.")
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Check the values that Hydra's composition cannot: registry names and Trainer options."""
+def validate_config(cfg: DictConfig) -> "Adapter":
+    """Check the values that Hydra's composition cannot (registry names, Trainer options, adapter
+    options) and return the adapter the config describes, so a run validates and builds it once."""
     from .adapters import build_adapter
     from .tasks import TASK_FAMILIES
     from .tasks.base import OPTIMIZERS, SCHEDULES
@@ -74,4 +78,4 @@ def validate_config(cfg: DictConfig) -> None:
     if unknown:
         raise ValueError(f"Unknown trainer option(s) {sorted(unknown)}; lightning.Trainer accepts: "
                          f"{', '.join(sorted(_TRAINER_KEYS))}.")
-    build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
+    return build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .adapters import build_adapter
 from .callbacks.adapter import AdapterCallback, CheckpointOnException, RNGStateCallback
 from .callbacks.metrics import MetricsHistory
-from .callbacks.throughput import ThroughputCallback
+from .callbacks.throughput import Throughput
 from .config import validate_config
 from .models import model_label
 from .tasks import build_task
@@ -44,10 +45,11 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
     return str(path)
 
 
-def _callbacks(cfg: DictConfig, output_dir: Path, adapter, history: MetricsHistory) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, output_dir: Path, adapter_callback: AdapterCallback,
+               history: MetricsHistory) -> list[L.Callback]:
     task = cfg.task
     callbacks: list[L.Callback] = [
-        AdapterCallback(adapter, output_dir / "adapter", task.monitor, task.mode, base_model_name=model_label(cfg.model)),
+        adapter_callback,
         history,
         RNGStateCallback(),
         ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best-{epoch}", monitor=task.monitor,
@@ -55,11 +57,41 @@ def _callbacks(cfg: DictConfig, output_dir: Path, adapter, history: MetricsHisto
         CheckpointOnException(output_dir / "checkpoints"),
     ]
     if cfg.callbacks.throughput:
-        callbacks.append(ThroughputCallback(window_size=int(cfg.callbacks.throughput)))
+        callbacks.append(Throughput(window_size=int(cfg.callbacks.throughput)))
     if cfg.callbacks.lr_monitor and cfg.logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(c) for c in (cfg.callbacks.extra or {}).values()]
     return callbacks
+
+
+def trainer_options(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """`cfg.trainer` as Trainer keyword arguments; a `strategy` given as a `_target_` node (a Lightning
+    strategy with options, e.g. DDPStrategy(broadcast_buffers=False)) is instantiated."""
+    options = OmegaConf.to_container(trainer_cfg, resolve=True)
+    if isinstance(options.get("strategy"), dict):
+        options["strategy"] = instantiate(trainer_cfg.strategy)
+    return options
+
+
+# What Lightning's DDP launcher writes into this process's environment when it starts the other ranks.
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def _end_distributed(opened_before: bool, environment: dict[str, str | None]) -> None:
+    """Undo what a multi-process `fit` left in this process, so the next `train()` here starts clean.
+
+    Lightning leaves the process group up and the launcher's variables set. The next job of a
+    Hydra multirun with `trainer=ddp` would then reuse the group (talking to the finished job's
+    ranks: "Connection closed by peer") and, seeing LOCAL_RANK set, would take its ranks for
+    externally started ones and wait for them forever. A group the caller opened (torchrun) stays.
+    """
+    if not opened_before and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key, value in environment.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _write_metrics(path: Path, payload: dict[str, Any]) -> None:
@@ -79,26 +111,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns the metrics.json payload; `objective` is the best value of the monitored metric (what a
     sweeper optimises).
     """
-    validate_config(cfg)
+    adapter = validate_config(cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
     task = cfg.task
-    history = MetricsHistory(task.monitor, task.mode)
+    history = MetricsHistory()
+    adapter_callback = AdapterCallback(adapter, output_dir / "adapter", base_model_name=model_label(cfg.model))
     payload: dict[str, Any] = {
         "status": "running", "error": None, "task": f"{task.family}/{task.name}", "adapter": adapter.name,
         "seed": cfg.seed, "monitor": task.monitor, "mode": task.mode, "objective": None, "best": {},
         "final": {}, "params": {}, "time_s": None, "output_dir": str(output_dir)}
     start = time.perf_counter()
-    adapter_callback = None
+    group_opened_before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    launcher_environment = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
     try:
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir / "checkpoints")
         module, datamodule = build_task(cfg)
-        callbacks = _callbacks(cfg, output_dir, adapter, history)
-        adapter_callback = callbacks[0]
+        callbacks = _callbacks(cfg, output_dir, adapter_callback, history)
         loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-        trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks,
+        trainer = L.Trainer(**trainer_options(cfg.trainer), callbacks=callbacks,
                             logger=loggers or False, default_root_dir=str(output_dir))
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
@@ -113,9 +145,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = history.best
         payload.update(best=best, final=history.final, time_s=round(time.perf_counter() - start, 2),
                        objective=best.get(task.monitor))
-        if adapter_callback is not None and adapter_callback.parameter_counts:
+        if adapter_callback.parameter_counts:
             payload["params"] = adapter_callback.parameter_counts
-        _write_metrics(output_dir / "metrics.json", payload)
-    log.info("Finished: %s = %s (best epoch %s); outputs in %s", task.monitor, payload["objective"],
-             best.get("epoch"), output_dir)
+        # Every DDP/SLURM rank runs train(); one file per run, from global rank 0 (Lightning sets the
+        # rank when the strategy starts; before that it comes from the launcher's environment).
+        if rank_zero_only.rank == 0:
+            _write_metrics(output_dir / "metrics.json", payload)
+            log.info("Wrote %s", output_dir / "metrics.json")
+        _end_distributed(group_opened_before, launcher_environment)
+    if rank_zero_only.rank == 0:
+        log.info("Finished: %s = %s (best epoch %s); outputs in %s", task.monitor, payload["objective"],
+                 best.get("epoch"), output_dir)
     return payload

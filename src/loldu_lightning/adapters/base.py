@@ -25,14 +25,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def count_parameters(model: nn.Module, head_names: Sequence[str]) -> dict[str, int]:
+def count_parameters(model: nn.Module, head_modules: Sequence[str]) -> dict[str, int]:
     """Adapter, head, trainable and total parameter counts, each parameter counted once.
+
+    The one parameter count of the app (train(), the callback's table and metrics.json use it);
+    `head_modules` may be names or patterns, as in the task configs.
 
     `adapter` is every trainable parameter outside the heads, which is how the LoLDU paper (and
     PEFT papers generally) report an adapter's size; heads are reported separately.
     """
     base = unwrap_model(model)
-    head_ids = {id(parameter) for parameter in head_parameters(base, head_names)}
+    head_ids = {id(parameter) for parameter in head_parameters(base, resolve_head_modules(base, head_modules))}
     counts = {"adapter": 0, "head": 0, "trainable": 0, "total": 0}
     for parameter in base.parameters():  # parameters() already skips tied duplicates
         size = parameter.numel()
@@ -51,8 +54,8 @@ class Adapter(abc.ABC):
 
     Subclasses implement the method-specific hooks (`_inject`, `_save_adapter`, `_load_adapter`,
     `merge`, `_is_adapter_layer`); this class handles the task heads, which every method trains
-    fully and stores beside its adapter files. An adapter instance remembers the heads of the
-    model it last applied to or loaded, because `save` is called without them.
+    fully and stores beside its adapter files. An adapter holds only its options: the heads are
+    passed to `apply` and `save` (and read back from the files by `load`), never remembered.
     """
 
     name: ClassVar[str]
@@ -60,7 +63,6 @@ class Adapter(abc.ABC):
 
     def __init__(self, options: Any) -> None:
         self.options = options
-        self._head_names: tuple[str, ...] | None = None
 
     # -- the public interface -------------------------------------------------------------
     def apply(self, model: nn.Module, head_modules: Sequence[str]) -> nn.Module:
@@ -70,17 +72,16 @@ class Adapter(abc.ABC):
         base = unwrap_model(adapted)
         self._check_heads_not_adapted(base, head_names)
         mark_heads_trainable(base, head_names)
-        self._head_names = head_names
         return adapted
 
-    def save(self, model: nn.Module, directory: str | PathLike[str], base_model_name: str | None = None) -> None:
-        """Write the adapter's own files plus the head weights into `directory` (created if needed)."""
-        if self._head_names is None:
-            raise ValueError(f"{type(self).__name__}.save() needs a model prepared by apply() or load() of this adapter")
+    def save(self, model: nn.Module, directory: str | PathLike[str], head_modules: Sequence[str],
+             base_model_name: str | None = None) -> None:
+        """Write the adapter's own files plus the weights of `head_modules` into `directory` (created if needed)."""
+        head_names = resolve_head_modules(unwrap_model(model), head_modules)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self._save_adapter(model, directory, base_model_name)
-        self._save_heads(unwrap_model(model), directory)
+        self._save_adapter(model, directory, base_model_name, head_names)
+        self._save_heads(unwrap_model(model), directory, head_names)
 
     def load(self, model: nn.Module, directory: str | PathLike[str]) -> nn.Module:
         """Inverse of `save`: put the saved adapter and heads into a fresh base model; return the model."""
@@ -89,18 +90,12 @@ class Adapter(abc.ABC):
             raise FileNotFoundError(f"adapter directory {directory} does not exist; pass the directory given to save()")
         loaded = self._load_adapter(model, directory)
         base = unwrap_model(loaded)
-        head_names = self._load_heads(base, directory)
-        mark_heads_trainable(base, head_names)
-        self._head_names = head_names
+        mark_heads_trainable(base, self._load_heads(base, directory))
         return loaded
 
     @abc.abstractmethod
     def merge(self, model: nn.Module) -> nn.Module:
         """A plain model with the adapter folded into its weights (same outputs, no inference overhead)."""
-
-    def parameter_counts(self, model: nn.Module, head_modules: Sequence[str]) -> dict[str, int]:
-        """`{"adapter", "head", "trainable", "total"}` parameter counts of an applied model."""
-        return count_parameters(model, resolve_head_modules(unwrap_model(model), head_modules))
 
     # -- hooks for the methods ------------------------------------------------------------
     @abc.abstractmethod
@@ -108,7 +103,8 @@ class Adapter(abc.ABC):
         """Set which base parameters train and add adapter layers; heads are handled by the caller."""
 
     @abc.abstractmethod
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
+                      head_names: Sequence[str]) -> None:
         """Write the method's own files (adapter_config.json and adapter_model.safetensors)."""
 
     @abc.abstractmethod
@@ -119,9 +115,8 @@ class Adapter(abc.ABC):
         """Whether `module` is a layer this method injected (used to keep adapters out of heads)."""
         return False
 
-    def _save_heads(self, model: nn.Module, directory: Path) -> None:
-        assert self._head_names is not None
-        save_head_state(model, self._head_names, directory)
+    def _save_heads(self, model: nn.Module, directory: Path, head_names: Sequence[str]) -> None:
+        save_head_state(model, head_names, directory)
 
     def _load_heads(self, model: nn.Module, directory: Path) -> tuple[str, ...]:
         return load_head_state(model, directory)

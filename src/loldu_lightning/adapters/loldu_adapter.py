@@ -8,6 +8,7 @@ adapter directory has no separate `head.safetensors`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
@@ -26,10 +27,11 @@ class LoLDUAdapter(Adapter):
         # A copy, so that nothing the library does to its config leaks back into this adapter's options.
         return loldu.inject(model, dataclasses.replace(self.options))
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
-        loldu.save_adapter(model, directory, base_model_name=base_model_name, modules_to_save=self._head_names or ())
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
+                      head_names: Sequence[str]) -> None:
+        loldu.save_adapter(model, directory, base_model_name=base_model_name, modules_to_save=tuple(head_names))
 
-    def _save_heads(self, model: nn.Module, directory: Path) -> None:
+    def _save_heads(self, model: nn.Module, directory: Path, head_names: Sequence[str]) -> None:
         """Nothing to do: `_save_adapter` already stored the heads as modules_to_save."""
 
     def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ class PeftAdapter(Adapter):
         # No task_type: the generic PeftModel forwards model(**batch) unchanged and leaves heads to us.
         return get_peft_model(model, self._peft_config())
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
+                      head_names: Sequence[str]) -> None:
         peft_model = self._require_peft_model(model)
         if base_model_name is not None:
             peft_model.peft_config["default"].base_model_name_or_path = base_model_name
@@ -167,9 +169,10 @@ class PissaAdapter(LoraAdapter):
         }
         return peft_model
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
+                      head_names: Sequence[str]) -> None:
         if self._initial_state is None:  # loaded from disk: already a plain LoRA on the untouched base
-            super()._save_adapter(model, directory, base_model_name)
+            super()._save_adapter(model, directory, base_model_name, head_names)
             return
         peft_model = self._require_peft_model(model)
         if base_model_name is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,9 @@ class SubsetAdapter(Adapter):
             parameter.requires_grad_(self._trains(parameter_name))
         return model
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None) -> None:
-        assert self._head_names is not None
-        head_prefixes = tuple(f"{head}." for head in self._head_names)
+    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
+                      head_names: Sequence[str]) -> None:
+        head_prefixes = tuple(f"{head}." for head in head_names)
         # named_parameters() skips tied duplicates, which safetensors could not store twice.
         state = {
             name: parameter.detach().contiguous()

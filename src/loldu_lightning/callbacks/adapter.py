@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -11,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..adapters import Adapter
+from ..adapters import Adapter, count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -25,55 +26,81 @@ def format_parameter_table(adapter_name: str, counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def is_new_best(trainer: L.Trainer, score) -> bool:
+    """Whether `score`, just computed, beats the best score of the run's checkpoint callback.
+
+    The checkpoint callback is the one judge of "best": it keeps the best score (and restores it on
+    resume), and Lightning runs it after every other callback, so during `on_validation_end` its
+    `best_model_score` is still the previous best.
+    """
+    checkpoint = trainer.checkpoint_callback
+    if score is None or checkpoint is None or not math.isfinite(float(score)):
+        return False
+    best = checkpoint.best_model_score
+    if best is None or not math.isfinite(float(best)):
+        return True
+    return float(score) > float(best) if checkpoint.mode == "max" else float(score) < float(best)
+
+
+def gathered_parameters(trainer: L.Trainer):
+    """A context in which rank 0's modules hold full, unsharded parameters (FSDP); a no-op otherwise.
+
+    Under FSDP each rank holds only a shard of every parameter (z, sigma and the heads included), so
+    the adapter files are written from a gather: `summon_full_params` with `rank0_only` and
+    `offload_to_cpu` puts the full tensors on rank 0's CPU, one FSDP unit at a time. Every rank
+    must enter it (it is a collective).
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False, rank0_only=True,
+                                                       offload_to_cpu=True)
+
+
 class AdapterCallback(L.Callback):
     """Injects the adapter at `setup()`, before checkpoint restore and `configure_optimizers`.
 
     Adapting at setup (not at construction) is what lets `ckpt_path=...` find the adapter's
     parameters in the module. After each validation it writes `adapter/last`, and `adapter/best`
-    whenever the monitored metric improves.
+    whenever the checkpoint callback's monitored metric improves (`is_new_best`). The parameter
+    counts of the adapted model are in `parameter_counts` once setup has run.
     """
 
-    def __init__(self, adapter: Adapter, directory: str | Path, monitor: str, mode: str = "max",
-                 base_model_name: str | None = None):
+    def __init__(self, adapter: Adapter, directory: str | Path, base_model_name: str | None = None):
         self.adapter = adapter
         self.directory = Path(directory)
-        self.monitor = monitor
-        self.mode = mode
         self.base_model_name = base_model_name
-        self.best_score: float | None = None
         self.parameter_counts: dict[str, int] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.parameter_counts is not None:
             return
         pl_module.model = self.adapter.apply(pl_module.model, pl_module.head_modules)
-        self.parameter_counts = self.adapter.parameter_counts(pl_module.model, pl_module.head_modules)
-        table = format_parameter_table(self.adapter.name, self.parameter_counts)
-        log.info("Trainable parameters:\n%s", table)
+        self.parameter_counts = count_parameters(pl_module.model, pl_module.head_modules)
+        if trainer.is_global_zero:  # every DDP rank adapts its own copy; one table in the log
+            log.info("Trainable parameters:\n%s", format_parameter_table(self.adapter.name, self.parameter_counts))
         for logger in trainer.loggers:
             logger.log_hyperparams({f"params/{k}": v for k, v in self.parameter_counts.items()})
 
-    def _improved(self, score: float) -> bool:
-        if not math.isfinite(score):
-            return False
-        if self.best_score is None:
-            return True
-        return score > self.best_score if self.mode == "max" else score < self.best_score
+    def save(self, pl_module: L.LightningModule, kind: str) -> Path:
+        """Write the adapter and heads of `pl_module` to `<directory>/<kind>`."""
+        self.adapter.save(pl_module.model, self.directory / kind, pl_module.head_modules,
+                          base_model_name=self.base_model_name)
+        return self.directory / kind
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
-        self.adapter.save(pl_module.model, self.directory / "last", base_model_name=self.base_model_name)
-        score = trainer.callback_metrics.get(self.monitor)
-        if score is not None and self._improved(float(score)):
-            self.best_score = float(score)
-            self.adapter.save(pl_module.model, self.directory / "best", base_model_name=self.base_model_name)
-
-    def state_dict(self) -> dict:
-        return {"best_score": self.best_score}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.best_score = state_dict.get("best_score")
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        best = is_new_best(trainer, trainer.callback_metrics.get(monitor))  # synced metrics: same on every rank
+        with gathered_parameters(trainer):  # a collective under FSDP: every rank enters, rank 0 writes
+            if trainer.is_global_zero:
+                self.save(pl_module, "last")
+                if best:
+                    self.save(pl_module, "best")
 
 
 class RNGStateCallback(L.Callback):

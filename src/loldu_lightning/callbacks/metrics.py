@@ -1,17 +1,18 @@
-"""Per-epoch validation history, from which metrics.json takes the final and the best epoch."""
+"""Per-validation history, from which metrics.json takes the final and the best validation."""
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
+
+from .adapter import is_new_best
 
 
 class MetricsHistory(L.Callback):
-    def __init__(self, monitor: str, mode: str = "max"):
-        self.monitor = monitor
-        self.mode = mode
+    """One row per validation; `best` is the row the checkpoint callback judged best (`is_new_best`)."""
+
+    def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
+        self.best_index: int | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -20,6 +21,9 @@ class MetricsHistory(L.Callback):
         row["epoch"] = trainer.current_epoch
         row["step"] = trainer.global_step
         self.history.append(row)
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        if is_new_best(trainer, trainer.callback_metrics.get(monitor)):
+            self.best_index = len(self.history) - 1
 
     @property
     def final(self) -> dict[str, float]:
@@ -27,14 +31,11 @@ class MetricsHistory(L.Callback):
 
     @property
     def best(self) -> dict[str, float]:
-        scored = [r for r in self.history if math.isfinite(r.get(self.monitor, math.nan))]
-        if not scored:
-            return {}
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda r: r[self.monitor])
+        return self.history[self.best_index] if self.best_index is not None else {}
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"history": self.history, "best_index": self.best_index}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+        self.best_index = state_dict.get("best_index")

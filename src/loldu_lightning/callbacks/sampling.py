@@ -115,7 +115,7 @@ class DiffusionExportCallback(L.Callback):
             log.warning("No AdapterCallback: the merged UNet export is skipped.")
             return
         adapter = adapter_callback.adapter
-        adapter.save(pl_module.model, adapter_callback.directory / "last", base_model_name=adapter_callback.base_model_name)
+        adapter_callback.save(pl_module, "last")
         merged = unwrap_model(adapter.merge(copy.deepcopy(pl_module.model)))
         merged.unet.save_pretrained(str(out / "merged_unet"))
         if getattr(merged, "text_encoder", None) is not None:

@@ -40,9 +40,17 @@ class AdaptedTask(L.LightningModule):
         return self.model(**batch)
 
     def check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Decided together: a rank that stopped alone would leave the others waiting in the
+            # gradient all-reduce (a hang, not an error). One boolean all-reduce per step.
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            where = "" if trainer is None or trainer.world_size == 1 else f", on one of {trainer.world_size} ranks at least"
             raise FloatingPointError(
-                f"Training loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
+                f"Training loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}"
+                f"{where}). "
                 "The run stopped; the last checkpoint is kept in checkpoints/. Lower optimizer.lr, set "
                 "trainer.gradient_clip_val, or use trainer.precision=32-true.")
 
