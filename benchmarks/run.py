@@ -1,7 +1,7 @@
 """Run the LoLDU speed / memory / init-time benchmarks and write benchmarks/RESULTS.md.
 
     python benchmarks/run.py [--device cpu|cuda] [--threads 2] [--steps 7] [--warmup 2] [--quick]
-                             [--sections encoder,layer,init,inference] [--out benchmarks/RESULTS.md]
+                             [--sections encoder,layer,init,inference,storage,triangular] [--out benchmarks/RESULTS.md]
 
 All variants of a section are measured side by side in this one process, round-robin, and every
 ratio is taken between numbers measured together. ``--quick`` runs the same code on toy shapes
@@ -37,7 +37,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from benchmarks.report import BenchmarkReport, Table, Target, describe_machine  # noqa: E402
-from benchmarks.sections import encoder_training, initialisation_time, merged_inference, projection_training  # noqa: E402
+from benchmarks.sections import (  # noqa: E402
+    encoder_training,
+    initialisation_time,
+    merged_inference,
+    projection_training,
+    storage_training,
+    triangular_products,
+)
 from benchmarks.shapes import PAPER, QUICK, BenchShapes  # noqa: E402
 
 Section = Callable[..., tuple[Table, list[Target]]]
@@ -46,6 +53,8 @@ SECTIONS: dict[str, Section] = {
     "layer": projection_training,
     "init": initialisation_time,
     "inference": merged_inference,
+    "storage": storage_training,
+    "triangular": triangular_products,
 }
 MIN_TIMED_STEPS = 5
 DEFAULT_OUT = BENCH_DIR / "RESULTS.md"
@@ -124,7 +133,7 @@ def run_benchmarks(args: argparse.Namespace, command: str) -> BenchmarkReport:
         report.method.insert(0, "SMOKE RUN (--quick): toy shapes and 2 steps; the numbers and verdicts mean nothing.")
     started = time.perf_counter()
     for name in args.sections:
-        steps = {"layer": args.layer_steps, "init": args.init_steps}.get(name, args.steps)
+        steps = {"layer": args.layer_steps, "storage": args.layer_steps, "init": args.init_steps}.get(name, args.steps)
         # One warm-up suffices for initialisation: nothing is cached between runs on fresh models.
         warmup = min(args.warmup, 1) if name == "init" else args.warmup
         section_start = time.perf_counter()

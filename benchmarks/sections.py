@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from loldu_lightning.loldu import loldu_modules, unload
-from loldu_lightning.loldu.forward_cost import factored_extra_flops, merged_extra_flops
+from loldu_lightning.loldu import ldu_decompose, ldu_decompose_packed, loldu_modules, unload
+from loldu_lightning.loldu import triangular
+from loldu_lightning.loldu.forward_cost import (
+    factored_extra_flops,
+    merged_extra_flops,
+    packed_path_flops,
+    triangular_build_macs,
+    triangular_product_macs,
+)
 
 from .measure import CaseTimes, StepMemory, interleaved_timings, measure_step_memory
 from .report import Table, Target, megabytes, milliseconds, ratio
@@ -24,6 +32,7 @@ from .variants import (
     is_target_weight,
     projection_variants,
     shared_copy,
+    storage_variants,
 )
 
 
@@ -97,9 +106,14 @@ def loldu_extra_gflop(model: nn.Module, tokens: int) -> float:
     """Extra training FLOPs of every LoLDU layer on the path it takes, by the library's own cost model."""
     total = 0
     for _, layer in loldu_modules(model):
-        path = layer.forward_path(torch.empty(tokens, layer.in_features, requires_grad=True))
+        m, n = layer.out_features, layer.in_features
+        path = layer.forward_path(torch.empty(tokens, n, requires_grad=True))
+        if layer.storage != "dense":
+            # packed/lu: the cost model counts whole paths; the base layer's forward + input gradient is 4 m n T.
+            total += packed_path_flops(m, n, layer.rank, tokens, True, layer.storage == "lu")[path] - 4 * m * n * tokens
+            continue
         cost = merged_extra_flops if path == "merged" else factored_extra_flops
-        total += cost(layer.out_features, layer.in_features, layer.rank, tokens, True)
+        total += cost(m, n, layer.rank, tokens, True)
     return total / 1e9
 
 
@@ -113,7 +127,8 @@ def cost_model_note(variants: dict[str, TrainingVariant], tokens: int, floor: st
     ]
     return (
         f"Cost model (`loldu.forward_cost`, input gradient counted everywhere): the frozen linear layers do ~{base:.3g} GFLOP "
-        f"per step (forward + input gradient); LoLDU adds {'; '.join(parts)}."
+        f"per step (forward + input gradient); LoLDU adds {'; '.join(parts)} (packed/lu: triangular nonzeros; lu replaces the "
+        "base product of its layers, so its extra can be negative)."
     )
 
 
@@ -157,6 +172,8 @@ def encoder_training(shapes: BenchShapes, *, warmup: int, steps: int, device: to
         Target(f"encoder: LoLDU r={full} auto step time / LoRA r={ref}", times["loldu_full_auto"] / times["lora_ref"], "<=", 1.10),
         Target(f"encoder: LoLDU r={full} auto step time / LoRA r={full}", times["loldu_full_auto"] / times["lora_full"], "<=", 1.00),
         Target(f"encoder: LoLDU r={low} auto step time / LoRA r={ref}", times["loldu_low_auto"] / times["lora_ref"], "<=", 1.05),
+        Target(f"encoder: LoLDU r={full} storage=packed step time / LoRA r={ref}", times["loldu_full_packed"] / times["lora_ref"], "<=", 1.10),
+        Target(f"encoder: LoLDU r={full} storage=lu step time / LoRA r={ref}", times["loldu_full_lu"] / times["lora_ref"], "<=", 1.10),
         Target(f"encoder: LoLDU r={full} auto peak memory / LoRA r={ref}", memory["loldu_full_auto"].peak / memory["lora_ref"].peak, "<=", 1.10),
         Target(f"encoder: LoLDU r={low} auto peak memory / LoRA r={ref}", memory["loldu_low_auto"].peak / memory["lora_ref"].peak, "<=", 1.10),
     ]
@@ -288,3 +305,96 @@ def merged_inference(shapes: BenchShapes, *, warmup: int, steps: int, device: to
     del models, base
     gc.collect()
     return table, [Target(f"inference: LoLDU r={r} merged + unloaded / base latency", times["merged"] / times["base"], "<=", 1.01)]
+
+
+def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> str:
+    return f"{float((approx.float() - exact.float()).norm() / exact.float().norm()):.1e}"
+
+
+def storage_training(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+    """Section 5: a LLaMA-shaped q/v pair at the paper's rank (and at full rank), per storage option."""
+    variants = storage_variants(shapes, device, seed)
+    dim, r, tokens = shapes.layer_dim, shapes.layer_rank, shapes.layer_tokens
+    title = f"5. Factor storage: training step on a LLaMA-shaped q/v pair (2 x {dim} x {dim} nn.Linear, batch 1 x {tokens} tokens)"
+    table, times, memory = training_table(title, variants, "lora_ref", warmup=warmup, steps=steps, device=device)
+    original = variants["floor"].model.q_proj.weight
+    errors = [f"float32 factors (as stored): {_relative_error(variants['lu'].model.q_proj.base_weight(), original)}"]
+    # What half-precision factors would give (the config refuses them for lu; this is why).
+    packed = ldu_decompose_packed(original)
+    for dtype in (torch.float16, torch.bfloat16):
+        rounded = dataclasses.replace(packed, packed=packed.packed.to(dtype).float(), diag=packed.diag.to(dtype).float())
+        errors.append(f"{str(dtype).replace('torch.', '')} factors: {_relative_error(rounded.reconstruct(), original)}")
+    del packed, rounded
+    ref = memory["lora_ref"].weights
+    table.notes += [
+        "`weights+buffers MiB` is the resident memory: frozen weights, factors, permutations and adapter vectors (2 layers).",
+        f"Resident memory vs {variants['lora_ref'].label}: " + "; ".join(f"{v.label} {memory[k].weights / ref:.2f}x" for k, v in variants.items()) + ".",
+        "storage=lu keeps no W0: the packed LU of W0 stands in for it. Relative Frobenius error of the weight it represents "
+        "(P L diag(d) U1 against W0, q_proj): " + "; ".join(errors) + ". Half-precision lu factors are refused by the config for this reason.",
+        "Auto paths taken: " + "; ".join(f"{v.label}: {', '.join(auto_paths(v.model, tokens))}" for k, v in variants.items() if any(True for _ in loldu_modules(v.model))) + ".",
+        "The estimated peak leaves out short-lived temporaries; a merged path also holds one m x n weight per layer while it runs.",
+    ]
+    targets = [
+        Target(f"q/v pair {dim}: LoLDU r={r} lu resident memory / LoRA r={shapes.lora_reference_rank}", memory["lu"].weights / ref, "<=", 1.10),
+        Target(f"q/v pair {dim}: LoLDU r={r} lu step time / LoRA r={shapes.lora_reference_rank}", times["lu"] / times["lora_ref"], "<=", 1.25),
+        Target(f"q/v pair {dim}: LoLDU r={r} dense step time / LoRA r={shapes.lora_reference_rank}", times["dense"] / times["lora_ref"], "<=", 1.25),
+    ]
+    del variants
+    gc.collect()
+    return table, targets
+
+
+def _triangular_cases(m: int, n: int, r: int, tokens: int, device: torch.device, seed: int) -> dict[str, Callable[[], object]]:
+    """The dense and block-triangular form of each product, on the factors of one random weight."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(m, n, generator=generator).to(device)
+    dense = ldu_decompose(weight, r)
+    lower, upper = dense.lower, dense.upper
+    packed = ldu_decompose_packed(weight).packed
+    scale = torch.randn(r, generator=generator).to(device)
+    x = torch.randn(tokens, n, generator=generator).to(device)
+    gram = torch.randn(m, n, generator=generator).to(device)
+    return {
+        "build dense": lambda: (lower * scale) @ upper,
+        "build block": lambda: triangular.lower_scaled_upper(packed, scale),
+        "v-grad dense": lambda: ((lower.t() @ gram) * upper).sum(dim=1),
+        "v-grad block": lambda: triangular.diag_of_lower_t_gram_upper(packed, gram, r),
+        "products dense": lambda: ((x @ upper.t()) * scale) @ lower.t(),
+        "products block": lambda: triangular.lower_mm(packed, triangular.upper_mm(packed, x.t(), r) * scale[:, None], r),
+    }
+
+
+def triangular_products(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+    """Section 6: block-triangular against dense products, per shape (the kernels of the packed storages)."""
+    hidden = shapes.encoder_overrides.get("hidden_size", 768)
+    cases = [
+        (hidden, hidden, shapes.full_rank, shapes.batch * shapes.seq_len),
+        (shapes.layer_dim, shapes.layer_dim, shapes.layer_rank, shapes.layer_tokens),
+        (shapes.layer_dim, shapes.layer_dim, shapes.layer_dim, shapes.layer_tokens),
+    ]
+    table = Table(
+        "6. Block-triangular products (storage=packed/lu) against dense products (storage=dense)",
+        ["m x n, r, tokens", "product", "dense ms", "block ms", "speed-up", "CPU-time speed-up", "flop ratio (dense / nonzero)"],
+    )
+    operations = {
+        "build": ("W update L diag(s) U (merged path)", lambda m, n, r, t: m * n * r / triangular_build_macs(m, n, r)),
+        "v-grad": ("rowsum((L^T G) * U) (v's gradient, merged path)", lambda m, n, r, t: m * n * r / triangular_build_macs(m, n, r)),
+        "products": ("(U x) * s then L (factored path, per step)", lambda m, n, r, t: r * (m + n) / triangular_product_macs(m, n, r)),
+    }
+    speedups = {}
+    for m, n, r, tokens in cases:
+        timings = interleaved_timings(_triangular_cases(m, n, r, tokens, device, seed), warmup=warmup, steps=steps, device=device, progress=f"6. {m}x{n} r={r}")
+        for op, (label, flop_ratio) in operations.items():
+            dense, block = timings[f"{op} dense"], timings[f"{op} block"]
+            speedups[(m, r, op)] = dense.wall_median / block.wall_median
+            table.rows.append([
+                f"{m} x {n}, r={r}, {tokens}", label, milliseconds(dense.wall_median), milliseconds(block.wall_median),
+                f"{dense.wall_median / block.wall_median:.2f}x", f"{dense.cpu_median / block.cpu_median:.2f}x", f"{flop_ratio(m, n, r, tokens):.2f}x",
+            ])
+    table.notes += [
+        f"{steps} timed calls per product after {warmup} warm-up, round-robin within each shape; random weights, float32.",
+        f"Blocks: {triangular.TARGET_BLOCKS} per triangle, at least {triangular.MIN_BLOCK} rows (`loldu.triangular.block_size`).",
+        "Dense: the products the dense storage runs today (P L_r and U_r as full matrices).",
+    ]
+    m, r = hidden, shapes.full_rank
+    return table, [Target(f"triangular: build speed-up at {m} x {m}, r={r}", speedups[(m, r, "build")], ">=", 1.0)]

@@ -104,9 +104,10 @@ def _optimizer_for(model: nn.Module) -> torch.optim.Optimizer | None:
 # --- adapters applied to a private-or-shared copy -------------------------------------------------
 
 
-def add_loldu(model: nn.Module, targets: tuple[str, ...], rank: int, forward_mode: str) -> nn.Module:
-    """The library's LoLDU on ``targets`` with alpha = rank (the paper's setting)."""
-    inject(model, LoLDUConfig(rank=rank, alpha=float(rank), target_modules=targets, forward_mode=forward_mode))
+def add_loldu(model: nn.Module, targets: tuple[str, ...], rank: int, forward_mode: str, **options: object) -> nn.Module:
+    """The library's LoLDU on ``targets`` with alpha = rank (the paper's setting); ``options``: other
+    ``LoLDUConfig`` fields (``storage``, ``dtype``)."""
+    inject(model, LoLDUConfig(rank=rank, alpha=float(rank), target_modules=targets, forward_mode=forward_mode, **options))
     return model
 
 
@@ -131,6 +132,8 @@ def encoder_variants(base: RobertaForSequenceClassification, shapes: BenchShapes
         "loldu_full_factored": (f"LoLDU r={r_full} factored", lambda m: add_loldu(m, targets, r_full, "factored"), False),
         "loldu_full_merged": (f"LoLDU r={r_full} merged", lambda m: add_loldu(m, targets, r_full, "merged"), False),
         "loldu_low_auto": (f"LoLDU r={r_low} auto", lambda m: add_loldu(m, targets, r_low, "auto"), False),
+        "loldu_full_packed": (f"LoLDU r={r_full} auto, storage=packed", lambda m: add_loldu(m, targets, r_full, "auto", storage="packed"), False),
+        "loldu_full_lu": (f"LoLDU r={r_full} auto, storage=lu", lambda m: add_loldu(m, targets, r_full, "auto", storage="lu"), False),
         "floor": ("frozen backbone (floor)", _frozen_floor, False),
         "naive": (f"naive P@L@diag(z)@U r={r_full}", lambda m: _naive(m, targets, r_full), True),
     }
@@ -204,6 +207,53 @@ def projection_variants(shapes: BenchShapes, device: torch.device, seed: int) ->
     for key, (label, adapt, private_targets) in builders.items():
         model = shared_copy(base, lambda name: private_targets and is_target_weight(name, targets))
         model = adapt(model)
+        model.train()
+        optimizer = _optimizer_for(model)
+        variants[key] = TrainingVariant(label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, None))
+    return variants
+
+
+# --- section 5: a LLaMA-shaped q/v pair, per storage option ----------------------------------------
+
+
+class QVHost(nn.Module):
+    """Two bias-free square projections named like LLaMA's ``q_proj`` and ``v_proj`` on one input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q_proj(x) + self.v_proj(x)
+
+
+def storage_variants(shapes: BenchShapes, device: torch.device, seed: int) -> dict[str, TrainingVariant]:
+    """Training steps on a q/v pair of ``layer_dim`` squares fed ``layer_tokens`` tokens (the input
+    requires grad, a fixed upstream gradient stands in for the network), one per storage option."""
+    torch.manual_seed(seed)
+    base = QVHost(shapes.layer_dim).to(device).requires_grad_(False)
+    x = torch.randn(1, shapes.layer_tokens, shapes.layer_dim, device=device, requires_grad=True)
+    upstream = torch.randn(1, shapes.layer_tokens, shapes.layer_dim, device=device)
+    targets, r, r_ref, full = ("q_proj", "v_proj"), shapes.layer_rank, shapes.lora_reference_rank, shapes.layer_dim
+    builders: dict[str, tuple[str, Callable[[nn.Module], nn.Module]]] = {
+        "lora_ref": (f"PEFT LoRA r={r_ref}", lambda m: add_lora(m, targets, r_ref)),
+        "dense": (f"LoLDU r={r} dense (default)", lambda m: add_loldu(m, targets, r, "auto")),
+        "dense_bf16": (f"LoLDU r={r} dense, dtype=bfloat16", lambda m: add_loldu(m, targets, r, "auto", dtype="bfloat16")),
+        "lu": (f"LoLDU r={r} lu", lambda m: add_loldu(m, targets, r, "auto", storage="lu")),
+        "full_dense": (f"LoLDU r={full} (full) dense", lambda m: add_loldu(m, targets, full, "auto")),
+        "full_packed": (f"LoLDU r={full} (full) packed", lambda m: add_loldu(m, targets, full, "auto", storage="packed")),
+        "full_lu": (f"LoLDU r={full} (full) lu", lambda m: add_loldu(m, targets, full, "auto", storage="lu")),
+        "floor": ("frozen pair (floor)", lambda m: m),
+    }
+
+    def loss_fn(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        x.grad = None
+        return model(x), upstream
+
+    variants = {}
+    for key, (label, adapt) in builders.items():
+        model = adapt(shared_copy(base, lambda name: False))
         model.train()
         optimizer = _optimizer_for(model)
         variants[key] = TrainingVariant(label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, None))

@@ -1,6 +1,7 @@
 """Adapter files: save -> load round trip, the two-file layout, fingerprints and clear failures."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -50,17 +51,27 @@ def _trained(config: LoLDUConfig):
 
 
 CONFIG = LoLDUConfig(rank=6, alpha=12, init="normal", target_modules=["query", "value"])
+STORAGES = ["dense", "packed", "lu"]
 
 
-def test_round_trip_reproduces_outputs_with_only_two_small_files(tmp_path):
-    base, model = _trained(CONFIG)
+def _config(storage: str, **changes) -> LoLDUConfig:
+    """CONFIG with ``storage`` (packed holds full-rank factors only: rank 16 = the tiny q/v width)."""
+    rank = 16 if storage == "packed" else changes.pop("rank", CONFIG.rank)
+    return dataclasses.replace(CONFIG, storage=storage, rank=rank, **changes)
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_round_trip_reproduces_outputs_with_only_two_small_files(tmp_path, storage):
+    config = _config(storage)
+    base, model = _trained(config)
     save_adapter(model, tmp_path, base_model_name="tiny-roberta", modules_to_save=["classifier"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME])
 
     tensors = load_file(str(tmp_path / ADAPTER_WEIGHTS_NAME))
     adapter_keys = {key: value for key, value in tensors.items() if not key.startswith("modules_to_save.")}
     assert len(adapter_keys) == 4 * 3
-    assert sum(value.numel() for value in adapter_keys.values()) == 4 * (6 + 1 + 6)  # O(r) per module
+    rank = config.rank
+    assert sum(value.numel() for value in adapter_keys.values()) == 4 * (rank + 1 + rank)  # O(r) per module
     assert {key for key in tensors if key.startswith("modules_to_save.")} == {
         f"modules_to_save.classifier.{key}" for key in model.classifier.state_dict()
     }
@@ -109,10 +120,11 @@ def test_loading_into_a_differently_shaped_model_names_the_shapes(tmp_path):
         load_adapter(_tiny_roberta(hidden=24), tmp_path)
 
 
-def test_a_different_pivot_order_is_refused_unless_the_factors_were_saved(tmp_path):
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_different_pivot_order_is_refused_unless_the_factors_were_saved(tmp_path, storage):
     for save_factors in (False, True):
         directory = tmp_path / str(save_factors)
-        _, model = _trained(LoLDUConfig(rank=6, alpha=12, init="normal", save_factors=save_factors))
+        _, model = _trained(_config(storage, save_factors=save_factors))
         save_adapter(model, directory, modules_to_save=["classifier"])
         config_path = directory / ADAPTER_CONFIG_NAME
         document = json.loads(config_path.read_text())
@@ -125,7 +137,8 @@ def test_a_different_pivot_order_is_refused_unless_the_factors_were_saved(tmp_pa
             with torch.no_grad():
                 torch.testing.assert_close(fresh(IDS).logits, model(IDS).logits, atol=1e-6, rtol=0)
                 layer = dict(loldu_modules(fresh))[first]
-                torch.testing.assert_close(layer.lower, dict(loldu_modules(model))[first].lower)
+                for key in layer.factor_names():
+                    torch.testing.assert_close(getattr(layer, key), getattr(dict(loldu_modules(model))[first], key))
         else:
             with pytest.raises(ValueError, match="pivot order.*save_factors=True"):
                 load_adapter(fresh, directory)
@@ -133,11 +146,14 @@ def test_a_different_pivot_order_is_refused_unless_the_factors_were_saved(tmp_pa
             assert all(p.requires_grad for p in fresh.parameters())
 
 
-def test_save_factors_stores_the_factors_too():
-    _, model = _trained(LoLDUConfig(rank=6, save_factors=True))
+@pytest.mark.parametrize(
+    ("storage", "factors"), [("dense", ("lower", "upper", "perm")), ("packed", ("packed", "perm")), ("lu", ("packed", "diag", "perm"))]
+)
+def test_save_factors_stores_the_factors_too(storage, factors):
+    _, model = _trained(_config(storage, save_factors=True))
     state = adapter_state_dict(model)
     name = next(name for name, _ in loldu_modules(model))
-    assert {f"{name}.{key}" for key in ("z", "sigma", "c", "lower", "upper", "perm")} <= set(state)
+    assert {key.split(".")[-1] for key in state if key.startswith(f"{name}.")} == {"z", "sigma", "c", *factors}
     assert state[f"{name}.perm"].dtype == torch.int64
 
 

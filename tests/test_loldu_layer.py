@@ -31,10 +31,15 @@ def _toy(seed: int = 0) -> Toy:
     return Toy()
 
 
+STORAGES = ["dense", "packed", "lu"]
+
+
 def _layer(shape, mode="auto", seed=0, bias=True, **config) -> LoLDULinear:
     torch.manual_seed(seed)
     out_features, in_features = shape
-    config = {"rank": min(shape) - 1, "alpha": 3.0, "forward_mode": mode, **config}
+    # storage "packed" holds full-rank factors only
+    rank = min(shape) if config.get("storage") == "packed" else min(shape) - 1
+    config = {"rank": rank, "alpha": 3.0, "forward_mode": mode, **config}
     layer = LoLDULinear(nn.Linear(in_features, out_features, bias=bias), LoLDUConfig(**config), name="layer")
     with torch.no_grad():  # move away from step 0 so the update is not zero
         layer.z.add_(torch.randn_like(layer.z))
@@ -43,18 +48,25 @@ def _layer(shape, mode="auto", seed=0, bias=True, **config) -> LoLDULinear:
 
 
 def _reference(layer: LoLDULinear, x):
-    """y = x W^T + b with W built densely from the factors: the definition, not the implementation."""
-    weight = layer.base_layer.weight + layer.lower @ torch.diag(layer.sigma * layer.z - layer.c) @ layer.upper
+    """y = x W^T + b with W built densely from the factors: the definition, not the implementation.
+
+    ``base_weight()`` is W0 (for ``storage: lu``, which keeps no W0, the product of its factors)."""
+    lower, upper = layer.dense_factors()
+    weight = layer.base_weight() + lower @ torch.diag(layer.sigma * layer.z - layer.c) @ upper
     return nn.functional.linear(x, weight, layer.base_layer.bias)
 
 
 @pytest.mark.parametrize("init", sorted(INITS))
 @pytest.mark.parametrize("mode", ["factored", "merged"])
-def test_residual_init_leaves_the_model_unchanged_at_step_zero_for_every_init(init, mode):
+@pytest.mark.parametrize(("storage", "rank"), [("dense", 6), ("packed", "full"), ("lu", 6)])
+def test_residual_init_leaves_the_model_unchanged_at_step_zero_for_every_init(init, mode, storage, rank):
     base = _toy()
-    model = inject(copy.deepcopy(base), LoLDUConfig(rank=6, alpha=12, init=init, forward_mode=mode))
+    model = inject(copy.deepcopy(base), LoLDUConfig(rank=rank, alpha=12, init=init, forward_mode=mode, storage=storage))
     x = torch.randn(5, 12)
-    assert torch.equal(model(x), base(x))
+    if storage == "lu":  # W0 is the product of its float32 factors: equal to float32 rounding
+        torch.testing.assert_close(model(x), base(x), atol=2e-6, rtol=0)
+    else:
+        assert torch.equal(model(x), base(x))
 
 
 @pytest.mark.parametrize("init", sorted(INITS))
@@ -118,11 +130,12 @@ def test_state_dict_holds_the_small_vectors_but_not_the_recomputable_factors():
     assert not layer.merged and not layer.disabled
 
 
+@pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("mode", ["factored", "merged", "auto"])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("input_dims", [2, 3])
-def test_forward_paths_match_the_dense_definition_in_output_and_gradients(mode, shape, input_dims):
-    layer = _layer(SHAPES[shape], mode)
+def test_forward_paths_match_the_dense_definition_in_output_and_gradients(mode, shape, input_dims, storage):
+    layer = _layer(SHAPES[shape], mode, storage=storage)
     batch = (4, 3) if input_dims == 3 else (5,)
     x = torch.randn(*batch, layer.in_features, requires_grad=True)
     target = torch.randn(*batch, layer.out_features)
@@ -194,9 +207,10 @@ def test_merged_path_supports_a_trainable_base_weight_and_bias():
     torch.testing.assert_close(got[1], layer.base_layer.bias.grad)
 
 
+@pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("mode", ["factored", "merged"])
-def test_layer_without_bias_works(mode):
-    layer = _layer((10, 8), mode, bias=False)
+def test_layer_without_bias_works(mode, storage):
+    layer = _layer((10, 8), mode, bias=False, storage=storage)
     x = torch.randn(3, 8)
     torch.testing.assert_close(layer(x), _reference(layer, x), atol=1e-5, rtol=1e-5)
 
@@ -221,10 +235,11 @@ def test_forward_mode_is_validated_when_changed():
         layer.forward_mode = "dense"
 
 
+@pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 @pytest.mark.parametrize("mode", ["factored", "merged"])
-def test_autocast_runs_both_paths_in_the_autocast_dtype(dtype, mode):
-    layer = _layer((16, 12), mode)
+def test_autocast_runs_both_paths_in_the_autocast_dtype(dtype, mode, storage):
+    layer = _layer((16, 12), mode, storage=storage)
     x = torch.randn(6, 12, requires_grad=True)
     with torch.autocast("cpu", dtype=dtype):
         output = layer(x)

@@ -18,11 +18,11 @@ from .adapter_io import (
     weight_fingerprint,
 )
 from .config import LoLDUConfig
-from .decomposition import LDUFactors, ldu_decompose
+from .decomposition import LDUFactors, PackedLDU, ldu_decompose, ldu_decompose_packed
 from .forward_cost import choose_forward_path
 from .layer import LoLDULinear, module_seed
 from .model_ops import disable, enable, inject, loldu_modules, merge, unload, unmerge
-from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS
+from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, STORAGES
 from .report import parameter_counts, summary, trainable_parameters
 from .targeting import resolve_target_modules
 
@@ -36,14 +36,17 @@ __all__ = [
     "LDUFactors",
     "LoLDUConfig",
     "LoLDULinear",
+    "PackedLDU",
     "RESIDUALS",
     "SCALINGS",
+    "STORAGES",
     "adapter_state_dict",
     "choose_forward_path",
     "disable",
     "enable",
     "inject",
     "ldu_decompose",
+    "ldu_decompose_packed",
     "load_adapter",
     "loldu_modules",
     "merge",

@@ -1,7 +1,8 @@
 """LoLDU adapter files: ``adapter_model.safetensors`` + ``adapter_config.json``.
 
 The safetensors file holds, per adapted module ``<name>``, the tensors ``<name>.z``,
-``<name>.sigma`` and ``<name>.c`` (plus ``<name>.lower/.upper/.perm`` with ``save_factors``), and
+``<name>.sigma`` and ``<name>.c`` (plus the frozen factors with ``save_factors``: ``<name>.lower/.upper/.perm``, or
+``.packed/.perm`` and ``.diag`` for the packed storages), and
 the full state of each module in ``modules_to_save`` under ``modules_to_save.<module>.<key>``.
 The JSON is data only (never a class name): the config fields, the resolved module list, the base
 model name and, per module, a fingerprint of the base weight and of the pivot order, so loading
@@ -10,8 +11,6 @@ into the wrong base model (or on hardware that pivots differently) is refused wi
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,8 +21,9 @@ from torch import Tensor, nn
 
 from .base_layers import out_in_weight
 from .config import LoLDUConfig
+from .fingerprint import tensor_sha256, weight_fingerprint
 from .layer import LoLDULinear
-from .model_ops import loldu_modules, unload, wrap_modules
+from .model_ops import base_weights, loldu_modules, restore_base_weights, unload, wrap_modules
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -31,27 +31,13 @@ METHOD = "loldu"
 FORMAT_VERSION = 1
 MODULES_TO_SAVE_PREFIX = "modules_to_save."
 _VECTOR_KEYS = ("z", "sigma", "c")
-_FACTOR_KEYS = ("lower", "upper", "perm")
-
-
-def tensor_sha256(tensor: Tensor) -> str:
-    """sha256 of a tensor's raw bytes (a fresh contiguous CPU copy, so views hash their values)."""
-    data = tensor.detach().to("cpu", copy=True).contiguous()
-    if data.numel() == 0:
-        return hashlib.sha256(b"").hexdigest()
-    return hashlib.sha256(ctypes.string_at(data.data_ptr(), data.numel() * data.element_size())).hexdigest()
-
-
-def weight_fingerprint(weight: Tensor) -> str:
-    """sha256 of an (out, in) weight as contiguous float32 bytes, whatever its dtype and layout."""
-    return tensor_sha256(weight.detach().to(torch.float32))
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapter's tensors keyed ``<module>.z/.sigma/.c`` (and the factors when the config says so)."""
     state: dict[str, Tensor] = {}
     for name, layer in _adapted(model, "build an adapter state dict"):
-        keys = _VECTOR_KEYS + (_FACTOR_KEYS if layer.loldu_config.save_factors else ())
+        keys = _VECTOR_KEYS + (layer.factor_names() if layer.loldu_config.save_factors else ())
         for key in keys:
             state[f"{name}.{key}"] = getattr(layer, key).detach().cpu().contiguous()
     return state
@@ -86,7 +72,7 @@ def save_adapter(
         base_model_revision=None,
         fingerprints={
             name: {
-                "weight": weight_fingerprint(layer.base_weight()),
+                "weight": layer.base_fingerprint(),
                 "perm": tensor_sha256(layer.perm),
                 "shape": [layer.out_features, layer.in_features],
             }
@@ -140,6 +126,8 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             raise ValueError(f"{Path(directory) / ADAPTER_CONFIG_NAME}: no fingerprint for module {name!r}; the file is incomplete")
         _check_weight(name, out_in_weight(module), fingerprints[name])
     requires_grad = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    # storage "lu" releases W0 from the wrapped layers: keep the originals to put back on failure.
+    originals = base_weights(model, names)
     wrap_modules(model, config, names)
     try:
         for name, layer in loldu_modules(model):
@@ -147,6 +135,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         _load_modules_to_save(model, document.get("modules_to_save", []), tensors)
     except Exception:
         unload(model, merge=False)
+        restore_base_weights(model, originals)
         for parameter, flag in requires_grad.items():
             parameter.requires_grad_(flag)
         raise
@@ -200,7 +189,7 @@ def _check_weight(name: str, weight: Tensor, fingerprint: dict[str, Any]) -> Non
 
 
 def _load_layer(name: str, layer: LoLDULinear, tensors: dict[str, Tensor], fingerprint: dict[str, Any], with_factors: bool) -> None:
-    keys = _VECTOR_KEYS + (_FACTOR_KEYS if with_factors else ())
+    keys = _VECTOR_KEYS + (layer.factor_names() if with_factors else ())
     missing = [f"{name}.{key}" for key in keys if f"{name}.{key}" not in tensors]
     if missing:
         raise ValueError(f"LoLDU adapter file lacks {missing}; it does not match its adapter_config.json")
@@ -215,6 +204,7 @@ def _load_layer(name: str, layer: LoLDULinear, tensors: dict[str, Tensor], finge
             if value.shape != target.shape:
                 raise ValueError(f"LoLDU adapter tensor {name}.{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
             target.copy_(value.to(device=target.device, dtype=target.dtype))
+        layer.refresh_derived_buffers()
 
 
 def _load_modules_to_save(model: nn.Module, names: list[str], tensors: dict[str, Tensor]) -> None:

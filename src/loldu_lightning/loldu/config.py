@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
-from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, check_choice
+from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, STORAGES, check_choice
 
 TargetSpec = Union[str, tuple[str, ...]]
 
@@ -43,6 +43,8 @@ class LoLDUConfig:
     seed: base of the per-module seeds of the random inits.
     decompose_dtype: precision of the LU decomposition (float32 or float64).
     save_factors: also store L, U and the permutation in adapter files (bit-exact portability).
+    storage: how the frozen factors are kept (``registries.STORAGES``): ``dense`` (default),
+        ``packed`` (one m x n LU-packed matrix, full rank only) or ``lu`` (the packed LU replaces W0).
     """
 
     rank: int | str
@@ -57,6 +59,7 @@ class LoLDUConfig:
     seed: int = 0
     decompose_dtype: str = "float32"
     save_factors: bool = False
+    storage: str = "dense"
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not (isinstance(self.rank, int) or self.rank == "full"):
@@ -74,6 +77,14 @@ class LoLDUConfig:
         check_choice("residual", self.residual, RESIDUALS)
         check_choice("forward_mode", self.forward_mode, FORWARD_MODES)
         check_choice("decompose_dtype", self.decompose_dtype, DECOMPOSE_DTYPES)
+        check_choice("storage", self.storage, STORAGES)
+        if self.storage == "lu" and self.dtype in ("float16", "bfloat16"):
+            # Measured (benchmarks/RESULTS.md, section 5): a 4096 x 4096 W0 rebuilt from bfloat16 LU
+            # factors is off by 30% (relative Frobenius), from float32 ones by 1e-5.
+            raise ValueError(
+                f"LoLDU config: storage 'lu' replaces W0 by its LU factors, which need float32: in {self.dtype} they "
+                "reproduce W0 only to ~10-30% (pivot growth); drop dtype (lu keeps float32 factors) or use storage 'dense'"
+            )
         if self.dtype is not None:
             check_choice("dtype", self.dtype, DTYPES)
         self.target_modules = _normalise_targets("target_modules", self.target_modules, allow_none=False)

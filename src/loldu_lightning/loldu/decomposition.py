@@ -81,11 +81,8 @@ def _single_thread_for_small_cpu_lu(matrix: Tensor):
         torch.set_num_threads(threads)
 
 
-def ldu_decompose(weight: Tensor, rank: int | None = None, dtype: torch.dtype = torch.float32) -> LDUFactors:
-    """Decompose ``weight`` (m x n, out x in) and keep the first ``rank`` components (all when None).
-
-    Runs in ``dtype`` (float32 or float64) on the weight's device whatever the weight's own dtype.
-    """
+def _checked_lu(weight: Tensor, rank: int | None, dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
+    """``(packed, pivots, r)`` from ``lu_factor_ex`` after validating the weight, rank and dtype."""
     if weight.dim() != 2:
         raise ValueError(f"ldu_decompose: expected a 2-D weight (out x in), got shape {tuple(weight.shape)}")
     if dtype not in (torch.float32, torch.float64):
@@ -102,6 +99,17 @@ def ldu_decompose(weight: Tensor, rank: int | None = None, dtype: torch.dtype = 
     # lu_factor_ex: singular matrices are valid input here (lu_factor raises on a zero pivot).
     with _single_thread_for_small_cpu_lu(matrix):
         packed, pivots, _ = torch.linalg.lu_factor_ex(matrix)
+    return packed, pivots, r
+
+
+def ldu_decompose(weight: Tensor, rank: int | None = None, dtype: torch.dtype = torch.float32) -> LDUFactors:
+    """Decompose ``weight`` (m x n, out x in) and keep the first ``rank`` components (all when None).
+
+    Runs in ``dtype`` (float32 or float64) on the weight's device whatever the weight's own dtype.
+    """
+    packed, pivots, r = _checked_lu(weight, rank, dtype)
+    m, n = weight.shape
+    k = min(m, n)
     lower_full = torch.tril(packed[:, :k], diagonal=-1)
     lower_full.diagonal().fill_(1.0)
     upper = torch.triu(packed[:r, :])
@@ -119,3 +127,45 @@ def ldu_decompose(weight: Tensor, rank: int | None = None, dtype: torch.dtype = 
         perm=perm,
         zero_pivots=int(tiny.sum()),
     )
+
+
+@dataclass(frozen=True)
+class PackedLDU:
+    """The complete LDU of one matrix in LAPACK's packed layout, in the decomposition dtype.
+
+    packed (m x n): the unit lower ``L`` (m x k) strictly below the diagonal (its ones implied) and
+    ``U1`` (k x n) on and above it. ``U1``'s diagonal is 1 except at tiny pivots, whose rows stay
+    unnormalised (see the module docstring), so it is stored rather than implied.
+    diag: ``d`` (length k). perm: as in ``LDUFactors``. ``W0 = (L diag(d) U1)[perm]``; the first
+    ``r`` components are ``L[:, :r]`` and ``U1[:r]``, unpermuted.
+    """
+
+    packed: Tensor
+    diag: Tensor
+    perm: Tensor
+    tiny_pivots: Tensor
+
+    @property
+    def zero_pivots(self) -> int:
+        return int(self.tiny_pivots.sum())
+
+    def reconstruct(self) -> Tensor:
+        """``P L diag(d) U1``: W0 up to the rounding of the decomposition."""
+        k = self.diag.numel()
+        lower = torch.tril(self.packed[:, :k], diagonal=-1)
+        lower.diagonal().fill_(1.0)
+        return ((lower * self.diag) @ torch.triu(self.packed[:k]))[self.perm]
+
+
+def ldu_decompose_packed(weight: Tensor, dtype: torch.dtype = torch.float32) -> PackedLDU:
+    """All ``min(m, n)`` components of ``weight`` in one packed m x n matrix (see ``PackedLDU``)."""
+    packed, pivots, k = _checked_lu(weight, None, dtype)
+    m, n = weight.shape
+    pivot_values = packed.diagonal().clone()
+    tiny = tiny_pivot_mask(pivot_values, (m, n))
+    diag = torch.where(tiny, torch.ones_like(pivot_values), pivot_values)
+    # Normalise U's rows in place (the strictly lower part, L, is left as it is).
+    upper_rows = packed[:k]
+    upper_rows.copy_(torch.tril(upper_rows, diagonal=-1) + torch.triu(upper_rows) / diag[:, None])
+    perm = permutation_from_pivots(pivots.cpu(), m).to(weight.device)
+    return PackedLDU(packed=packed, diag=diag, perm=perm, tiny_pivots=tiny)

@@ -50,3 +50,59 @@ def choose_forward_path(m: int, n: int, r: int, tokens: int, needs_grad: bool) -
     merged = merged_extra_flops(m, n, r, tokens, needs_grad)
     factored = factored_extra_flops(m, n, r, tokens, needs_grad)
     return "merged" if merged < factored else "factored"
+
+
+# --- packed storages (``storage: packed`` / ``lu``): triangular factors, block-triangular products ---
+#
+# Multiply-adds are counted on the nonzeros of the triangles (the block-triangular products in
+# ``triangular`` do slightly more: the masked diagonal blocks). ``components`` is r for ``packed``
+# and k = min(m, n) for ``lu``, whose factors also carry W0 (there is no separate base product).
+
+
+def triangular_product_macs(m: int, n: int, components: int) -> int:
+    """Per token: ``U[:c] x`` plus ``L[:, :c] s`` (one product each way)."""
+    c = components
+    return c * (m + n) - c * (c - 1)
+
+
+def triangular_build_macs(m: int, n: int, components: int) -> int:
+    """``L[:, :c] diag(s) U[:c]`` built block by block: ``sum_{l<c} (m - l)(n - l)``."""
+    c = components
+    return c * m * n - (m + n) * c * (c - 1) // 2 + (c - 1) * c * (2 * c - 1) // 6
+
+
+def packed_path_flops(m: int, n: int, r: int, tokens: int, needs_grad: bool, full: bool) -> dict[str, int]:
+    """Total flops of each path (base product included) for a packed-storage layer.
+
+    ``full``: ``lu`` storage (the factors hold all k components and stand in for W0); else the
+    ``packed`` storage, whose W0 is a separate dense product.
+    """
+    c = min(m, n) if full else r
+    base = 0 if full else 2 * m * n * tokens
+    factored = base + 2 * triangular_product_macs(m, n, c) * tokens
+    build = 2 * triangular_build_macs(m, n, c)
+    merged = build + 2 * m * n * tokens
+    if needs_grad:
+        factored *= 2  # the input gradient runs the same products transposed; v's gradient is elementwise
+        input_grad = min(build + 2 * m * n * tokens, base + 2 * triangular_product_macs(m, n, c) * tokens)
+        scale_grad = min(2 * tokens * m * n + 2 * triangular_build_macs(m, n, r), 2 * triangular_product_macs(m, n, r) * tokens)
+        merged += input_grad + scale_grad
+    return {"factored": factored, "merged": merged}
+
+
+def choose_packed_path(m: int, n: int, r: int, tokens: int, needs_grad: bool, full: bool) -> str:
+    """``"factored"`` or ``"merged"`` for a packed-storage layer, whichever costs fewer flops."""
+    costs = packed_path_flops(m, n, r, tokens, needs_grad, full)
+    return "merged" if costs["merged"] < costs["factored"] else "factored"
+
+
+def recompute_packed_weight_for_input_grad(m: int, n: int, r: int, tokens: int, full: bool) -> bool:
+    """Merged path of a packed storage: rebuild W for ``g @ W``, or run the thin products?"""
+    c = min(m, n) if full else r
+    base = 0 if full else m * n * tokens
+    return triangular_build_macs(m, n, c) + m * n * tokens < base + triangular_product_macs(m, n, c) * tokens
+
+
+def packed_gram_for_scale_grad(m: int, n: int, r: int, tokens: int) -> bool:
+    """Merged path of a packed storage: v's gradient from ``g^T x`` or per token?"""
+    return tokens * m * n + triangular_build_macs(m, n, r) < triangular_product_macs(m, n, r) * tokens

@@ -41,15 +41,31 @@ def _refuse_existing_adapters(model: nn.Module) -> None:
         )
 
 
+def base_weights(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
+    """The weight Parameter of each named (not yet wrapped) module."""
+    return {name: model.get_submodule(name).weight for name in names}
+
+
+def restore_base_weights(model: nn.Module, weights: dict[str, nn.Parameter]) -> None:
+    """Put the original weight Parameters back (``storage: lu`` releases them when a layer is built)."""
+    for name, weight in weights.items():
+        module = model.get_submodule(name)
+        if module.weight is not weight:
+            module.weight = weight
+
+
 def wrap_modules(model: nn.Module, config: LoLDUConfig, names: Sequence[str]) -> nn.Module:
     """Replace each named module by a ``LoLDULinear``, then freeze everything but z (and sigma)."""
     _refuse_existing_adapters(model)
     # Build every layer before touching the model, so a bad module leaves the model unchanged
-    # (layers freeze their base layer when built, hence the saved flags).
+    # (layers freeze their base layer when built, hence the saved flags; storage "lu" also
+    # releases the base weight, hence the saved weights).
     requires_grad = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    originals = base_weights(model, [name for name in names if hasattr(model.get_submodule(name), "weight")])
     try:
         wrapped = [(name, LoLDULinear(model.get_submodule(name), config, name)) for name in names]
     except Exception:
+        restore_base_weights(model, originals)
         for parameter, flag in requires_grad.items():
             parameter.requires_grad_(flag)
         raise
@@ -99,6 +115,7 @@ def unload(model: nn.Module, merge: bool = True) -> nn.Module:
             layer.merge()
         else:
             layer.unmerge()
+            layer.restore_base_weight()
         _set_submodule(model, name, layer.base_layer)
     return model
 

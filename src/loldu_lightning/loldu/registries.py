@@ -94,6 +94,13 @@ RESIDUALS: dict[str, ResidualFn] = {
 FORWARD_MODES: tuple[str, ...] = ("auto", "factored", "merged")
 """How a LoLDU layer computes its output; see ``forward_cost.choose_forward_path``."""
 
+STORAGES: dict[str, str] = {
+    "dense": "P L_r and U_r as two dense matrices beside W0 (r (m + n) numbers)",
+    "packed": "L and U1 unpermuted in one m x n LU-packed matrix beside W0 (needs rank = min(m, n))",
+    "lu": "the packed LU of W0 replaces W0 itself (m x n numbers in all, any rank)",
+}
+"""How a layer keeps its frozen factors (see ``layer.LoLDULinear``): name -> what is stored."""
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 """Storage dtypes for the frozen factors (None in the config = the base weight's dtype)."""
 
