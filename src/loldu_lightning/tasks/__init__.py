@@ -19,7 +19,13 @@ def _build_diffusion(cfg):
     return build_diffusion(cfg)
 
 
-TASK_FAMILIES: dict[str, Callable] = {"glue": build_glue, "vision": _build_vision, "diffusion": _build_diffusion}
+def _build_instruct(cfg):
+    from .instruct import build_instruct  # causal-LM instruction tuning (Alpaca)
+
+    return build_instruct(cfg)
+
+
+TASK_FAMILIES: dict[str, Callable] = {"glue": build_glue, "vision": _build_vision, "instruct": _build_instruct, "diffusion": _build_diffusion}
 
 
 def build_task(cfg):
