@@ -20,3 +20,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (CI provides ../shared/data; set LOLDU_SHARED_DATA to point elsewhere)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def glue_root(tmp_path_factory) -> Path:
+    """GLUE task folders (RTE/, SST-2/, MRPC/): the real ones from ../shared/data, else generated
+    stand-ins in the same TSV format (fixtures.py), so a user's clone runs the end-to-end tests too."""
+    if (SHARED_DATA / "glue").is_dir():
+        return SHARED_DATA / "glue"
+    from fixtures import write_glue_root
+
+    return write_glue_root(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="session")
+def image_folder_root(tmp_path_factory) -> Path:
+    """An ImageFolder tree (train/, test/): the real CIFAR-10 subset, else a generated stand-in."""
+    if (SHARED_DATA / "cifar10_subset").is_dir():
+        return SHARED_DATA / "cifar10_subset"
+    from fixtures import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("images"))

@@ -36,8 +36,8 @@ def test_trainable_counts_match_the_paper_for_query_value_at_rank_768(roberta_ba
         assert counts["total"] == sum(p.numel() for p in roberta_base.parameters())
         table = summary(roberta_base)
         assert f"LoLDU trainable params:  {expected:,}" in table and "768 x 768" in table
+        # informational only: speed is measured in benchmarks/, never asserted in tests
         print(f"\ninject roberta-base q,v r=768 ({scaling}): {seconds:.2f} s on CPU")
-        assert seconds < 60
     finally:
         unload(roberta_base, merge=False)
 

@@ -89,9 +89,9 @@ def _logged_train_losses(output_dir: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("adapter", ["loldu", "lora"])
-def test_tiny_vit_learns_on_real_cifar10_subset(shared_data: Path, tmp_path: Path, adapter: str) -> None:
+def test_tiny_vit_learns_on_real_cifar10_subset(image_folder_root: Path, tmp_path: Path, adapter: str) -> None:
     overrides = [
-        "task=vision/imagefolder", f"data.root={shared_data / 'cifar10_subset'}", f"adapter={adapter}", *TINY_VIT,
+        "task=vision/imagefolder", f"data.root={image_folder_root}", f"adapter={adapter}", *TINY_VIT,
         "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "data.train_limit=256", "data.val_limit=64",
         "data.batch_size=32", "data.augment=false", "optimizer.lr=1e-2",
     ]
