@@ -26,4 +26,4 @@ COMMON=(task=vision/imagefolder model=vit-base-in21k "model.name_or_path=$OUT/vi
   "hydra.run.dir=$OUT/runs/lora_r16"
 "$PYTHON" -m loldu_lightning "${COMMON[@]}" adapter=linear_probe optimizer.lr=3e-3 "hydra.run.dir=$OUT/runs/linear_probe"
 
-"$PYTHON" examples/vit_transfer/summarize.py "$OUT"
+"$PYTHON" -m loldu_lightning.report "$OUT/runs" --by adapter  # writes $OUT/runs/results.md, CSVs and figures
