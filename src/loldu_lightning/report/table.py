@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loldu_lightning.report.evaluations import eval_columns
 from loldu_lightning.report.jobs import Job
 
 COMPLETED = "completed"
@@ -100,6 +101,7 @@ def runs_frame(jobs: list[Job], metric: str | None, extra_keys: Sequence[str] = 
         row["time_s"] = _number(metrics.get("time_s"))
         row["error"] = job.metrics_error or _first_line(metrics.get("error"))
         row["overrides"] = " ".join(job.overrides)
+        row.update(eval_columns(job.path))  # eval.<evaluation>.<metric> from eval.json, when the run was evaluated
         rows.append(row)
     frame = pd.DataFrame(rows)
     for key in PARAM_KEYS:
