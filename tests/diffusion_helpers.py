@@ -71,9 +71,40 @@ def sd_cache(tmp_path_factory) -> Path:
     return cache
 
 
+# DreamBooth's layout in miniature, for a clone without ../shared/data: the same table and prompt-list format
+STANDIN_TABLE = """Classes
+
+subject_name,class
+dog,dog
+
+Prompts
+
+Object Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a {0} {1} in the snow'.format(unique_token, class_token),
+]
+
+Live Subject Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a {0} {1} in the snow'.format(unique_token, class_token),
+]
+"""
+
+
 @pytest.fixture(scope="session")
-def dog(shared_data) -> Path:
-    folder = shared_data / "dreambooth" / "dog"
-    if not folder.is_dir():
-        pytest.skip(f"DreamBooth photos not found at {folder}")
-    return folder
+def dog(tmp_path_factory) -> Path:
+    """The real DreamBooth dog photos (../shared/data/dreambooth/dog), or five generated JPEGs in the same layout."""
+    from conftest import SHARED_DATA
+
+    real = SHARED_DATA / "dreambooth" / "dog"
+    if real.is_dir():
+        return real
+    root = tmp_path_factory.mktemp("dreambooth_standin")
+    for k in range(5):
+        save_image(root / "dog" / f"{k:02d}.jpg", (40 * k, 120, 200 - 40 * k), size=96)
+    (root / "prompts_and_classes.txt").write_text(STANDIN_TABLE)
+    return root / "dog"
