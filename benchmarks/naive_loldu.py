@@ -4,7 +4,7 @@ It mirrors the style of the paper's public code: a ``torch.nn.utils.parametrize`
 that stores the permutation as a dense ``m x m`` matrix and, on every forward, rebuilds the whole
 ``m x n`` weight as ``R + sigma * P @ L_r @ diag(z) @ U_r`` (evaluated left to right, as written),
 with the frozen residual ``R = W0 - sigma0 * P L_r diag(z0) U_r`` replacing the base weight.
-The library never does this (see DESIGN.md section 2); the benchmark measures what that costs.
+The library never does this (see docs/design.md section 2); the benchmark measures what that costs.
 """
 
 from __future__ import annotations

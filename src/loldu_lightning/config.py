@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from .models import minilm_path
 
 if TYPE_CHECKING:
     from .adapters import Adapter
@@ -47,8 +46,6 @@ def glue_dir(root: str | None, task_folder: str) -> str | None:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("glue_dir"):
         OmegaConf.register_new_resolver("glue_dir", glue_dir)
-    if not OmegaConf.has_resolver("minilm_path"):
-        OmegaConf.register_new_resolver("minilm_path", minilm_path)
     if not OmegaConf.has_resolver("package_path"):
         OmegaConf.register_new_resolver("package_path", package_path)
 

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .distributed import eval_sampler
+
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)
 
@@ -34,7 +36,6 @@ class GlueTaskInfo:
     label_column: str
     labels: tuple[str, ...] | None   # label strings in class-index order; None = regression
     metrics: tuple[str, ...]
-    monitor: str
     val_splits: tuple[str, ...] = ("validation",)
     header: bool = True
     fieldnames: tuple[str, ...] | None = None  # for header-less files (CoLA)
@@ -52,23 +53,23 @@ GLUE_TASKS: dict[str, GlueTaskInfo] = {
     info.name: info
     for info in (
         GlueTaskInfo("cola", "CoLA", ("sentence", None), ("sentence", None), "label", ("0", "1"),
-                     ("mcc", "accuracy"), "val/mcc", header=False,
+                     ("mcc", "accuracy"), header=False,
                      fieldnames=("source", "label", "original_label", "sentence")),
         GlueTaskInfo("sst2", "SST-2", ("sentence", None), ("sentence", None), "label", ("0", "1"),
-                     ("accuracy",), "val/accuracy"),
+                     ("accuracy",)),
         GlueTaskInfo("mrpc", "MRPC", ("#1 String", "#2 String"), ("sentence1", "sentence2"), "Quality",
-                     ("0", "1"), ("accuracy", "f1"), "val/accuracy"),
+                     ("0", "1"), ("accuracy", "f1")),
         GlueTaskInfo("qqp", "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate",
-                     ("0", "1"), ("accuracy", "f1"), "val/accuracy"),
+                     ("0", "1"), ("accuracy", "f1")),
         GlueTaskInfo("stsb", "STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score",
-                     None, ("pearson", "spearman"), "val/pearson"),
+                     None, ("pearson", "spearman")),
         GlueTaskInfo("mnli", "MNLI", ("sentence1", "sentence2"), ("premise", "hypothesis"), "gold_label",
-                     ("entailment", "neutral", "contradiction"), ("accuracy",), "val_matched/accuracy",
+                     ("entailment", "neutral", "contradiction"), ("accuracy",),
                      val_splits=("validation_matched", "validation_mismatched")),
         GlueTaskInfo("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label",
-                     ("entailment", "not_entailment"), ("accuracy",), "val/accuracy"),
+                     ("entailment", "not_entailment"), ("accuracy",)),
         GlueTaskInfo("rte", "RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label",
-                     ("entailment", "not_entailment"), ("accuracy",), "val/accuracy"),
+                     ("entailment", "not_entailment"), ("accuracy",)),
     )
 }
 
@@ -221,6 +222,6 @@ class GlueDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False,
-                           collate_fn=self.collate, num_workers=self.num_workers,
+                           sampler=eval_sampler(self.datasets[split], self.trainer), collate_fn=self.collate, num_workers=self.num_workers,
                            persistent_workers=self.num_workers > 0)
                 for split in self.info.val_splits]

@@ -23,7 +23,7 @@ from .forward_cost import choose_forward_path
 from .layer import LoLDULinear, module_seed
 from .model_ops import disable, enable, inject, loldu_modules, merge, unload, unmerge
 from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, STORAGES
-from .report import parameter_counts, summary, trainable_parameters
+from .summary import parameter_counts, summary, trainable_parameters
 from .targeting import resolve_target_modules
 
 __all__ = [
