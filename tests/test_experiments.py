@@ -143,7 +143,7 @@ def test_glue_configs_are_the_papers_table7(task):
         assert cfg.task.name == task and cfg.adapter.name == "loldu"
         assert (resolved(cfg, "optimizer.lr"), cfg.trainer.max_epochs, cfg.data.max_length) == (lr, epochs, max_length)
         assert (cfg.data.batch_size, cfg.scheduler.warmup_ratio, cfg.adapter.rank, cfg.adapter.alpha) == (32, 0.06, 768, 768)
-        assert list(cfg.adapter.target_modules) == ["query", "value"] and cfg.model.name_or_path == "roberta-base"
+        assert list(cfg.adapter.target_modules) == ["query", "value"] and cfg.model.name_or_path.endswith("roberta-base")
         assert cfg.data.group_by_length is False  # the published runs shuffled plainly
 
 

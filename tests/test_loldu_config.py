@@ -17,7 +17,7 @@ def test_defaults_are_valid_and_round_trip_through_json():
 def test_registries_hold_exactly_the_documented_choices():
     assert set(INITS) == {"ldu", "constant", "uniform", "uniform_unit", "normal", "normal_unit", "zeros", "ones"}
     assert set(SCALINGS) == {"learned", "fixed", "none"}
-    assert set(RESIDUALS) == {"init", "ldu"}
+    assert set(RESIDUALS) == {"init", "ldu", "authors"}
     assert set(FORWARD_MODES) == {"auto", "factored", "merged"}
 
 

@@ -78,6 +78,25 @@ def test_residual_ldu_is_neutral_only_for_the_ldu_init(init):
     assert unchanged == (init == "ldu")
 
 
+@pytest.mark.parametrize("init", sorted(INITS))
+def test_residual_authors_is_the_released_codes_per_init_split(init):
+    """residual=authors: c from z0 for ldu/constant/uniform/normal (step 0 = pretrained model), c from
+    d_r for ones/zeros/uniform_unit/normal_unit (the model changes at step 0: Table V's collapsed rows)."""
+    base = _toy()
+    config = dict(rank=6, alpha=12, init=init)
+    model = inject(copy.deepcopy(base), LoLDUConfig(**config, residual="authors"))
+    expected = "init" if init in {"ldu", "constant", "uniform", "normal"} else "ldu"
+    twin = inject(copy.deepcopy(base), LoLDUConfig(**config, residual=expected))
+    for layer, twin_layer in zip(model.modules(), twin.modules()):
+        if isinstance(layer, LoLDULinear):
+            assert torch.equal(layer.c, twin_layer.c) and torch.equal(layer.z, twin_layer.z)
+    x = torch.randn(5, 12)
+    unchanged = torch.equal(model(x), base(x))
+    assert unchanged == (expected == "init")
+    if init in ("zeros", "ones", "uniform_unit", "normal_unit"):
+        assert not torch.allclose(model(x), base(x), atol=1e-3)
+
+
 def test_inits_follow_their_definitions():
     weight_layer = nn.Linear(16, 16)
     diag = None

@@ -237,3 +237,36 @@ def test_notebook_runs_on_a_sweep(init_sweep: Path, tmp_path: Path, monkeypatch:
     assert any("image/png" in output.get("data", {}) for output in outputs)
     assert any("0.8200" in output.get("data", {}).get("text/markdown", "") for output in outputs)
     assert not (init_sweep / "results.md").exists()  # the notebook only reads the sweep
+
+
+def _vision_sweep(sweep: Path, val_split: str) -> None:
+    """Two seeds of a vision run whose validation split is `val_split`; final = best - 0.01."""
+    sweep.mkdir()
+    write_multirun(sweep, ["seed=1,2"])
+    for num, seed in enumerate([1, 2]):
+        config = job_config(task="vision/cifar10", seed=seed)
+        config["task"]["val_split"] = val_split
+        config["report_note"] = "rows re-run under one schedule"
+        write_job(sweep / str(num), [f"seed={seed}"], config, metrics_json("vision/cifar10", seed, 0.9 + seed / 100))
+
+
+@pytest.mark.parametrize(("val_split", "epoch", "expected"), [
+    ("test", "auto", "final"), ("val", "auto", "best"), ("test", "best", "best"), ("val", "final", "final"),
+])
+def test_epoch_protocol_reports_the_last_epoch_for_runs_that_validate_on_test(tmp_path, val_split, epoch, expected):
+    """The paper's vision tables report the last epoch: a best epoch picked on the test split is optimistic."""
+    sweep = tmp_path / "sweep"
+    _vision_sweep(sweep, val_split)
+    report = build_report(sweep, epoch=epoch, write=False)
+    assert set(report.runs["epoch"]) == {expected}
+    values = sorted(report.runs["metric"])
+    offset = 0.01 if expected == "final" else 0.0
+    assert values == pytest.approx([0.91 - offset, 0.92 - offset])
+    assert ("last epoch" in report.markdown) == (expected == "final")
+    assert "rows re-run under one schedule" in report.markdown  # the config's report_note
+
+
+def test_epoch_option_rejects_unknown_values_and_glue_runs_keep_the_best_epoch(init_sweep: Path) -> None:
+    with pytest.raises(ValueError, match="epoch must be one of auto, best, final"):
+        build_report(init_sweep, epoch="last", write=False)
+    assert set(build_report(init_sweep, write=False).runs["epoch"]) == {"best"}  # GLUE: no val_split

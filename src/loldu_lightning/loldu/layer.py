@@ -102,7 +102,7 @@ class LoLDULinear(nn.Module):
         sigma0 = torch.tensor(initial_sigma(config.scaling, config.resolve_alpha(rank), rank), dtype=torch.float32)
         # sigma0 * z0 is the exact float32 product the forward computes at step 0, so with
         # residual "init" the update sigma * z - c is exactly zero before training.
-        c = RESIDUALS[config.residual](sigma0 * z0, sigma0 * diag)
+        c = RESIDUALS[config.residual](config.init, sigma0 * z0, sigma0 * diag)
 
         self.z = nn.Parameter(z0.to(device))
         if SCALINGS[config.scaling]:

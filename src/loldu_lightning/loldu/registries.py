@@ -81,14 +81,26 @@ def initial_sigma(scaling: str, alpha: float, rank: int) -> float:
     return 1.0 if scaling == "none" else alpha / rank
 
 
-ResidualFn = Callable[[Tensor, Tensor], Tensor]
-"""``(sigma0 * z0, sigma0 * d_r) -> c``: the frozen vector subtracted in the update."""
+ResidualFn = Callable[[str, Tensor, Tensor], Tensor]
+"""``(init name, sigma0 * z0, sigma0 * d_r) -> c``: the frozen vector subtracted in the update."""
+
+AUTHORS_Z0_INITS = frozenset({"ldu", "constant", "uniform", "normal"})
+"""Inits for which the authors' released code builds c from the initialised z (model unchanged at
+step 0); for the others (ones, zeros, uniform_unit, normal_unit) it builds c from d_r. That split is
+where the paper's Table V rows collapse."""
+
+
+def _residual_authors(init: str, scaled_z0: Tensor, scaled_d: Tensor) -> Tensor:
+    return (scaled_z0 if init in AUTHORS_Z0_INITS else scaled_d).clone()
+
 
 RESIDUALS: dict[str, ResidualFn] = {
     # Residual built from the initialised z: the model is unchanged at step 0 for every init.
-    "init": lambda scaled_z0, scaled_d: scaled_z0.clone(),
+    "init": lambda init, scaled_z0, scaled_d: scaled_z0.clone(),
     # Residual built from the decomposition's own diagonal (paper Algorithm 1 as printed).
-    "ldu": lambda scaled_z0, scaled_d: scaled_d.clone(),
+    "ldu": lambda init, scaled_z0, scaled_d: scaled_d.clone(),
+    # The authors' code: "init" for AUTHORS_Z0_INITS, "ldu" for the others (reproduces Table V).
+    "authors": _residual_authors,
 }
 
 FORWARD_MODES: tuple[str, ...] = ("auto", "factored", "merged")

@@ -1,4 +1,4 @@
-"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--out dir]`."""
+"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--epoch auto|best|final] [--out dir]`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--metric", default=None, help="a key of each run's `best` metrics, e.g. val/f1 (default: each run's monitor)"
     )
+    parser.add_argument(
+        "--epoch",
+        default="auto",
+        choices=["auto", "best", "final"],
+        help="which epoch of each run to report: best, final, or auto (final for runs whose validation "
+        "split is the test split, as the paper's vision tables; best for the others)",
+    )
     parser.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     return parser.parse_args(argv)
 
@@ -30,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        report = build_report(args.sweep_dir, by=args.by, metric=args.metric, out=args.out)
+        report = build_report(args.sweep_dir, by=args.by, metric=args.metric, out=args.out, epoch=args.epoch)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

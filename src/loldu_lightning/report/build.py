@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loldu_lightning.report.figures import axis_vs_metric, params_vs_metric
-from loldu_lightning.report.jobs import load_jobs
+from loldu_lightning.report.jobs import config_notes, load_jobs
 from loldu_lightning.report.markdown import render
 from loldu_lightning.report.table import (
     AXIS_KEYS,
@@ -90,18 +90,20 @@ def build_report(
     metric: str | None = None,
     out: str | Path | None = None,
     write: bool = True,
+    epoch: str = "auto",
 ) -> Report:
     """Collect a multirun's jobs, aggregate over seeds per group, render tables and figures.
 
     `by`: config keys to group by (list or comma-separated); default: the override keys that vary
     across jobs, seed excluded. Groups are always split by task as well. `metric`: a key of each
-    run's `best` metrics; default: each run's own monitored metric. `out`: where files go (default
-    the sweep directory); `write=False` only computes.
+    run's metrics; default: each run's own monitored metric. `epoch`: which epoch of each run is
+    reported: `best`, `final`, or `auto` (final for runs that validate on the test split, best for
+    the others). `out`: where files go (default the sweep directory); `write=False` only computes.
     """
     root = Path(sweep_dir).expanduser()
     jobs = load_jobs(root)
     keys = _split_keys(by)
-    runs = runs_frame(jobs, metric, extra_keys=[*(keys or []), *AXIS_KEYS])
+    runs = runs_frame(jobs, metric, extra_keys=[*(keys or []), *AXIS_KEYS], epoch=epoch)
     overridden = override_keys(jobs)
     if keys is None:
         keys = varying_keys(runs, [key for key in overridden if key not in (SEED_KEY, TASK_KEY)])
@@ -124,6 +126,7 @@ def build_report(
             figure = axis_vs_metric(runs, axis, keys, base, notes, name)
             if figure is not None:
                 figures[name] = figure
+    notes.extend(config_notes(jobs))
     markdown = render(str(root), runs, groups, keys, metric, unstarted, notes)
     report = Report(root, keys, metric, runs, groups, markdown, figures, unstarted, notes)
     if write:

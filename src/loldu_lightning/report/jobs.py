@@ -156,3 +156,18 @@ def load_jobs(sweep_dir: str | Path) -> list[Job]:
             f"holding a {HYDRA_DIR}/ folder, as written by `python -m loldu_lightning -m ...`"
         )
     return [read_job(root, job_dir) for job_dir in job_dirs]
+
+
+def config_notes(jobs: list[Job]) -> list[str]:
+    """The distinct `report_note` values of the jobs' configs, in first-seen order.
+
+    An experiment config sets `report_note` to say what a reader of its table must know (e.g.
+    that Table I's baselines were re-run under another schedule than the paper's sources).
+    """
+    notes: dict[str, None] = {}
+    for job in jobs:
+        note = job.resolve("report_note")
+        if isinstance(note, str) and note.strip():
+            notes.setdefault(" ".join(note.split()), None)
+    return list(notes)
+

@@ -118,6 +118,16 @@ def problems_section(runs: pd.DataFrame, unstarted: list[list[str]], metric_labe
     return "\n\n".join(parts)
 
 
+def _epoch_label(runs: pd.DataFrame) -> str:
+    """Which epoch the table reports, in words (runs may differ: see table.epoch_of)."""
+    epochs = set(runs["epoch"].dropna()) if "epoch" in runs else {"best"}
+    if epochs == {"final"}:
+        return "after each run's last epoch (the runs validate on the test split, or --epoch final)"
+    if epochs == {"best"} or not epochs:
+        return "at each run's best epoch"
+    return "at the best epoch, or after the last epoch for runs that validate on the test split (column epoch of runs.csv)"
+
+
 def render(
     title: str,
     runs: pd.DataFrame,
@@ -135,7 +145,7 @@ def render(
         summary += f", {len(unstarted)} not started"
     header = (
         f"# Results: {title}\n\n"
-        f"Metric: {metric_label}, at each run's best epoch. Per group: n usable runs, "
+        f"Metric: {metric_label}, {_epoch_label(runs)}. Per group: n usable runs, "
         f"their median, mean ± std (sample std) and min – max over seeds.  \n"
         f"Grouped by: {', '.join(by) if by else '(nothing varies but the seed)'}.  \n"
         f"Jobs: {len(runs)} ({summary})."

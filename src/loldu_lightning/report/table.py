@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ UNREADABLE = "unreadable"
 # Keys with a column of their own: every job knows its task and seed even without an override.
 OWN_COLUMN_KEYS = ("task", "seed")
 PARAM_KEYS = ("adapter", "head", "trainable", "total")
+# Which epoch of a run the tables report (see epoch_of).
+EPOCHS = ("auto", "best", "final")
 # Ablation axes plotted when they vary, whether swept by override or by experiment config.
 AXIS_KEYS = ("adapter.rank", "optimizer.lr")
 
@@ -47,16 +50,39 @@ def _status(job: Job) -> str:
     return str(job.metrics.get("status") or "unknown")
 
 
-def _metric(metrics: dict[str, Any], metric: str | None) -> tuple[str | None, float, str | None]:
-    """(metric name, value, mode) of a run: its own monitor by default, else `best[metric]`."""
-    best = metrics.get("best") or {}
+def _metric(metrics: dict[str, Any], metric: str | None, epoch: str = "best") -> tuple[str | None, float, str | None]:
+    """(metric name, value, mode) of a run at `epoch` ("best" or "final"): its own monitor by
+    default, else `<epoch>[metric]`."""
+    values = metrics.get(epoch) or {}
     monitor = metrics.get("monitor")
     if metric is None or metric == monitor:
-        value = metrics.get("objective") if metric is None else None
+        value = metrics.get("objective") if metric is None and epoch == "best" else None
         if value is None and monitor is not None:
-            value = best.get(monitor)
+            value = values.get(monitor)
         return monitor, _number(value), metrics.get("mode")
-    return metric, _number(best.get(metric)), None
+    return metric, _number(values.get(metric)), None
+
+
+def validates_on_test(job: Job) -> bool:
+    """Whether the run's validation split is the test split (task.val_split names `test`).
+
+    Such a run's best epoch is chosen on the split it reports, so the paper's protocol (and an
+    honest number) is the metric after the last epoch.
+    """
+    split = job.resolve("task.val_split")
+    if isinstance(split, str) and split.startswith("["):
+        split = json.loads(split)
+    return "test" in (split if isinstance(split, list) else [split])
+
+
+def epoch_of(job: Job, epoch: str) -> str:
+    """The epoch whose metrics a run reports: `best` or `final`; `auto` picks final for runs
+    that validate on the test split (vision's standard splits) and best for the others (GLUE dev)."""
+    if epoch not in EPOCHS:
+        raise ValueError(f"epoch must be one of {', '.join(EPOCHS)}, got {epoch!r}")
+    if epoch == "auto":
+        return "final" if validates_on_test(job) else "best"
+    return epoch
 
 
 def _task(job: Job) -> str:
@@ -85,18 +111,20 @@ def override_keys(jobs: Iterable[Job]) -> list[str]:
     return list(keys)
 
 
-def runs_frame(jobs: list[Job], metric: str | None, extra_keys: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per job: identity, status, resolved override keys, metric, parameter counts, time."""
+def runs_frame(jobs: list[Job], metric: str | None, extra_keys: Sequence[str] = (), epoch: str = "auto") -> pd.DataFrame:
+    """One row per job: identity, status, resolved override keys, metric at the run's reported
+    epoch (`epoch_of`), parameter counts, time."""
     keys = override_keys(jobs)
     keys += [key for key in extra_keys if key not in keys and key not in OWN_COLUMN_KEYS]
     rows = []
     for job in jobs:
         metrics = job.metrics or {}
-        name, value, mode = _metric(metrics, metric) if job.metrics is not None else (metric, math.nan, None)
+        reported = epoch_of(job, epoch)
+        name, value, mode = _metric(metrics, metric, reported) if job.metrics is not None else (metric, math.nan, None)
         params = metrics.get("params") or {}
         row: dict[str, Any] = {"job": job.name, "status": _status(job), "task": _task(job), "seed": _seed(job)}
         row.update({key: job.resolve(key) for key in keys})
-        row.update({"metric_name": name, "metric": value, "mode": mode})
+        row.update({"metric_name": name, "metric": value, "mode": mode, "epoch": reported})
         row.update({f"params.{key}": _number(params.get(key)) for key in PARAM_KEYS})
         row["time_s"] = _number(metrics.get("time_s"))
         row["error"] = job.metrics_error or _first_line(metrics.get("error"))
@@ -145,12 +173,10 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
     Groups whose runs all failed stay in the table with n = 0, so a broken configuration shows.
     """
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for index, row in runs.iterrows():
-        groups.setdefault(tuple(_hashable(row[key]) for key in keys), []).append(index)
     records = []
-    for group_values, indices in groups.items():
-        members = runs.loc[indices]
+    # dropna=False keeps runs whose key is unset (None/NaN) as a group of their own
+    for group_values, members in runs.groupby(keys, dropna=False, sort=False):
+        group_values = tuple(_hashable(value) for value in group_values)
         usable = members[(members["status"] == COMPLETED) & members["metric"].notna()]
         metric = usable["metric"].astype(float)
         names = [name for name in dict.fromkeys(members["metric_name"].dropna())]
