@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import config_dir, register_resolvers
+from .hydra_ddp import child_arguments, export_current_job
 from .overrides import check_override_keys
 
 
@@ -20,6 +21,7 @@ def _run(cfg: DictConfig) -> float | None:
     from .train import train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    export_current_job()  # DDP ranks 1..N-1 re-run exactly this job (hydra_ddp.py)
     try:
         result = train(cfg)
     except Exception:
@@ -33,6 +35,7 @@ def _run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     register_resolvers()
+    sys.argv[1:] = child_arguments(sys.argv[1:])
     try:
         check_override_keys(sys.argv[1:])
     except ValueError as error:

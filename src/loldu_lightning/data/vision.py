@@ -23,6 +23,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from .distributed import eval_sampler
+
 VIT_DEFAULT_MEAN = (0.5, 0.5, 0.5)
 VIT_DEFAULT_STD = (0.5, 0.5, 0.5)
 VIT_DEFAULT_IMAGE_SIZE = 224
@@ -429,6 +431,7 @@ class VisionDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else eval_sampler(dataset, self.trainer),  # each example once under DDP
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import AutoModelForImageClassification
 
@@ -30,6 +31,9 @@ class VisionClassificationTask(AdaptedTask):
         self.num_classes = num_classes
         self.train_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # a weighted mean metric (torchmetrics sums values and weights over DDP ranks): exact when the
+        # ranks hold different numbers of images, where Lightning's sync_dist mean is not (tasks/glue.py)
+        self.val_loss = MeanMetric()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         output = self.model(**batch)
@@ -44,7 +48,8 @@ class VisionClassificationTask(AdaptedTask):
         output = self.model(**batch)
         size = batch["labels"].shape[0]
         self.val_accuracy(output.logits.argmax(-1), batch["labels"])
-        self.log("val/loss", output.loss, batch_size=size)
+        self.val_loss.update(output.loss, weight=size)
+        self.log("val/loss", self.val_loss, batch_size=size)
         self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=size)
 
 
