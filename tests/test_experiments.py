@@ -66,7 +66,7 @@ def resolved(cfg, key: str):
 
 
 # Option groups whose files read their table's values (Table VII's rates): composed inside the table.
-WITHIN_TABLE = {"paper/table1_glue_method/": "paper/table1_glue"}
+WITHIN_TABLE = {"paper/table1_glue_method/": "paper/table1_glue", "paper/table3_llama2_method/": "paper/table3_llama2"}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
