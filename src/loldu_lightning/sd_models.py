@@ -53,6 +53,15 @@ class SDParts:
     folder: Path
 
 
+def require_diffusers() -> None:
+    """diffusers is the `diffusion` extra: say how to get it instead of a bare ModuleNotFoundError."""
+    try:
+        import diffusers  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("The diffusion task family needs diffusers: pip install 'loldu-lightning[diffusion]' "
+                                  "(or pip install diffusers).") from error
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("LOLDU_CACHE", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "loldu_lightning")).expanduser()
 
@@ -145,6 +154,7 @@ def tiny_sd_folder(sizes: Mapping[str, Any] | None = None, cache_dir: str | Path
 
 def resolve_sd_folder(model_cfg: Mapping[str, Any]) -> Path:
     """The local pipeline folder of `model.name_or_path` (`tiny-sd` builds it), checked part by part."""
+    require_diffusers()
     name = str(model_cfg["name_or_path"])
     if name == TINY_SD:
         return tiny_sd_folder(model_cfg.get("tiny"), model_cfg.get("cache_dir"))
