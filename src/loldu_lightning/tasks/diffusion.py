@@ -255,7 +255,10 @@ def build_diffusion(cfg: DictConfig) -> tuple[DiffusionSubjectTask, SubjectDataM
     if model_cfg.get("gradient_checkpointing"):
         parts.unet.enable_gradient_checkpointing()
         if train_text_encoder:
-            parts.text_encoder.gradient_checkpointing_enable()
+            # transformers 5 renamed it (the old name warns)
+            enable = getattr(parts.text_encoder, "activation_checkpointing_enable", None) or \
+                parts.text_encoder.gradient_checkpointing_enable
+            enable()
 
     class_images: list[Path] = []
     if with_prior:
