@@ -162,3 +162,11 @@ def test_hub_dataset_offline_points_at_a_local_file(monkeypatch: pytest.MonkeyPa
 
     with pytest.raises(FileNotFoundError, match=r"yahma/alpaca-cleaned.*Offline\? Set data.path="):
         load_hf_records("yahma/alpaca-cleaned")
+
+
+def test_a_bad_record_stops_before_the_tokenizer_and_model_load(tmp_path: Path) -> None:
+    data = _write_json(tmp_path / "d.json", [{"instruction": "a", "output": "b"}, {"instruction": "c"}])
+    cfg = compose_config(["task=instruct/alpaca", "model=llama2-7b", "model.name_or_path=/nonexistent/llama",
+                          f"data.path={data}"])
+    with pytest.raises(ValueError, match=r"record 1 has no 'output'"):
+        build_instruct(cfg)  # the missing model would raise FileNotFoundError if it were loaded first

@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics import SumMetric
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from ..data.instruct import IGNORE_INDEX, InstructDataModule, pad_token_id
+from ..data.instruct import IGNORE_INDEX, InstructDataModule, pad_token_id, read_records
 from ..models import load_model, load_tokenizer, resolve_name_or_path
 from .base import AdaptedTask
 
@@ -196,6 +196,8 @@ def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model
 def build_instruct(cfg: DictConfig) -> tuple[InstructTask, InstructDataModule]:
     """The `instruct` task family: a causal LM and Alpaca-style data (files checked before the model loads)."""
     check_model_files(cfg.model)
+    if cfg.data.get("path"):
+        read_records(cfg.data.path)  # a typo in the data costs a second, not a tokenizer (GGUF: ~20 s) and model load
     tokenizer = load_tokenizer(cfg.model)
     datamodule = build_instruct_datamodule(cfg, tokenizer)
     datamodule.check_data()
