@@ -265,12 +265,12 @@ def test_minilm_gap_arms_compose_per_task(arm):
 
 def test_minilm_gap_loldu_arms_stay_under_5_percent_of_lora_r16():
     counts = {}
-    for arm in ("lora_r16", "loldu_qkv", "loldu_tuned"):
+    for arm in ("lora_r16", "loldu_qkv_lr3e-3", "loldu_tuned"):
         cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}"])
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
         model = adapter.apply(load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2),
                               list(cfg.model.head_modules))
         counts[arm] = count_parameters(model, list(cfg.model.head_modules))["adapter"]
     assert counts["lora_r16"] == 6 * 2 * 16 * (384 + 384)
-    assert counts["loldu_qkv"] == 6 * 3 * (384 + 1) < 0.05 * counts["lora_r16"]
+    assert counts["loldu_qkv_lr3e-3"] == 6 * 3 * (384 + 1) < 0.05 * counts["lora_r16"]
     assert counts["loldu_tuned"] < 0.05 * counts["lora_r16"]
