@@ -27,7 +27,11 @@ def read_run(run: Path) -> tuple[dict, pd.DataFrame]:
     logs = sorted((run / "logs").glob("version_*/metrics.csv"))
     if not logs:
         raise FileNotFoundError(f"no {run}/logs/version_*/metrics.csv: run with logger=csv (the default)")
-    return metrics, pd.concat(pd.read_csv(path) for path in logs)
+    frame = pd.concat(pd.read_csv(path) for path in logs)
+    # Lightning writes a validation row with the index of the batch that triggered it (0-based): the
+    # validation after 25 optimizer steps is row 24. Shift those rows to the number of steps taken.
+    frame.loc[frame["val/loss"].notna(), "step"] += 1
+    return metrics, frame
 
 
 def loss_figure(runs: dict[str, pd.DataFrame], path: Path, window: int) -> None:
