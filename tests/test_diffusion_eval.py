@@ -15,6 +15,7 @@ from loldu_lightning.evaluate import EVALUATIONS
 from loldu_lightning.evaluate.__main__ import main as evaluate_main
 from loldu_lightning.evaluate.dreambooth import (clip_image_embeddings, clip_t, dino_embeddings, load_clip, load_dino,
                                                   mean_pairwise_cosine)
+from loldu_lightning.report.evaluations import eval_columns
 from loldu_lightning.train import train
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
@@ -99,3 +100,5 @@ def test_evaluate_command_scores_a_finished_run(sd_cache, dog, metric_models, tm
     assert 0.0 <= results["clip_t"] <= 1.0
     assert results["settings"]["unet"].endswith("merged_unet") and results["settings"]["clip_path"] == str(metric_models[0])
     assert len(list((run / "eval_images").glob("*.png"))) == 4
+    columns = eval_columns(run)  # what the report tool puts in its runs table
+    assert columns["eval.dreambooth.clip_t"] == pytest.approx(results["clip_t"]) and "eval.dreambooth.dino" in columns
