@@ -73,6 +73,8 @@ def test_ddp_two_ranks_one_set_of_outputs_synced_metrics_and_resume(rte, tmp_pat
     assert (rank0["global_rank"], rank1["global_rank"], rank0["world_size"]) == (0, 1, 2)
     assert rank0["pid"] != rank1["pid"]
     assert rank0["factors"] == rank1["factors"]
+    # the adapter callback injected (and the probe fingerprinted) before Lightning wrapped the model
+    assert not rank0["wrapped_at_setup"] and rank0["wrapped_at_train_start"]
     assert rank0["trainable_at_end"] == rank1["trainable_at_end"] != rank0["trainable_at_setup"]
     assert rank0["global_step"] == 2
 
@@ -218,3 +220,18 @@ def test_slurm_launcher_config_asks_one_task_per_device_on_every_node():
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.partition) == (2, 4, 4, "gpu")
     assert cfg.trainer.strategy.broadcast_buffers is False
+
+
+def test_adapter_from_a_sharded_fsdp2_model_loads_into_a_plain_model(tmp_path):
+    """Lightning's FSDPStrategy and torch's FSDP1 refuse the CPU; torch's FSDP2 (`fully_shard`) runs on it.
+    Injection before sharding, sharded z trained on 2 ranks, files gathered on rank 0, same outputs."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from ddp_probe import fsdp2_worker
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(fsdp2_worker, args=(port, str(tmp_path / "adapter")), nprocs=2)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
