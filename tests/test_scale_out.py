@@ -38,8 +38,9 @@ TINY_DDP = ["model=tiny-roberta", "trainer=ddp", "trainer.accelerator=cpu", "tra
 
 
 @pytest.fixture
-def rte(shared_data) -> list[str]:
-    return ["task=glue/rte", f"data.data_dir={shared_data / 'glue' / 'RTE'}"]
+def rte(glue_root) -> list[str]:
+    """The real GLUE RTE from ../shared/data (a generated stand-in in the same format in a plain clone)."""
+    return ["task=glue/rte", f"data.data_dir={glue_root / 'RTE'}"]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> str:
@@ -235,3 +236,18 @@ def test_adapter_from_a_sharded_fsdp2_model_loads_into_a_plain_model(tmp_path):
         port = sock.getsockname()[1]
     mp.spawn(fsdp2_worker, args=(port, str(tmp_path / "adapter")), nprocs=2)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_ddp_child_runs_its_parent_job_not_the_sweep(monkeypatch):
+    from loldu_lightning.hydra_ddp import JOB_ENV, child_arguments
+
+    sweep = ["-m", "-cn", "config", "--config-dir=/extra", "adapter.init=uniform,normal", "trainer=ddp"]
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv(JOB_ENV, json.dumps({"overrides": ["adapter.init=normal", "trainer=ddp"], "output_dir": "/s/1"}))
+    assert child_arguments(sweep) == sweep  # the sweep process itself (rank 0) runs what it was given
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert child_arguments(sweep) == ["-cn", "config", "--config-dir=/extra", "adapter.init=normal", "trainer=ddp",
+                                      'hydra.run.dir="/s/1"', "hydra.output_subdir=null",
+                                      "hydra.job.name=train_ddp_process_1"]
+    monkeypatch.delenv(JOB_ENV)
+    assert child_arguments(sweep) == sweep  # torchrun / SLURM ranks: nothing exported, nothing changed

@@ -39,5 +39,18 @@ def child_arguments(argv: list[str]) -> list[str]:
         return argv
     job = json.loads(job)
     # output_subdir=null: the parent job already wrote .hydra/; the child logs to train_ddp_process_<rank>.log
-    return [*job["overrides"], f'hydra.run.dir="{job["output_dir"]}"', "hydra.output_subdir=null",
-            f"hydra.job.name=train_ddp_process_{local_rank}"]
+    return [*config_options(argv), *job["overrides"], f'hydra.run.dir="{job["output_dir"]}"',
+            "hydra.output_subdir=null", f"hydra.job.name=train_ddp_process_{local_rank}"]
+
+
+_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def config_options(argv: list[str]) -> list[str]:
+    """Hydra's options that choose the config (`-cn name`, `--config-dir=dir`, ...): the child needs them too."""
+    kept: list[str] = []
+    for index, arg in enumerate(argv):
+        flag = arg.split("=", 1)[0]
+        if flag in _CONFIG_FLAGS:
+            kept += [arg] if "=" in arg or index + 1 == len(argv) else [arg, argv[index + 1]]
+    return kept
