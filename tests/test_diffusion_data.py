@@ -6,8 +6,16 @@ import pytest
 import torch
 from diffusion_helpers import save_image
 
-from loldu_lightning.data.diffusion import (SubjectDataset, collate_subject, evaluation_prompts, image_transform,
-                                            list_images, read_prompt_lists, read_subject_classes, resolve_subject)
+from loldu_lightning.data.diffusion import (
+    SubjectDataset,
+    collate_subject,
+    evaluation_prompts,
+    image_transform,
+    list_images,
+    read_prompt_lists,
+    read_subject_classes,
+    resolve_subject,
+)
 
 SUBJECTS = {"dog": "dog", "red_cartoon": "cartoon", "vase": "vase", "teapot": "teapot", "berry_bowl": "bowl"}
 

@@ -6,15 +6,20 @@ import json
 
 import pytest
 import torch
-from diffusion_helpers import (dog, save_image, sd_cache, tiny_clip_folder, tiny_dino_folder,  # noqa: F401
-                               tiny_sd_overrides)
+from diffusion_helpers import dog, save_image, sd_cache, tiny_clip_folder, tiny_dino_folder, tiny_sd_overrides  # noqa: F401
 from helpers import compose_config
 from PIL import Image
 
 from loldu_lightning.evaluate import EVALUATIONS
 from loldu_lightning.evaluate.__main__ import main as evaluate_main
-from loldu_lightning.evaluate.dreambooth import (clip_image_embeddings, clip_t, dino_embeddings, load_clip, load_dino,
-                                                  mean_pairwise_cosine)
+from loldu_lightning.evaluate.dreambooth import (
+    clip_image_embeddings,
+    clip_t,
+    dino_embeddings,
+    load_clip,
+    load_dino,
+    mean_pairwise_cosine,
+)
 from loldu_lightning.report.evaluations import eval_columns
 from loldu_lightning.train import train
 

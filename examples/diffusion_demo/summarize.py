@@ -74,7 +74,7 @@ def progression(run: Path, path: Path, real_dir: Path | None, scale: int) -> lis
     draw = ImageDraw.Draw(canvas)
     x = 0
     labels = (["photos"] if real_dir is not None else []) + [f"step {s}" for s in steps]
-    for panel, label in zip(panels, labels):
+    for panel, label in zip(panels, labels, strict=True):
         canvas.paste(panel, (x, label_h))
         draw.text((x + 2, 2), label, fill="black")
         x += panel.width + 4

@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -212,8 +213,13 @@ SAMPLERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
 
 def sampling_scheduler(name: str, training_scheduler: Any):
     """An inference scheduler built from the training scheduler's config (same betas and prediction type)."""
-    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           PNDMScheduler)
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
 
     classes = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
                "pndm": PNDMScheduler, "ddpm": DDPMScheduler}

@@ -9,8 +9,9 @@ without augmentation: the task scores them with fixed noise and timesteps, so th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch

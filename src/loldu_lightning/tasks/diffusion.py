@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -219,7 +220,7 @@ def ensure_class_images(parts: SDParts, class_dir: Path, class_prompt: str, coun
                                   num_inference_steps=int(generation.get("num_inference_steps", 25)),
                                   guidance_scale=float(generation.get("guidance_scale", 7.5)),
                                   generator=generators).images
-            for index, image in zip(indices, images):
+            for index, image in zip(indices, images, strict=True):
                 image.save(class_dir / f"class_{index:05d}.png")
         pipeline.to("cpu")
         existing = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
