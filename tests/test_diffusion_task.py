@@ -222,3 +222,20 @@ def test_text_encoder_training_and_gradient_checkpointing(sd_cache, dog):
     module.model = _adapter(plain).apply(module.model, ())
     with pytest.raises(ValueError, match=r"no text-encoder parameter trainable.*q_proj,k_proj,v_proj,out_proj"):
         module.configure_optimizers()
+
+
+def test_sample_grids_go_to_loggers_that_take_images():
+    from types import SimpleNamespace
+
+    from loldu_lightning.callbacks.sampling import image_grid, log_image
+
+    calls = []
+    wandb_like = SimpleNamespace(log_image=lambda **kw: calls.append(("log_image", kw["key"], kw["step"])),
+                                 experiment=None)
+    tensorboard_like = SimpleNamespace(experiment=SimpleNamespace(
+        add_image=lambda key, array, step, dataformats: calls.append(("add_image", key, step, array.shape, dataformats))))
+    csv_like = SimpleNamespace(experiment=SimpleNamespace())  # takes no images: skipped
+    grid = image_grid([Image.new("RGB", (8, 8), (k * 40, 0, 0)) for k in range(6)], rows=3, columns=2)
+    assert grid.size == (16, 24) and grid.getpixel((8, 16)) == (200, 0, 0)  # row 2, column 1 = image 5
+    log_image(SimpleNamespace(loggers=[wandb_like, tensorboard_like, csv_like]), "samples", grid, 7)
+    assert calls == [("log_image", "samples", 7), ("add_image", "samples", 7, (24, 16, 3), "HWC")]
