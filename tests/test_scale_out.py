@@ -251,3 +251,15 @@ def test_ddp_child_runs_its_parent_job_not_the_sweep(monkeypatch):
                                       "hydra.job.name=train_ddp_process_1"]
     monkeypatch.delenv(JOB_ENV)
     assert child_arguments(sweep) == sweep  # torchrun / SLURM ranks: nothing exported, nothing changed
+
+
+def test_trainer_configs_build_lightning_strategies_with_their_options():
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from loldu_lightning.train import trainer_options
+
+    ddp = trainer_options(compose_config(["trainer=ddp"]).trainer)["strategy"]
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"broadcast_buffers": False}
+    fsdp = trainer_options(compose_config(["trainer=fsdp"]).trainer)["strategy"]
+    assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["use_orig_params"] is True
+    assert trainer_options(compose_config(["trainer=ddp", "trainer.strategy=ddp_spawn"]).trainer)["strategy"] == "ddp_spawn"
