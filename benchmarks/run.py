@@ -36,7 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from benchmarks.report import BenchmarkReport, Table, Target, describe_machine  # noqa: E402
+from benchmarks.results import BenchmarkReport, Table, Target, describe_machine  # noqa: E402
 from benchmarks.sections import (  # noqa: E402
     encoder_training,
     initialisation_time,

@@ -20,7 +20,7 @@ from loldu_lightning.loldu.forward_cost import (
 )
 
 from .measure import CaseTimes, StepMemory, interleaved_timings, measure_step_memory
-from .report import Table, Target, megabytes, milliseconds, ratio
+from .results import Table, Target, megabytes, milliseconds, ratio
 from .shapes import BenchShapes
 from .variants import (
     TrainingVariant,

@@ -15,7 +15,7 @@ import gc
 import torch
 from torch import nn
 
-from benchmarks.report import Table, Target
+from benchmarks.results import Table, Target
 from benchmarks.sections import training_table
 from benchmarks.shapes import BenchShapes
 from benchmarks.variants import TrainingVariant, _make_step, _optimizer_for, add_lora, shared_copy
