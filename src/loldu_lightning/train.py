@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -105,6 +106,22 @@ def _write_metrics(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(clean(payload), indent=2) + "\n")
 
 
+def evaluate_test_split(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+                        best_epoch: Any) -> dict[str, Any]:
+    """`task.test_split`, evaluated once with the checkpoint selected on validation (`ckpt_path="best"`).
+
+    For protocols that select on held-out data (vision's `data.holdout_fraction`): the test split
+    never influences training or model selection, and metrics.json's `test` holds its metrics.
+    """
+    best_path = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if not best_path:
+        raise RuntimeError("task.test_split is set but no best checkpoint was saved; keep checkpoint.save_top_k >= 1 "
+                           "and let validation run (trainer.limit_val_batches > 0)")
+    (results,) = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
+    return {**{key: float(value) for key, value in results.items()}, "epoch": best_epoch,
+            "checkpoint": Path(best_path).name}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit one configuration; writes checkpoints/, adapter/, logs and metrics.json under cfg.output_dir.
 
@@ -135,6 +152,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted; the last checkpoint is in checkpoints/")
+        if task.get("test_split"):
+            # loading "best" also restores the callbacks' state as of that checkpoint: keep the full history
+            kept = copy.deepcopy(history.state_dict())
+            payload["test"] = evaluate_test_split(trainer, module, datamodule, history.best.get("epoch"))
+            history.load_state_dict(kept)
         payload["status"] = "completed"
     except BaseException as error:
         payload["status"] = "failed"

@@ -156,18 +156,29 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def build_image_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], *, train: bool, augment: bool = True
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    train: bool,
+    augment: bool = True,
+    resize_crop: bool = False,
 ) -> v2.Compose:
     """The ViT preprocessing: train gets RandomResizedCrop + flip, evaluation a plain square resize.
 
     The evaluation branch mirrors ``ViTImageProcessor`` (resize to ``size x size``, rescale to
-    [0, 1], normalise), so numbers match what the model saw when it was pretrained.
+    [0, 1], normalise), so numbers match what the model saw when it was pretrained. With
+    ``resize_crop`` evaluation instead resizes the shorter edge to ``image_size`` and takes the
+    centre ``image_size`` square (aspect ratio kept), as the PEFT ViT example that FourierFT's
+    protocol follows does; on square images both give the same pixels.
     """
     if train and augment:
         geometry: list[v2.Transform] = [
             v2.RandomResizedCrop(image_size, antialias=True),
             v2.RandomHorizontalFlip(),
         ]
+    elif resize_crop:
+        geometry = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     else:
         geometry = [v2.Resize((image_size, image_size), antialias=True)]
     return v2.Compose(
@@ -283,6 +294,41 @@ def _random_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return Subset(dataset, order[:limit].tolist())
 
 
+def _labels(dataset: Dataset) -> list[int] | None:
+    """Every example's label from the dataset's metadata (no image decoding), or None if unknown."""
+    if isinstance(dataset, Subset):
+        inner = _labels(dataset.dataset)
+        return None if inner is None else [inner[index] for index in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        parts = [_labels(part) for part in dataset.datasets]
+        return None if any(part is None for part in parts) else [label for part in parts for label in part]
+    for name in ("targets", "_labels"):  # CIFAR, ImageFolder, EuroSAT / Flowers102, FGVC-Aircraft
+        labels = getattr(dataset, name, None)
+        if labels is not None:
+            return [int(label) for label in labels]
+    samples = getattr(dataset, "_samples", None)  # StanfordCars: (path, label) pairs
+    if samples is not None:
+        return [int(label) for _, label in samples]
+    return None
+
+
+def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """(rest, held out): a seeded ``fraction`` of ``dataset``, stratified by label when the labels
+    are known from metadata (every dataset here), so the held-out set keeps the class balance."""
+    from sklearn.model_selection import train_test_split
+
+    labels = _labels(dataset)
+    indices = list(range(len(dataset)))  # type: ignore[arg-type]
+    try:
+        rest, held_out = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as error:  # e.g. fewer held-out examples than classes, or a class with one image
+        raise ValueError(
+            f"cannot hold out a stratified data.holdout_fraction={fraction} of {len(indices)} training images: "
+            f"{error}. Raise data.holdout_fraction or train on more images."
+        ) from error
+    return Subset(dataset, sorted(rest)), Subset(dataset, sorted(held_out))
+
+
 class VisionDataModule(L.LightningDataModule):
     """Train/validation loaders for one image-classification dataset.
 
@@ -291,6 +337,11 @@ class VisionDataModule(L.LightningDataModule):
     ``val``). EuroSAT has no official split: a stratified, seeded ``holdout_fraction`` of each
     class becomes the validation set (``split_seed`` fixes it across runs and seeds).
     ``train_split``/``val_split`` may name another split or a list of splits to concatenate.
+
+    Model selection on held-out training data (FourierFT's ViT protocol): ``train_holdout``
+    (``data.holdout_fraction``) holds out a seeded (``split_seed``), stratified share of the
+    training split as the validation set, and ``test_split`` names the split that
+    ``test_dataloader`` serves, evaluated once after training with the selected checkpoint.
     """
 
     def __init__(
@@ -313,6 +364,9 @@ class VisionDataModule(L.LightningDataModule):
         holdout_fraction: float = 0.2,
         split_seed: int = 42,
         limit_seed: int = 0,
+        test_split: str | Sequence[str] | None = None,
+        train_holdout: float | None = None,
+        eval_resize_crop: bool = False,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -336,6 +390,17 @@ class VisionDataModule(L.LightningDataModule):
         self.augment = augment
         self.train_splits = self._check_splits(train_split or self.spec.train_split, "train_split")
         self.val_splits = self._check_splits(val_split or self._default_val_split(), "val_split")
+        if train_holdout is not None:
+            if not 0.0 < float(train_holdout) < 1.0:
+                raise ValueError(f"data.holdout_fraction must be between 0 and 1 (or null), got {train_holdout}")
+            if not test_split:
+                raise ValueError(
+                    "data.holdout_fraction validates on held-out training images, so the test split must be "
+                    "named for the one evaluation after training: set task.test_split (e.g. task.test_split=test)"
+                )
+        self.train_holdout = None if train_holdout is None else float(train_holdout)
+        self.test_splits = self._check_splits(test_split, "test_split") if test_split else None
+        self.eval_resize_crop = bool(eval_resize_crop)
         self.train_limit = train_limit
         self.val_limit = val_limit
         self.holdout_fraction = float(holdout_fraction)
@@ -344,6 +409,7 @@ class VisionDataModule(L.LightningDataModule):
         self._raw: dict[str, Dataset] = {}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
 
     def _default_val_split(self) -> str:
         if self.dataset == "imagefolder" and not (self.root / "val").is_dir() and (self.root / "test").is_dir():
@@ -407,7 +473,7 @@ class VisionDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            for split in {*self.train_splits, *self.val_splits}:
+            for split in {*self.train_splits, *self.val_splits, *(self.test_splits or ())}:
                 self._open(split, download=True)
 
     def _combined(self, splits: tuple[str, ...]) -> Dataset:
@@ -416,13 +482,24 @@ class VisionDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         train_transform = build_image_transform(self.image_size, self.mean, self.std, train=True, augment=self.augment)
-        eval_transform = build_image_transform(self.image_size, self.mean, self.std, train=False)
+        eval_transform = build_image_transform(
+            self.image_size, self.mean, self.std, train=False, resize_crop=self.eval_resize_crop
+        )
+        train_pool: Dataset = self._combined(self.train_splits)
+        if self.train_holdout is not None:
+            # the held-out share is drawn before train_limit, so a limit never moves it
+            train_pool, val_pool = split_holdout(train_pool, self.train_holdout, self.split_seed)
+        else:
+            val_pool = self._combined(self.val_splits)
         if stage in (None, "fit") and self.train_set is None:
-            train = _random_subset(self._combined(self.train_splits), self.train_limit, self.limit_seed)
+            train = _random_subset(train_pool, self.train_limit, self.limit_seed)
             self.train_set = TransformedImages(train, train_transform)
         if self.val_set is None:
-            val = _random_subset(self._combined(self.val_splits), self.val_limit, self.limit_seed)
+            val = _random_subset(val_pool, self.val_limit, self.limit_seed)
             self.val_set = TransformedImages(val, eval_transform)
+        if stage in (None, "test") and self.test_set is None and self.test_splits is not None:
+            test = _random_subset(self._combined(self.test_splits), self.val_limit, self.limit_seed)
+            self.test_set = TransformedImages(test, eval_transform)
 
     def _loader(self, dataset: Dataset | None, *, shuffle: bool, batch_size: int) -> DataLoader:
         if dataset is None:
@@ -442,3 +519,8 @@ class VisionDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False, batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_splits is None:
+            raise RuntimeError("no test split: set task.test_split to evaluate one after training")
+        return self._loader(self.test_set, shuffle=False, batch_size=self.eval_batch_size)

@@ -1,4 +1,4 @@
-"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--epoch auto|best|final] [--out dir]`."""
+"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--epoch auto|best|final|test] [--out dir]`."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--epoch",
         default="auto",
-        choices=["auto", "best", "final"],
-        help="which epoch of each run to report: best, final, or auto (final for runs whose validation "
-        "split is the test split, as the paper's vision tables; best for the others)",
+        choices=["auto", "best", "final", "test"],
+        help="which epoch of each run to report: best, final, test (the test split evaluated once with the "
+        "best checkpoint, task.test_split), or auto (test where a run has it; else final for runs whose "
+        "validation split is the test split, as the paper's vision tables; best for the others)",
     )
     parser.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     return parser.parse_args(argv)

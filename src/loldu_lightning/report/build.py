@@ -97,8 +97,9 @@ def build_report(
     `by`: config keys to group by (list or comma-separated); default: the override keys that vary
     across jobs, seed excluded. Groups are always split by task as well. `metric`: a key of each
     run's metrics; default: each run's own monitored metric. `epoch`: which epoch of each run is
-    reported: `best`, `final`, or `auto` (final for runs that validate on the test split, best for
-    the others). `out`: where files go (default the sweep directory); `write=False` only computes.
+    reported: `best`, `final`, `test` (metrics.json's `test`: the test split with the selected
+    checkpoint), or `auto` (test where a run has it, else final for runs that validate on the test
+    split, best for the others). `out`: where files go (default the sweep directory); `write=False` only computes.
     """
     root = Path(sweep_dir).expanduser()
     jobs = load_jobs(root)

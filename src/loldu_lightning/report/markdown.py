@@ -125,6 +125,11 @@ def _epoch_label(runs: pd.DataFrame) -> str:
         return "after each run's last epoch (the runs validate on the test split, or --epoch final)"
     if epochs == {"best"} or not epochs:
         return "at each run's best epoch"
+    if epochs == {"test"}:
+        return "on the test split, evaluated once with each run's checkpoint selected on held-out data"
+    if "test" in epochs:
+        return ("per run as its column epoch of runs.csv says: test (the test split with the checkpoint "
+                "selected on held-out data), final (runs that validate on the test split) or best")
     return "at the best epoch, or after the last epoch for runs that validate on the test split (column epoch of runs.csv)"
 
 

@@ -20,7 +20,7 @@ UNREADABLE = "unreadable"
 OWN_COLUMN_KEYS = ("task", "seed")
 PARAM_KEYS = ("adapter", "head", "trainable", "total")
 # Which epoch of a run the tables report (see epoch_of).
-EPOCHS = ("auto", "best", "final")
+EPOCHS = ("auto", "best", "final", "test")
 # Ablation axes plotted when they vary, whether swept by override or by experiment config.
 AXIS_KEYS = ("adapter.rank", "optimizer.lr")
 
@@ -50,11 +50,22 @@ def _status(job: Job) -> str:
     return str(job.metrics.get("status") or "unknown")
 
 
+def _test_name(name: str | None) -> str | None:
+    """A validation metric's name in metrics.json's `test` (`val/accuracy` -> `test/accuracy`)."""
+    if name is not None and name.startswith("val/"):
+        return "test/" + name[len("val/"):]
+    return name
+
+
 def _metric(metrics: dict[str, Any], metric: str | None, epoch: str = "best") -> tuple[str | None, float, str | None]:
-    """(metric name, value, mode) of a run at `epoch` ("best" or "final"): its own monitor by
-    default, else `<epoch>[metric]`."""
+    """(metric name, value, mode) of a run at `epoch` ("best", "final" or "test"): its own monitor
+    by default, else `<epoch>[metric]`. For `test`, a `val/` name reads the same metric's `test/`
+    value (the test split evaluated once with the best checkpoint, see train.evaluate_test_split)."""
     values = metrics.get(epoch) or {}
     monitor = metrics.get("monitor")
+    if epoch == "test":
+        name = _test_name(metric if metric is not None else monitor)
+        return name, _number(values.get(name)), metrics.get("mode")
     if metric is None or metric == monitor:
         value = metrics.get("objective") if metric is None and epoch == "best" else None
         if value is None and monitor is not None:
@@ -76,11 +87,15 @@ def validates_on_test(job: Job) -> bool:
 
 
 def epoch_of(job: Job, epoch: str) -> str:
-    """The epoch whose metrics a run reports: `best` or `final`; `auto` picks final for runs
-    that validate on the test split (vision's standard splits) and best for the others (GLUE dev)."""
+    """The epoch whose metrics a run reports: `best`, `final` or `test`; `auto` picks test for runs
+    that evaluated a test split after model selection (metrics.json's `test`, `task.test_split`),
+    else final for runs that validate on the test split (vision's standard splits) and best for
+    the others (GLUE dev)."""
     if epoch not in EPOCHS:
         raise ValueError(f"epoch must be one of {', '.join(EPOCHS)}, got {epoch!r}")
     if epoch == "auto":
+        if (job.metrics or {}).get("test"):
+            return "test"
         return "final" if validates_on_test(job) else "best"
     return epoch
 

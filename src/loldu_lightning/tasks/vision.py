@@ -34,6 +34,9 @@ class VisionClassificationTask(AdaptedTask):
         # a weighted mean metric (torchmetrics sums values and weights over DDP ranks): exact when the
         # ranks hold different numbers of images, where Lightning's sync_dist mean is not (tasks/glue.py)
         self.val_loss = MeanMetric()
+        # the one evaluation of task.test_split after training (train.py), kept apart from validation
+        self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_loss = MeanMetric()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         output = self.model(**batch)
@@ -51,6 +54,14 @@ class VisionClassificationTask(AdaptedTask):
         self.val_loss.update(output.loss, weight=size)
         self.log("val/loss", self.val_loss, batch_size=size)
         self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=size)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        output = self.model(**batch)
+        size = batch["labels"].shape[0]
+        self.test_accuracy(output.logits.argmax(-1), batch["labels"])
+        self.test_loss.update(output.loss, weight=size)
+        self.log("test/loss", self.test_loss, batch_size=size)
+        self.log("test/accuracy", self.test_accuracy, batch_size=size)
 
 
 def build_vision_datamodule(cfg: DictConfig) -> VisionDataModule:
@@ -75,6 +86,9 @@ def build_vision_datamodule(cfg: DictConfig) -> VisionDataModule:
         holdout_fraction=task.get("holdout_fraction", 0.2),
         split_seed=task.get("split_seed", 42),
         limit_seed=cfg.seed,
+        test_split=task.get("test_split"),
+        train_holdout=data.get("holdout_fraction"),
+        eval_resize_crop=data.get("eval_resize_crop", False),
     )
 
 
