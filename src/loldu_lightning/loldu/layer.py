@@ -1,7 +1,7 @@
 """``LoLDULinear``: a frozen Linear/Conv1D layer plus the LoLDU update.
 
 Effective weight ``W = W0 + lower @ diag(sigma * z - c) @ upper`` where ``lower = (P L)[:, :r]``,
-``upper = U1[:r]`` and ``c`` are frozen (see ``decomposition`` and DESIGN.md section 1). ``W0``
+``upper = U1[:r]`` and ``c`` are frozen (see ``decomposition`` and docs/design.md section 1). ``W0``
 stays untouched inside ``base_layer``. Only ``z`` (and ``sigma`` when the scaling is learned) train.
 
 ``storage`` picks how the frozen factors are kept (docs/factor_storage.md):
