@@ -90,7 +90,11 @@ def interleaved_timings(
             del call
         if progress:
             kind = "warm-up" if round_index < warmup else "timed"
-            print(f"[{progress}] round {round_index + 1}/{warmup + steps} ({kind}) done, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"[{progress}] round {round_index + 1}/{warmup + steps} ({kind}) done, {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     return times
 
 

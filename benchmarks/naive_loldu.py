@@ -21,7 +21,9 @@ class NaiveLDUParametrization(nn.Module):
         super().__init__()
         out_features, in_features = weight.shape
         if not 1 <= rank <= min(out_features, in_features):
-            raise ValueError(f"naive LDU rank must be in [1, {min(out_features, in_features)}] for a {tuple(weight.shape)} weight, got {rank}")
+            raise ValueError(
+                f"naive LDU rank must be in [1, {min(out_features, in_features)}] for a {tuple(weight.shape)} weight, got {rank}"
+            )
         permutation, lower, upper = torch.linalg.lu(weight.detach().float())
         pivots = upper.diagonal()
         # A zero pivot would divide by zero; keep that row unnormalised (d = 1) as the library does.

@@ -85,29 +85,57 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--steps", type=int, default=None, help=f"timed steps per variant (default 7; >= {MIN_TIMED_STEPS} unless --quick)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"timed steps per variant (default 7; >= {MIN_TIMED_STEPS} unless --quick)",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps per variant (default 2)")
-    parser.add_argument("--layer-steps", type=int, default=None, help="timed steps for the LLaMA-shaped layer (default: --steps)")
-    parser.add_argument("--init-steps", type=int, default=None, help=f"timed runs of each initialisation, after 1 warm-up (default {MIN_TIMED_STEPS})")
-    parser.add_argument("--quick", action="store_true", help="toy shapes and 2 timed steps: a smoke test, not a measurement")
-    parser.add_argument("--sections", default=",".join(name for name in SECTIONS if name not in OPT_IN),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN)})")
+    parser.add_argument(
+        "--layer-steps", type=int, default=None, help="timed steps for the LLaMA-shaped layer (default: --steps)"
+    )
+    parser.add_argument(
+        "--init-steps",
+        type=int,
+        default=None,
+        help=f"timed runs of each initialisation, after 1 warm-up (default {MIN_TIMED_STEPS})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="toy shapes and 2 timed steps: a smoke test, not a measurement"
+    )
+    parser.add_argument(
+        "--sections",
+        default=",".join(name for name in SECTIONS if name not in OPT_IN),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN)})",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--note", default=None, help="free text recorded under Machine (e.g. what else shared the cores)")
-    parser.add_argument("--out", type=Path, default=None, help=f"Markdown output (default {DEFAULT_OUT.relative_to(REPO_ROOT)}; none with --quick)")
+    parser.add_argument(
+        "--note", default=None, help="free text recorded under Machine (e.g. what else shared the cores)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"Markdown output (default {DEFAULT_OUT.relative_to(REPO_ROOT)}; none with --quick)",
+    )
     args = parser.parse_args(argv)
 
     args.steps = args.steps if args.steps is not None else (2 if args.quick else 7)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.layer_steps = args.layer_steps if args.layer_steps is not None else args.steps
-    args.init_steps = args.init_steps if args.init_steps is not None else (args.steps if args.quick else MIN_TIMED_STEPS)
+    args.init_steps = (
+        args.init_steps if args.init_steps is not None else (args.steps if args.quick else MIN_TIMED_STEPS)
+    )
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     step_counts = (args.steps, args.layer_steps, args.init_steps)
     if not args.quick and min(step_counts) < MIN_TIMED_STEPS:
-        parser.error(f"--steps/--layer-steps/--init-steps must be >= {MIN_TIMED_STEPS} for a measurement (medians need them); use --quick for a smoke run")
+        parser.error(
+            f"--steps/--layer-steps/--init-steps must be >= {MIN_TIMED_STEPS} for a measurement (medians need them); use --quick for a smoke run"
+        )
     if min(step_counts) < 1:
         parser.error("--steps/--layer-steps/--init-steps must be >= 1")
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]

@@ -9,8 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from loldu_lightning.loldu import ldu_decompose, ldu_decompose_packed, loldu_modules, unload
-from loldu_lightning.loldu import triangular
+from loldu_lightning.loldu import ldu_decompose, ldu_decompose_packed, loldu_modules, triangular, unload
 from loldu_lightning.loldu.forward_cost import (
     factored_extra_flops,
     merged_extra_flops,
@@ -24,8 +23,8 @@ from .results import Table, Target, megabytes, milliseconds, ratio
 from .shapes import BenchShapes
 from .variants import (
     TrainingVariant,
-    add_lora,
     add_loldu,
+    add_lora,
     build_encoder,
     encoder_batch,
     encoder_variants,
@@ -55,7 +54,13 @@ def training_table(
     device: torch.device,
 ) -> tuple[Table, dict[str, float], dict[str, StepMemory]]:
     """Interleaved step times of every variant, then one instrumented step each for memory."""
-    timings = interleaved_timings({key: v.step for key, v in variants.items()}, warmup=warmup, steps=steps, device=device, progress=title.split(",")[0])
+    timings = interleaved_timings(
+        {key: v.step for key, v in variants.items()},
+        warmup=warmup,
+        steps=steps,
+        device=device,
+        progress=title.split(",")[0],
+    )
     medians = {key: t.wall_median for key, t in timings.items()}
     cpu = {key: t.cpu_median for key, t in timings.items()}
     memory = {key: measure_step_memory(v.step, v.model, v.optimizer, device) for key, v in variants.items()}
@@ -93,7 +98,9 @@ def training_table(
                 megabytes(mem.gradients + mem.optimizer_state),
             ]
         )
-    table.notes.append(f"{steps} timed steps per variant after {warmup} warm-up steps, round-robin; step = forward + backward + AdamW step + zero_grad.")
+    table.notes.append(
+        f"{steps} timed steps per variant after {warmup} warm-up steps, round-robin; step = forward + backward + AdamW step + zero_grad."
+    )
     return table, medians, memory
 
 
@@ -134,7 +141,12 @@ def cost_model_note(variants: dict[str, TrainingVariant], tokens: int, floor: st
 
 def auto_paths(model: nn.Module, tokens: int) -> list[str]:
     """The forward paths ``auto`` takes in this model's LoLDU layers during training."""
-    return sorted({layer.forward_path(torch.empty(tokens, layer.in_features, requires_grad=True)) for _, layer in loldu_modules(model)})
+    return sorted(
+        {
+            layer.forward_path(torch.empty(tokens, layer.in_features, requires_grad=True))
+            for _, layer in loldu_modules(model)
+        }
+    )
 
 
 def noise_note(variants: dict[str, TrainingVariant], times: dict[str, float], auto_key: str, tokens: int) -> str:
@@ -149,7 +161,9 @@ def noise_note(variants: dict[str, TrainingVariant], times: dict[str, float], au
     )
 
 
-def encoder_training(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+def encoder_training(
+    shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int
+) -> tuple[Table, list[Target]]:
     """Section 1: full training steps on the roberta-base architecture."""
     base = build_encoder(shapes, device, seed)
     batch = encoder_batch(shapes, base.config.vocab_size, device, seed)
@@ -169,20 +183,57 @@ def encoder_training(shapes: BenchShapes, *, warmup: int, steps: int, device: to
         noise_note(variants, times, "loldu_full_auto", shapes.batch * shapes.seq_len),
     ]
     targets = [
-        Target(f"encoder: LoLDU r={full} auto step time / LoRA r={ref}", times["loldu_full_auto"] / times["lora_ref"], "<=", 1.10),
-        Target(f"encoder: LoLDU r={full} auto step time / LoRA r={full}", times["loldu_full_auto"] / times["lora_full"], "<=", 1.00),
-        Target(f"encoder: LoLDU r={low} auto step time / LoRA r={ref}", times["loldu_low_auto"] / times["lora_ref"], "<=", 1.05),
-        Target(f"encoder: LoLDU r={full} storage=packed step time / LoRA r={ref}", times["loldu_full_packed"] / times["lora_ref"], "<=", 1.10),
-        Target(f"encoder: LoLDU r={full} storage=lu step time / LoRA r={ref}", times["loldu_full_lu"] / times["lora_ref"], "<=", 1.10),
-        Target(f"encoder: LoLDU r={full} auto peak memory / LoRA r={ref}", memory["loldu_full_auto"].peak / memory["lora_ref"].peak, "<=", 1.10),
-        Target(f"encoder: LoLDU r={low} auto peak memory / LoRA r={ref}", memory["loldu_low_auto"].peak / memory["lora_ref"].peak, "<=", 1.10),
+        Target(
+            f"encoder: LoLDU r={full} auto step time / LoRA r={ref}",
+            times["loldu_full_auto"] / times["lora_ref"],
+            "<=",
+            1.10,
+        ),
+        Target(
+            f"encoder: LoLDU r={full} auto step time / LoRA r={full}",
+            times["loldu_full_auto"] / times["lora_full"],
+            "<=",
+            1.00,
+        ),
+        Target(
+            f"encoder: LoLDU r={low} auto step time / LoRA r={ref}",
+            times["loldu_low_auto"] / times["lora_ref"],
+            "<=",
+            1.05,
+        ),
+        Target(
+            f"encoder: LoLDU r={full} storage=packed step time / LoRA r={ref}",
+            times["loldu_full_packed"] / times["lora_ref"],
+            "<=",
+            1.10,
+        ),
+        Target(
+            f"encoder: LoLDU r={full} storage=lu step time / LoRA r={ref}",
+            times["loldu_full_lu"] / times["lora_ref"],
+            "<=",
+            1.10,
+        ),
+        Target(
+            f"encoder: LoLDU r={full} auto peak memory / LoRA r={ref}",
+            memory["loldu_full_auto"].peak / memory["lora_ref"].peak,
+            "<=",
+            1.10,
+        ),
+        Target(
+            f"encoder: LoLDU r={low} auto peak memory / LoRA r={ref}",
+            memory["loldu_low_auto"].peak / memory["lora_ref"].peak,
+            "<=",
+            1.10,
+        ),
     ]
     del variants, base
     gc.collect()
     return table, targets
 
 
-def projection_training(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+def projection_training(
+    shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int
+) -> tuple[Table, list[Target]]:
     """Section 2: one LLaMA-shaped projection at the paper's instruction-tuning rank."""
     variants = projection_variants(shapes, device, seed)
     dim, r = shapes.layer_dim, shapes.layer_rank
@@ -195,13 +246,19 @@ def projection_training(shapes: BenchShapes, *, warmup: int, steps: int, device:
         f"naive / LoLDU auto step time: {times['naive'] / times['loldu_auto']:.2f}x; "
         f"naive / LoLDU auto peak memory: {memory['naive'].peak / memory['loldu_auto'].peak:.2f}x.",
     ]
-    targets = [Target(f"layer {dim}x{dim}: naive / LoLDU r={r} auto step time", times["naive"] / times["loldu_auto"], ">=", 5.0)]
+    targets = [
+        Target(
+            f"layer {dim}x{dim}: naive / LoLDU r={r} auto step time", times["naive"] / times["loldu_auto"], ">=", 5.0
+        )
+    ]
     del variants
     gc.collect()
     return table, targets
 
 
-def initialisation_time(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+def initialisation_time(
+    shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int
+) -> tuple[Table, list[Target]]:
     """Section 3: LoLDU's LU-based init against PEFT's SVD-based PiSSA init on the same weights."""
     base = build_encoder(shapes, device, seed)
     targets, r = shapes.targets, shapes.full_rank
@@ -219,7 +276,9 @@ def initialisation_time(shapes: BenchShapes, *, warmup: int, steps: int, device:
     def untimed_setup(run: Callable[[], object]) -> Callable[[], Callable[[], object]]:
         return lambda: run
 
-    target_weights = [p for name, p in base.named_parameters() if is_target_weight(name, targets) and name.endswith(".weight")]
+    target_weights = [
+        p for name, p in base.named_parameters() if is_target_weight(name, targets) and name.endswith(".weight")
+    ]
     factories: dict[str, Callable[[], Callable[[], object]]] = {
         "loldu": on_fresh_model(lambda model: add_loldu(model, targets, r, "auto")),
         "pissa": on_fresh_model(lambda model: add_lora(model, targets, r, init="pissa")),
@@ -243,8 +302,18 @@ def initialisation_time(shapes: BenchShapes, *, warmup: int, steps: int, device:
         ["method", "ms (median)", "min-max ms", "time / LoLDU inject", "CPU-time ratio"],
     )
     for key, label in labels.items():
-        table.rows.append([label, milliseconds(times[key]), _spread(timings[key]), ratio(times[key], times["loldu"]), ratio(cpu[key], cpu["loldu"])])
-    table.notes.append(f"{steps} timed runs after {warmup} warm-up, round-robin; each run starts from a fresh model copy made outside the timer.")
+        table.rows.append(
+            [
+                label,
+                milliseconds(times[key]),
+                _spread(timings[key]),
+                ratio(times[key], times["loldu"]),
+                ratio(cpu[key], cpu["loldu"]),
+            ]
+        )
+    table.notes.append(
+        f"{steps} timed runs after {warmup} warm-up, round-robin; each run starts from a fresh model copy made outside the timer."
+    )
     del base
     gc.collect()
     return table, [Target(f"init: PiSSA (full SVD) / LoLDU inject r={r}", times["pissa"] / times["loldu"], ">=", 5.0)]
@@ -257,7 +326,9 @@ def _structure(model: nn.Module) -> list[tuple[str, ...]]:
     return modules + params
 
 
-def merged_inference(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+def merged_inference(
+    shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int
+) -> tuple[Table, list[Target]]:
     """Section 4: a merged and unloaded LoLDU model must run exactly as fast as the base model."""
     base = build_encoder(shapes, device, seed)
     batch = encoder_batch(shapes, base.config.vocab_size, device, seed)
@@ -273,7 +344,11 @@ def merged_inference(shapes: BenchShapes, *, warmup: int, steps: int, device: to
                 layer.z.add_(0.01 * torch.randn(layer.z.shape, generator=generator).to(layer.z.device))
         return model
 
-    models = {"base": shared_copy(base, lambda name: False), "unmerged": trained_loldu(), "merged": unload(trained_loldu())}
+    models = {
+        "base": shared_copy(base, lambda name: False),
+        "unmerged": trained_loldu(),
+        "merged": unload(trained_loldu()),
+    }
     for model in models.values():
         model.eval()
 
@@ -287,14 +362,33 @@ def merged_inference(shapes: BenchShapes, *, warmup: int, steps: int, device: to
     logit_gap = (forward(models["merged"])() - forward(models["unmerged"])()).abs().max().item()
     wrappers_left = sum(1 for _ in loldu_modules(models["merged"]))
     same_structure = _structure(models["merged"]) == _structure(models["base"])
-    timings = interleaved_timings({key: forward(model) for key, model in models.items()}, warmup=warmup, steps=steps, device=device, progress="4. inference")
+    timings = interleaved_timings(
+        {key: forward(model) for key, model in models.items()},
+        warmup=warmup,
+        steps=steps,
+        device=device,
+        progress="4. inference",
+    )
     times = {key: t.wall_median for key, t in timings.items()}
     cpu = {key: t.cpu_median for key, t in timings.items()}
-    labels = {"base": "base model", "unmerged": f"LoLDU r={r} unmerged (adapter active)", "merged": f"LoLDU r={r} merged + unloaded"}
+    labels = {
+        "base": "base model",
+        "unmerged": f"LoLDU r={r} unmerged (adapter active)",
+        "merged": f"LoLDU r={r} merged + unloaded",
+    }
     table = Table(
         f"4. Inference latency (eval, no grad), batch {shapes.batch} x {shapes.seq_len} tokens",
         ["model", "ms (median)", "min-max ms", "vs base", "CPU-time ratio"],
-        [[labels[key], milliseconds(times[key]), _spread(timings[key]), ratio(times[key], times["base"]), ratio(cpu[key], cpu["base"])] for key in labels],
+        [
+            [
+                labels[key],
+                milliseconds(times[key]),
+                _spread(timings[key]),
+                ratio(times[key], times["base"]),
+                ratio(cpu[key], cpu["base"]),
+            ]
+            for key in labels
+        ],
     )
     table.notes += [
         f"{steps} timed forwards after {warmup} warm-up, round-robin.",
@@ -304,14 +398,18 @@ def merged_inference(shapes: BenchShapes, *, warmup: int, steps: int, device: to
     ]
     del models, base
     gc.collect()
-    return table, [Target(f"inference: LoLDU r={r} merged + unloaded / base latency", times["merged"] / times["base"], "<=", 1.01)]
+    return table, [
+        Target(f"inference: LoLDU r={r} merged + unloaded / base latency", times["merged"] / times["base"], "<=", 1.01)
+    ]
 
 
 def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> str:
     return f"{float((approx.float() - exact.float()).norm() / exact.float().norm()):.1e}"
 
 
-def storage_training(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+def storage_training(
+    shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int
+) -> tuple[Table, list[Target]]:
     """Section 5: a LLaMA-shaped q/v pair at the paper's rank (and at full rank), per storage option."""
     variants = storage_variants(shapes, device, seed)
     dim, r, tokens = shapes.layer_dim, shapes.layer_rank, shapes.layer_tokens
@@ -322,29 +420,58 @@ def storage_training(shapes: BenchShapes, *, warmup: int, steps: int, device: to
     # What half-precision factors would give (the config refuses them for lu; this is why).
     packed = ldu_decompose_packed(original)
     for dtype in (torch.float16, torch.bfloat16):
-        rounded = dataclasses.replace(packed, packed=packed.packed.to(dtype).float(), diag=packed.diag.to(dtype).float())
+        rounded = dataclasses.replace(
+            packed, packed=packed.packed.to(dtype).float(), diag=packed.diag.to(dtype).float()
+        )
         errors.append(f"{str(dtype).replace('torch.', '')} factors: {_relative_error(rounded.reconstruct(), original)}")
     del packed, rounded
     ref = memory["lora_ref"].weights
     table.notes += [
         "`weights+buffers MiB` is the resident memory: frozen weights, factors, permutations and adapter vectors (2 layers).",
-        f"Resident memory vs {variants['lora_ref'].label}: " + "; ".join(f"{v.label} {memory[k].weights / ref:.2f}x" for k, v in variants.items()) + ".",
+        f"Resident memory vs {variants['lora_ref'].label}: "
+        + "; ".join(f"{v.label} {memory[k].weights / ref:.2f}x" for k, v in variants.items())
+        + ".",
         "storage=lu keeps no W0: the packed LU of W0 stands in for it. Relative Frobenius error of the weight it represents "
-        "(P L diag(d) U1 against W0, q_proj): " + "; ".join(errors) + ". Half-precision lu factors are refused by the config for this reason.",
-        "Auto paths taken: " + "; ".join(f"{v.label}: {', '.join(auto_paths(v.model, tokens))}" for k, v in variants.items() if any(True for _ in loldu_modules(v.model))) + ".",
+        "(P L diag(d) U1 against W0, q_proj): "
+        + "; ".join(errors)
+        + ". Half-precision lu factors are refused by the config for this reason.",
+        "Auto paths taken: "
+        + "; ".join(
+            f"{v.label}: {', '.join(auto_paths(v.model, tokens))}"
+            for k, v in variants.items()
+            if any(True for _ in loldu_modules(v.model))
+        )
+        + ".",
         "The estimated peak leaves out short-lived temporaries; a merged path also holds one m x n weight per layer while it runs.",
     ]
     targets = [
-        Target(f"q/v pair {dim}: LoLDU r={r} lu resident memory / LoRA r={shapes.lora_reference_rank}", memory["lu"].weights / ref, "<=", 1.10),
-        Target(f"q/v pair {dim}: LoLDU r={r} lu step time / LoRA r={shapes.lora_reference_rank}", times["lu"] / times["lora_ref"], "<=", 1.25),
-        Target(f"q/v pair {dim}: LoLDU r={r} dense step time / LoRA r={shapes.lora_reference_rank}", times["dense"] / times["lora_ref"], "<=", 1.25),
+        Target(
+            f"q/v pair {dim}: LoLDU r={r} lu resident memory / LoRA r={shapes.lora_reference_rank}",
+            memory["lu"].weights / ref,
+            "<=",
+            1.10,
+        ),
+        Target(
+            f"q/v pair {dim}: LoLDU r={r} lu step time / LoRA r={shapes.lora_reference_rank}",
+            times["lu"] / times["lora_ref"],
+            "<=",
+            1.25,
+        ),
+        Target(
+            f"q/v pair {dim}: LoLDU r={r} dense step time / LoRA r={shapes.lora_reference_rank}",
+            times["dense"] / times["lora_ref"],
+            "<=",
+            1.25,
+        ),
     ]
     del variants
     gc.collect()
     return table, targets
 
 
-def _triangular_cases(m: int, n: int, r: int, tokens: int, device: torch.device, seed: int) -> dict[str, Callable[[], object]]:
+def _triangular_cases(
+    m: int, n: int, r: int, tokens: int, device: torch.device, seed: int
+) -> dict[str, Callable[[], object]]:
     """The dense and block-triangular form of each product, on the factors of one random weight."""
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(m, n, generator=generator).to(device)
@@ -360,11 +487,15 @@ def _triangular_cases(m: int, n: int, r: int, tokens: int, device: torch.device,
         "v-grad dense": lambda: ((lower.t() @ gram) * upper).sum(dim=1),
         "v-grad block": lambda: triangular.diag_of_lower_t_gram_upper(packed, gram, r),
         "products dense": lambda: ((x @ upper.t()) * scale) @ lower.t(),
-        "products block": lambda: triangular.lower_mm(packed, triangular.upper_mm(packed, x.t(), r) * scale[:, None], r),
+        "products block": lambda: triangular.lower_mm(
+            packed, triangular.upper_mm(packed, x.t(), r) * scale[:, None], r
+        ),
     }
 
 
-def triangular_products(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+def triangular_products(
+    shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int
+) -> tuple[Table, list[Target]]:
     """Section 6: block-triangular against dense products, per shape (the kernels of the packed storages)."""
     hidden = shapes.encoder_overrides.get("hidden_size", 768)
     cases = [
@@ -374,23 +505,50 @@ def triangular_products(shapes: BenchShapes, *, warmup: int, steps: int, device:
     ]
     table = Table(
         "6. Block-triangular products (storage=packed/lu) against dense products (storage=dense)",
-        ["m x n, r, tokens", "product", "dense ms", "block ms", "speed-up", "CPU-time speed-up", "flop ratio (dense / nonzero)"],
+        [
+            "m x n, r, tokens",
+            "product",
+            "dense ms",
+            "block ms",
+            "speed-up",
+            "CPU-time speed-up",
+            "flop ratio (dense / nonzero)",
+        ],
     )
     operations = {
         "build": ("W update L diag(s) U (merged path)", lambda m, n, r, t: m * n * r / triangular_build_macs(m, n, r)),
-        "v-grad": ("rowsum((L^T G) * U) (v's gradient, merged path)", lambda m, n, r, t: m * n * r / triangular_build_macs(m, n, r)),
-        "products": ("(U x) * s then L (factored path, per step)", lambda m, n, r, t: r * (m + n) / triangular_product_macs(m, n, r)),
+        "v-grad": (
+            "rowsum((L^T G) * U) (v's gradient, merged path)",
+            lambda m, n, r, t: m * n * r / triangular_build_macs(m, n, r),
+        ),
+        "products": (
+            "(U x) * s then L (factored path, per step)",
+            lambda m, n, r, t: r * (m + n) / triangular_product_macs(m, n, r),
+        ),
     }
     speedups = {}
     for m, n, r, tokens in cases:
-        timings = interleaved_timings(_triangular_cases(m, n, r, tokens, device, seed), warmup=warmup, steps=steps, device=device, progress=f"6. {m}x{n} r={r}")
+        timings = interleaved_timings(
+            _triangular_cases(m, n, r, tokens, device, seed),
+            warmup=warmup,
+            steps=steps,
+            device=device,
+            progress=f"6. {m}x{n} r={r}",
+        )
         for op, (label, flop_ratio) in operations.items():
             dense, block = timings[f"{op} dense"], timings[f"{op} block"]
             speedups[(m, r, op)] = dense.wall_median / block.wall_median
-            table.rows.append([
-                f"{m} x {n}, r={r}, {tokens}", label, milliseconds(dense.wall_median), milliseconds(block.wall_median),
-                f"{dense.wall_median / block.wall_median:.2f}x", f"{dense.cpu_median / block.cpu_median:.2f}x", f"{flop_ratio(m, n, r, tokens):.2f}x",
-            ])
+            table.rows.append(
+                [
+                    f"{m} x {n}, r={r}, {tokens}",
+                    label,
+                    milliseconds(dense.wall_median),
+                    milliseconds(block.wall_median),
+                    f"{dense.wall_median / block.wall_median:.2f}x",
+                    f"{dense.cpu_median / block.cpu_median:.2f}x",
+                    f"{flop_ratio(m, n, r, tokens):.2f}x",
+                ]
+            )
     table.notes += [
         f"{steps} timed calls per product after {warmup} warm-up, round-robin within each shape; random weights, float32.",
         f"Blocks: {triangular.TARGET_BLOCKS} per triangle, at least {triangular.MIN_BLOCK} rows (`loldu.triangular.block_size`).",

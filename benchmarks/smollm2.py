@@ -31,13 +31,16 @@ def load_smollm2(device: torch.device) -> nn.Module:
 
     from loldu_lightning.models import load_model
 
-    model = load_model({"name_or_path": "smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "tiny": None},
-                       AutoModelForCausalLM).to(device)
+    model = load_model(
+        {"name_or_path": "smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "tiny": None}, AutoModelForCausalLM
+    ).to(device)
     model.requires_grad_(False)
     return model
 
 
-def smollm2_training(shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int) -> tuple[Table, list[Target]]:
+def smollm2_training(
+    shapes: BenchShapes, *, warmup: int, steps: int, device: torch.device, seed: int
+) -> tuple[Table, list[Target]]:
     base = load_smollm2(device)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, base.config.vocab_size, (BATCH, SEQ_LEN), generator=generator).to(device)
@@ -59,9 +62,11 @@ def smollm2_training(shapes: BenchShapes, *, warmup: int, steps: int, device: to
         optimizer = _optimizer_for(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         variants[key] = TrainingVariant(label, model, optimizer, _make_step(model, optimizer, loss_fn), trainable)
-    title = (f"7. Training step of the real SmolLM2-135M-Instruct ({base.config.num_hidden_layers} layers, hidden "
-             f"{base.config.hidden_size}, vocabulary {base.config.vocab_size}), batch {BATCH} x {SEQ_LEN} tokens, "
-             "adapters on q_proj, v_proj")
+    title = (
+        f"7. Training step of the real SmolLM2-135M-Instruct ({base.config.num_hidden_layers} layers, hidden "
+        f"{base.config.hidden_size}, vocabulary {base.config.vocab_size}), batch {BATCH} x {SEQ_LEN} tokens, "
+        "adapters on q_proj, v_proj"
+    )
     table, times, memory = training_table(title, variants, "lora16", warmup=warmup, steps=steps, device=device)
     table.notes += [
         "Weights: the GGUF file (Q4_1) dequantised to float32 by transformers; frozen weights are shared by both "
@@ -69,8 +74,14 @@ def smollm2_training(shapes: BenchShapes, *, warmup: int, steps: int, device: to
         f"LoLDU r=full / LoRA r={LORA_RANK}: peak memory {memory['loldu_full'].peak / memory['lora16'].peak:.3f}x, "
         f"step time {times['loldu_full'] / times['lora16']:.2f}x.",
     ]
-    targets = [Target(f"smollm2: LoLDU r=full peak memory / LoRA r={LORA_RANK}",
-                      memory["loldu_full"].peak / memory["lora16"].peak, "<=", 1.10)]
+    targets = [
+        Target(
+            f"smollm2: LoLDU r=full peak memory / LoRA r={LORA_RANK}",
+            memory["loldu_full"].peak / memory["lora16"].peak,
+            "<=",
+            1.10,
+        )
+    ]
     del variants, base
     gc.collect()
     return table, targets

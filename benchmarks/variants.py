@@ -107,7 +107,9 @@ def _optimizer_for(model: nn.Module) -> torch.optim.Optimizer | None:
 def add_loldu(model: nn.Module, targets: tuple[str, ...], rank: int, forward_mode: str, **options: object) -> nn.Module:
     """The library's LoLDU on ``targets`` with alpha = rank (the paper's setting); ``options``: other
     ``LoLDUConfig`` fields (``storage``, ``dtype``)."""
-    inject(model, LoLDUConfig(rank=rank, alpha=float(rank), target_modules=targets, forward_mode=forward_mode, **options))
+    inject(
+        model, LoLDUConfig(rank=rank, alpha=float(rank), target_modules=targets, forward_mode=forward_mode, **options)
+    )
     return model
 
 
@@ -120,7 +122,9 @@ def add_lora(model: nn.Module, targets: tuple[str, ...], rank: int, init: bool |
 # --- section 1: the encoder ------------------------------------------------------------------------
 
 
-def encoder_variants(base: RobertaForSequenceClassification, shapes: BenchShapes, batch: dict[str, torch.Tensor]) -> dict[str, TrainingVariant]:
+def encoder_variants(
+    base: RobertaForSequenceClassification, shapes: BenchShapes, batch: dict[str, torch.Tensor]
+) -> dict[str, TrainingVariant]:
     """The training-step variants on the encoder, keyed by role; the head trains in all of them."""
     targets = shapes.targets
     r_full, r_low, r_ref = shapes.full_rank, shapes.low_rank, shapes.lora_reference_rank
@@ -129,11 +133,23 @@ def encoder_variants(base: RobertaForSequenceClassification, shapes: BenchShapes
         "lora_ref": (f"PEFT LoRA r={r_ref}", lambda m: add_lora(m, targets, r_ref), False),
         "lora_full": (f"PEFT LoRA r={r_full}", lambda m: add_lora(m, targets, r_full), False),
         "loldu_full_auto": (f"LoLDU r={r_full} auto", lambda m: add_loldu(m, targets, r_full, "auto"), False),
-        "loldu_full_factored": (f"LoLDU r={r_full} factored", lambda m: add_loldu(m, targets, r_full, "factored"), False),
+        "loldu_full_factored": (
+            f"LoLDU r={r_full} factored",
+            lambda m: add_loldu(m, targets, r_full, "factored"),
+            False,
+        ),
         "loldu_full_merged": (f"LoLDU r={r_full} merged", lambda m: add_loldu(m, targets, r_full, "merged"), False),
         "loldu_low_auto": (f"LoLDU r={r_low} auto", lambda m: add_loldu(m, targets, r_low, "auto"), False),
-        "loldu_full_packed": (f"LoLDU r={r_full} auto, storage=packed", lambda m: add_loldu(m, targets, r_full, "auto", storage="packed"), False),
-        "loldu_full_lu": (f"LoLDU r={r_full} auto, storage=lu", lambda m: add_loldu(m, targets, r_full, "auto", storage="lu"), False),
+        "loldu_full_packed": (
+            f"LoLDU r={r_full} auto, storage=packed",
+            lambda m: add_loldu(m, targets, r_full, "auto", storage="packed"),
+            False,
+        ),
+        "loldu_full_lu": (
+            f"LoLDU r={r_full} auto, storage=lu",
+            lambda m: add_loldu(m, targets, r_full, "auto", storage="lu"),
+            False,
+        ),
         "floor": ("frozen backbone (floor)", _frozen_floor, False),
         "naive": (f"naive P@L@diag(z)@U r={r_full}", lambda m: _naive(m, targets, r_full), True),
     }
@@ -143,14 +159,18 @@ def encoder_variants(base: RobertaForSequenceClassification, shapes: BenchShapes
 
     variants = {}
     for key, (label, adapt, private_targets) in builders.items():
-        model = shared_copy(base, lambda name: name.startswith(HEAD_PREFIX) or (private_targets and is_target_weight(name, targets)))
+        model = shared_copy(
+            base, lambda name: name.startswith(HEAD_PREFIX) or (private_targets and is_target_weight(name, targets))
+        )
         model = adapt(model)
         for name, param in model.named_parameters():
             if HEAD_PREFIX in name:
                 param.requires_grad_(True)
         model.train()
         optimizer = _optimizer_for(model)
-        variants[key] = TrainingVariant(label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, HEAD_PREFIX))
+        variants[key] = TrainingVariant(
+            label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, HEAD_PREFIX)
+        )
     return variants
 
 
@@ -209,7 +229,9 @@ def projection_variants(shapes: BenchShapes, device: torch.device, seed: int) ->
         model = adapt(model)
         model.train()
         optimizer = _optimizer_for(model)
-        variants[key] = TrainingVariant(label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, None))
+        variants[key] = TrainingVariant(
+            label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, None)
+        )
     return variants
 
 
@@ -239,10 +261,16 @@ def storage_variants(shapes: BenchShapes, device: torch.device, seed: int) -> di
     builders: dict[str, tuple[str, Callable[[nn.Module], nn.Module]]] = {
         "lora_ref": (f"PEFT LoRA r={r_ref}", lambda m: add_lora(m, targets, r_ref)),
         "dense": (f"LoLDU r={r} dense (default)", lambda m: add_loldu(m, targets, r, "auto")),
-        "dense_bf16": (f"LoLDU r={r} dense, dtype=bfloat16", lambda m: add_loldu(m, targets, r, "auto", dtype="bfloat16")),
+        "dense_bf16": (
+            f"LoLDU r={r} dense, dtype=bfloat16",
+            lambda m: add_loldu(m, targets, r, "auto", dtype="bfloat16"),
+        ),
         "lu": (f"LoLDU r={r} lu", lambda m: add_loldu(m, targets, r, "auto", storage="lu")),
         "full_dense": (f"LoLDU r={full} (full) dense", lambda m: add_loldu(m, targets, full, "auto")),
-        "full_packed": (f"LoLDU r={full} (full) packed", lambda m: add_loldu(m, targets, full, "auto", storage="packed")),
+        "full_packed": (
+            f"LoLDU r={full} (full) packed",
+            lambda m: add_loldu(m, targets, full, "auto", storage="packed"),
+        ),
         "full_lu": (f"LoLDU r={full} (full) lu", lambda m: add_loldu(m, targets, full, "auto", storage="lu")),
         "floor": ("frozen pair (floor)", lambda m: m),
     }
@@ -256,5 +284,7 @@ def storage_variants(shapes: BenchShapes, device: torch.device, seed: int) -> di
         model = adapt(shared_copy(base, lambda name: False))
         model.train()
         optimizer = _optimizer_for(model)
-        variants[key] = TrainingVariant(label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, None))
+        variants[key] = TrainingVariant(
+            label, model, optimizer, _make_step(model, optimizer, loss_fn), _adapter_param_count(model, None)
+        )
     return variants

@@ -18,7 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def shared_data() -> Path:
     """Root of ../shared/data; tests that need the real data skip cleanly in a plain user clone."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (CI provides ../shared/data; set LOLDU_SHARED_DATA to point elsewhere)")
+        pytest.skip(
+            f"real data not found at {SHARED_DATA} (CI provides ../shared/data; set LOLDU_SHARED_DATA to point elsewhere)"
+        )
     return SHARED_DATA
 
 

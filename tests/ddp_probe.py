@@ -20,8 +20,13 @@ from loldu_lightning.loldu import loldu_modules
 def _sha256(tensors) -> str:
     digest = hashlib.sha256()
     for tensor in tensors:
-        digest.update(tensor.detach().to("cpu", torch.float64 if tensor.is_floating_point() else torch.int64)
-                      .contiguous().numpy().tobytes())
+        digest.update(
+            tensor.detach()
+            .to("cpu", torch.float64 if tensor.is_floating_point() else torch.int64)
+            .contiguous()
+            .numpy()
+            .tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -57,16 +62,24 @@ class DistributedProbe(L.Callback):
         self.record: dict = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.record = {"pid": os.getpid(), "global_rank": trainer.global_rank, "world_size": trainer.world_size,
-                       "wrapped_at_setup": _wrapped(trainer), "factors": factor_fingerprint(pl_module.model),
-                       "trainable_at_setup": trainable_fingerprint(pl_module.model)}
+        self.record = {
+            "pid": os.getpid(),
+            "global_rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "wrapped_at_setup": _wrapped(trainer),
+            "factors": factor_fingerprint(pl_module.model),
+            "trainable_at_setup": trainable_fingerprint(pl_module.model),
+        }
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["wrapped_at_train_start"] = _wrapped(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.record.update(trainable_at_end=trainable_fingerprint(pl_module.model), global_step=trainer.global_step,
-                           hydra_job=os.environ.get("LOLDU_HYDRA_JOB"))
+        self.record.update(
+            trainable_at_end=trainable_fingerprint(pl_module.model),
+            global_step=trainer.global_step,
+            hydra_job=os.environ.get("LOLDU_HYDRA_JOB"),
+        )
         directory = Path(trainer.default_root_dir) / "probe"
         directory.mkdir(parents=True, exist_ok=True)
         (directory / f"rank{trainer.global_rank}-pid{os.getpid()}.json").write_text(json.dumps(self.record))
@@ -86,7 +99,8 @@ class PrecisionProbe(L.Callback):
         for _, layer in loldu_modules(pl_module.model):
             self.dtypes |= {str(layer.z.dtype), str(layer.sigma.dtype), str(layer.c.dtype)}
         (Path(trainer.default_root_dir) / "precision_probe.json").write_text(
-            json.dumps({"losses": self.losses, "dtypes": sorted(self.dtypes)}))
+            json.dumps({"losses": self.losses, "dtypes": sorted(self.dtypes)})
+        )
 
 
 def fsdp2_worker(rank: int, port: int, directory: str) -> None:
@@ -104,8 +118,15 @@ def fsdp2_worker(rank: int, port: int, directory: str) -> None:
 
     def tiny_roberta():
         torch.manual_seed(0)
-        config = transformers.RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                            intermediate_size=64, max_position_embeddings=40, num_labels=2)
+        config = transformers.RobertaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=40,
+            num_labels=2,
+        )
         return transformers.RobertaForSequenceClassification(config).eval()
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

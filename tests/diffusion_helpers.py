@@ -8,10 +8,18 @@ import torch
 from PIL import Image
 
 # tiny-sd, a few steps, no periodic sampling: a full train() on 2 CPU cores in seconds
-TINY_SD = ["task=diffusion/subject", "model=tiny-sd", "trainer=cpu", "adapter.rank=4", "adapter.alpha=4",
-           "callbacks.lr_monitor=false", "trainer.log_every_n_steps=1", "sampling.num_inference_steps=2",
-           "sampling.prompts=['a photo of {token} {class}','a {token} {class} in the snow']",
-           "scheduler.warmup_steps=0"]
+TINY_SD = [
+    "task=diffusion/subject",
+    "model=tiny-sd",
+    "trainer=cpu",
+    "adapter.rank=4",
+    "adapter.alpha=4",
+    "callbacks.lr_monitor=false",
+    "trainer.log_every_n_steps=1",
+    "sampling.num_inference_steps=2",
+    "sampling.prompts=['a photo of {token} {class}','a {token} {class} in the snow']",
+    "scheduler.warmup_steps=0",
+]
 
 
 def tiny_sd_overrides(cache: Path, subject_dir: Path, *extra: str) -> list[str]:
@@ -32,16 +40,32 @@ def tiny_clip_folder(folder: Path, tokenizer) -> Path:
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        projection_dim=16,
+    )
     CLIPModel(config).save_pretrained(folder)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
     processor.save_pretrained(folder)
     return folder
 
@@ -51,8 +75,17 @@ def tiny_dino_folder(folder: Path) -> Path:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64), add_pooling_layer=False).save_pretrained(folder)
+    ViTModel(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 

@@ -41,8 +41,11 @@ def write_glue_task(folder: Path, task: str, rows: int = 96, seed: int = 0) -> P
                 lines.append(f"{label}\t{1000 + index}\t{2000 + index}\t{first}\t{second}")
             else:
                 raise ValueError(f"no generator for GLUE task folder {task!r}; write RTE, SST-2 or MRPC")
-        header = {"RTE": "index\tsentence1\tsentence2\tlabel", "SST-2": "sentence\tlabel",
-                  "MRPC": "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"}[task]
+        header = {
+            "RTE": "index\tsentence1\tsentence2\tlabel",
+            "SST-2": "sentence\tlabel",
+            "MRPC": "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+        }[task]
         (folder / f"{split}.tsv").write_text("\n".join([header, *lines]) + "\n")
     return folder
 

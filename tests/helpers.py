@@ -10,9 +10,19 @@ from hydra import compose, initialize_config_dir
 from loldu_lightning.config import config_dir
 
 # tiny model, a few batches: a full train() on 2 CPU cores in seconds
-TINY_GLUE = ["model=tiny-roberta", "trainer=cpu", "trainer.max_epochs=1", "data.train_limit=64",
-             "data.val_limit=32", "data.batch_size=16", "data.max_length=64", "adapter.rank=8", "adapter.alpha=8",
-             "callbacks.lr_monitor=false", "trainer.log_every_n_steps=1"]
+TINY_GLUE = [
+    "model=tiny-roberta",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "data.train_limit=64",
+    "data.val_limit=32",
+    "data.batch_size=16",
+    "data.max_length=64",
+    "adapter.rank=8",
+    "adapter.alpha=8",
+    "callbacks.lr_monitor=false",
+    "trainer.log_every_n_steps=1",
+]
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None):

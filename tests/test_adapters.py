@@ -13,8 +13,15 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from transformers import RobertaConfig, RobertaForSequenceClassification, ViTConfig, ViTForImageClassification
 
+from loldu_lightning.adapters import (
+    ADAPTERS,
+    HEAD_FILE,
+    build_adapter,
+    count_parameters,
+    resolve_head_modules,
+    unwrap_model,
+)
 from loldu_lightning.config import config_dir
-from loldu_lightning.adapters import ADAPTERS, HEAD_FILE, build_adapter, count_parameters, resolve_head_modules, unwrap_model
 
 ROBERTA_TARGETS = ["query", "value"]
 ADAPTER_CONF_DIR = Path(config_dir()) / "adapter"
@@ -50,8 +57,15 @@ def tiny_roberta(num_labels: int = 3) -> RobertaForSequenceClassification:
     """The same seed-initialised base every call (stands in for a pretrained checkpoint)."""
     torch.manual_seed(0)
     config = RobertaConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        num_labels=num_labels, max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=num_labels,
+        max_position_embeddings=40,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return RobertaForSequenceClassification(config).eval()
 
@@ -59,8 +73,16 @@ def tiny_roberta(num_labels: int = 3) -> RobertaForSequenceClassification:
 def tiny_vit() -> ViTForImageClassification:
     torch.manual_seed(0)
     config = ViTConfig(
-        image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=37, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=16,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return ViTForImageClassification(config).eval()
 
@@ -90,7 +112,9 @@ def train_one_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> No
 
 def assert_no_adapter_layers(model: torch.nn.Module) -> None:
     assert not isinstance(model, PeftModel)
-    wrappers = [type(m).__name__ for m in model.modules() if type(m).__module__.startswith(("peft.", "loldu_lightning."))]
+    wrappers = [
+        type(m).__name__ for m in model.modules() if type(m).__module__.startswith(("peft.", "loldu_lightning."))
+    ]
     assert wrappers == []
 
 
@@ -197,7 +221,9 @@ def test_head_files_hold_the_full_head(tmp_path: Path):
     adapter.save(adapter.apply(tiny_roberta(), ["classifier"]), tmp_path, ["classifier"])
     from safetensors.torch import load_file
 
-    assert set(load_file(str(tmp_path / HEAD_FILE))) == {f"classifier.{key}" for key in tiny_roberta().classifier.state_dict()}
+    assert set(load_file(str(tmp_path / HEAD_FILE))) == {
+        f"classifier.{key}" for key in tiny_roberta().classifier.state_dict()
+    }
 
 
 def test_head_resolution_rules():

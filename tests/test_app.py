@@ -92,21 +92,27 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(rte, tmp_p
     assert list((tmp_path / "checkpoints").glob("*.ckpt"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("adapter.rnak=8", "Keys under 'adapter': .*rank"),
-    ("optimizer.lrr=1", "Keys under 'optimizer': .*lr"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("adapter.rnak=8", "Keys under 'adapter': .*rank"),
+        ("optimizer.lrr=1", "Keys under 'optimizer': .*lr"),
+    ],
+)
 def test_unknown_keys_list_the_allowed_ones(override, message):
     with pytest.raises(ValueError, match=message):
         check_override_keys([override])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("adapter.init=unifrom", "uniform"),
-    ("adapter.scaling=sometimes", "learned"),
-    ("optimizer.name=adamx", "adamw"),
-    ("+trainer.max_epoch=2", "max_epochs"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("adapter.init=unifrom", "uniform"),
+        ("adapter.scaling=sometimes", "learned"),
+        ("optimizer.name=adamx", "adamw"),
+        ("+trainer.max_epoch=2", "max_epochs"),
+    ],
+)
 def test_bad_values_fail_before_any_model_loads(override, message):
     with pytest.raises(ValueError, match=message):
         validate_config(compose_config([override]))
@@ -114,16 +120,26 @@ def test_bad_values_fail_before_any_model_loads(override, message):
 
 def test_missing_model_and_data_name_the_fix(glue_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="model.name_or_path"):
-        train(compose_config(["model=roberta-base", "model.name_or_path=/nonexistent/roberta",
-                              f"data.data_dir={glue_root / 'RTE'}", "task=glue/rte"], tmp_path / "a"))
+        train(
+            compose_config(
+                [
+                    "model=roberta-base",
+                    "model.name_or_path=/nonexistent/roberta",
+                    f"data.data_dir={glue_root / 'RTE'}",
+                    "task=glue/rte",
+                ],
+                tmp_path / "a",
+            )
+        )
     with pytest.raises(FileNotFoundError, match="data.data_dir"):
         train(compose_config([*TINY_GLUE, "task=glue/rte", "data.data_dir=/nonexistent/RTE"], tmp_path / "b"))
 
 
 def _cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "loldu_lightning", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "loldu_lightning", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_cli_typo_fails_fast_with_the_allowed_keys(tmp_path):

@@ -47,7 +47,10 @@ def squares(tmp_path_factory):
 def test_identical_images_score_one_and_different_ones_less(metric_models, squares):
     clip, clip_processor = load_clip(str(metric_models[0]))
     dino, dino_processor = load_dino(str(metric_models[1]))
-    for embed, model, processor in ((dino_embeddings, dino, dino_processor), (clip_image_embeddings, clip, clip_processor)):
+    for embed, model, processor in (
+        (dino_embeddings, dino, dino_processor),
+        (clip_image_embeddings, clip, clip_processor),
+    ):
         one = embed(squares[:1], model, processor)
         assert mean_pairwise_cosine(one, one) == pytest.approx(1.0, abs=1e-6)
         many = embed(squares, model, processor)
@@ -73,8 +76,9 @@ def test_clip_t_is_the_mean_cosine_and_prefers_matching_captions(metric_models, 
     assert matched > shuffled
     with torch.no_grad():  # the same number computed without torchmetrics
         image = torch.nn.functional.normalize(clip.get_image_features(pixel_values=inputs["pixel_values"]), dim=-1)
-        text = torch.nn.functional.normalize(clip.get_text_features(input_ids=inputs["input_ids"],
-                                                                    attention_mask=inputs["attention_mask"]), dim=-1)
+        text = torch.nn.functional.normalize(
+            clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]), dim=-1
+        )
     assert matched == pytest.approx(max(float((image * text).sum(-1).mean()), 0.0), abs=1e-4)
 
 
@@ -88,12 +92,34 @@ def test_missing_metric_model_names_the_flag(tmp_path):
 def test_evaluate_command_scores_a_finished_run(sd_cache, dog, metric_models, tmp_path):
     assert EVALUATIONS["dreambooth"] == "loldu_lightning.evaluate.dreambooth"
     run = tmp_path / "run"
-    cfg = compose_config(tiny_sd_overrides(sd_cache, dog, "trainer.max_steps=1", "trainer.val_check_interval=1",
-                                           "sampling.enabled=false", f"eval.clip_path={metric_models[0]}"),
-                         output_dir=run)
+    cfg = compose_config(
+        tiny_sd_overrides(
+            sd_cache,
+            dog,
+            "trainer.max_steps=1",
+            "trainer.val_check_interval=1",
+            "sampling.enabled=false",
+            f"eval.clip_path={metric_models[0]}",
+        ),
+        output_dir=run,
+    )
     assert train(cfg)["status"] == "completed"
-    code = evaluate_main(["dreambooth", "--run-dir", str(run), "--dino-path", str(metric_models[1]),
-                          "--num-images", "2", "--limit-prompts", "2", "--steps", "2", "--save-images"])
+    code = evaluate_main(
+        [
+            "dreambooth",
+            "--run-dir",
+            str(run),
+            "--dino-path",
+            str(metric_models[1]),
+            "--num-images",
+            "2",
+            "--limit-prompts",
+            "2",
+            "--steps",
+            "2",
+            "--save-images",
+        ]
+    )
     assert code == 0
     results = json.loads((run / "eval.json").read_text())["dreambooth"]
     assert results["num_prompts"] == 2 and results["images_per_prompt"] == 2 and results["num_real_images"] == 5
@@ -103,7 +129,9 @@ def test_evaluate_command_scores_a_finished_run(sd_cache, dog, metric_models, tm
         per_prompt_mean = sum(p[key] for p in results["per_prompt"]) / 2  # equal image counts: mean of means
         assert results[key] == pytest.approx(per_prompt_mean, abs=1e-5)
     assert 0.0 <= results["clip_t"] <= 1.0
-    assert results["settings"]["unet"].endswith("merged_unet") and results["settings"]["clip_path"] == str(metric_models[0])
+    assert results["settings"]["unet"].endswith("merged_unet") and results["settings"]["clip_path"] == str(
+        metric_models[0]
+    )
     assert len(list((run / "eval_images").glob("*.png"))) == 4
     columns = eval_columns(run)  # what the report tool puts in its runs table
     assert columns["eval.dreambooth.clip_t"] == pytest.approx(results["clip_t"]) and "eval.dreambooth.dino" in columns

@@ -38,9 +38,14 @@ def test_paper_config_encodes_table_x_and_its_trainable_count():
     # SD v1.5's UNet (its published config), built on the meta device: 128 targeted linears, 33 numbers each
     with torch.device("meta"):
         unet = UNet2DConditionModel(
-            sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
-            attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
     names = resolve_target_modules(SubjectModel(unet), list(cfg.adapter.target_modules))
     assert len(names) == 128 and len(names) * (cfg.adapter.rank + 1) == 4224
     for method, (name, lr) in {"lora": ("lora", 1e-4), "full": ("full", 5e-6)}.items():
@@ -78,8 +83,14 @@ def test_loss_falls_on_a_fixed_batch_and_only_adapter_parameters_change(sd_cache
 def test_train_samples_exports_a_merged_unet_and_resumes(sd_cache, dog, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    overrides = tiny_sd_overrides(sd_cache, dog, "trainer.max_steps=4", "trainer.val_check_interval=2",
-                                  "sampling.every_n_steps=2", "optimizer.lr=1e-2")
+    overrides = tiny_sd_overrides(
+        sd_cache,
+        dog,
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "sampling.every_n_steps=2",
+        "optimizer.lr=1e-2",
+    )
     cfg = compose_config(overrides, output_dir=tmp_path)
     metrics = train(cfg)
     assert metrics["status"] == "completed" and metrics["final"]["step"] == 4
@@ -105,7 +116,8 @@ def test_train_samples_exports_a_merged_unet_and_resumes(sd_cache, dog, tmp_path
         expected = adapted.eval()(latents, torch.tensor([10, 900]), hidden)
         got = merged(latents, torch.tensor([10, 900]), encoder_hidden_states=hidden).sample
         base = module.unet.__class__.from_pretrained(Path(export["base_model"]) / "unet")(
-            latents, torch.tensor([10, 900]), encoder_hidden_states=hidden).sample
+            latents, torch.tensor([10, 900]), encoder_hidden_states=hidden
+        ).sample
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
     assert (got - base).abs().max() > 1e-3  # training did change the function
 
@@ -118,28 +130,52 @@ def test_train_samples_exports_a_merged_unet_and_resumes(sd_cache, dog, tmp_path
 def test_lora_baseline_trains_through_peft_and_its_merge_is_exact(sd_cache, dog, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    cfg = compose_config(tiny_sd_overrides(sd_cache, dog, "adapter=lora", "adapter.rank=4", "adapter.alpha=4",
-                                           "trainer.max_steps=2", "trainer.val_check_interval=2",
-                                           "sampling.enabled=false", "optimizer.lr=1e-2"), output_dir=tmp_path)
+    cfg = compose_config(
+        tiny_sd_overrides(
+            sd_cache,
+            dog,
+            "adapter=lora",
+            "adapter.rank=4",
+            "adapter.alpha=4",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "sampling.enabled=false",
+            "optimizer.lr=1e-2",
+        ),
+        output_dir=tmp_path,
+    )
     metrics = train(cfg)
     # 32 projections, each rank x (in + out)
     unet = build_diffusion(cfg)[0].unet
-    expected = sum(4 * (m.in_features + m.out_features) for n, m in unet.named_modules()
-                   if n.endswith(("to_q", "to_k", "to_v", "to_out.0")))
+    expected = sum(
+        4 * (m.in_features + m.out_features)
+        for n, m in unet.named_modules()
+        if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+    )
     assert metrics["status"] == "completed" and metrics["params"]["adapter"] == expected
     module, _ = build_diffusion(cfg)
     adapted = _adapter(cfg).load(module.model, tmp_path / "adapter" / "last")
     merged = UNet2DConditionModel.from_pretrained(tmp_path / "merged_unet").eval()
     latents, hidden = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32)
     with torch.no_grad():
-        torch.testing.assert_close(merged(latents, 500, encoder_hidden_states=hidden).sample,
-                                   adapted.eval()(latents, torch.tensor([500]), hidden), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            merged(latents, 500, encoder_hidden_states=hidden).sample,
+            adapted.eval()(latents, torch.tensor([500]), hidden),
+            atol=2e-5,
+            rtol=1e-5,
+        )
 
 
 def test_prior_preservation_generates_class_images_once_and_batches_both_halves(sd_cache, dog, tmp_path):
     class_dir = tmp_path / "class"
-    overrides = tiny_sd_overrides(sd_cache, dog, "data.with_prior_preservation=true", f"data.class_dir={class_dir}",
-                                  "data.num_class_images=3", "data.batch_size=2")
+    overrides = tiny_sd_overrides(
+        sd_cache,
+        dog,
+        "data.with_prior_preservation=true",
+        f"data.class_dir={class_dir}",
+        "data.num_class_images=3",
+        "data.batch_size=2",
+    )
     module, datamodule = build_diffusion(compose_config(overrides))
     generated = sorted(class_dir.glob("*.png"))
     assert len(generated) == 3 and all(Image.open(p).size == (32, 32) for p in generated)
@@ -159,8 +195,16 @@ def test_prior_preservation_generates_class_images_once_and_batches_both_halves(
 def test_empty_instance_folder_stops_before_the_model_loads(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "notes.txt").write_text("no images here")
-    cfg = compose_config(["task=diffusion/subject", "model=sd-v1-5", "model.name_or_path=/nonexistent/sd",
-                          f"data.instance_dir={tmp_path / 'photos'}", "data.class_name=dog"], output_dir=tmp_path / "run")
+    cfg = compose_config(
+        [
+            "task=diffusion/subject",
+            "model=sd-v1-5",
+            "model.name_or_path=/nonexistent/sd",
+            f"data.instance_dir={tmp_path / 'photos'}",
+            "data.class_name=dog",
+        ],
+        output_dir=tmp_path / "run",
+    )
     with pytest.raises(ValueError, match=r"holds no images.*notes\.txt.*data\.instance_dir"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -171,8 +215,9 @@ def test_unreadable_image_is_named(tmp_path, dog):
     photos.mkdir()
     (photos / "00.jpg").write_bytes((dog / "00.jpg").read_bytes())
     (photos / "01.jpg").write_bytes(b"not a jpeg at all")
-    cfg = compose_config(["task=diffusion/subject", "model=tiny-sd", f"data.instance_dir={photos}",
-                          "data.class_name=dog"])
+    cfg = compose_config(
+        ["task=diffusion/subject", "model=tiny-sd", f"data.instance_dir={photos}", "data.class_name=dog"]
+    )
     with pytest.raises(ValueError, match=r"cannot read image .*01\.jpg.*re-save it"):
         build_diffusion(cfg)
 
@@ -181,8 +226,9 @@ def test_model_folder_without_unet_names_the_fix(tmp_path, dog):
     folder = tmp_path / "sd"
     for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
         (folder / part).mkdir(parents=True)
-    cfg = compose_config(["task=diffusion/subject", "model=sd-v1-5", f"model.name_or_path={folder}",
-                          f"data.instance_dir={dog}"])
+    cfg = compose_config(
+        ["task=diffusion/subject", "model=sd-v1-5", f"model.name_or_path={folder}", f"data.instance_dir={dog}"]
+    )
     with pytest.raises(FileNotFoundError, match=r"lacks unet/.*model\.name_or_path"):
         build_diffusion(cfg)
     missing = compose_config(["task=diffusion/subject", "model=sd-v1-5", f"data.instance_dir={dog}"])
@@ -192,8 +238,12 @@ def test_model_folder_without_unet_names_the_fix(tmp_path, dog):
 
 @pytest.mark.parametrize("adapter", ["loldu", "lora"])
 def test_target_that_matches_nothing_stops_before_training(sd_cache, dog, tmp_path, adapter):
-    cfg = compose_config(tiny_sd_overrides(sd_cache, dog, f"adapter={adapter}", "adapter.rank=4",
-                                           "adapter.target_modules=[query,value]"), output_dir=tmp_path)
+    cfg = compose_config(
+        tiny_sd_overrides(
+            sd_cache, dog, f"adapter={adapter}", "adapter.rank=4", "adapter.target_modules=[query,value]"
+        ),
+        output_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match=r"matched no module.*adapter\.target_modules=\[to_q,to_k,to_v,to_out\.0\]"):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
@@ -201,8 +251,16 @@ def test_target_that_matches_nothing_stops_before_training(sd_cache, dog, tmp_pa
 
 def test_text_encoder_training_and_gradient_checkpointing(sd_cache, dog):
     targets = "adapter.target_modules=[to_q,to_k,to_v,to_out.0,q_proj,k_proj,v_proj,out_proj]"
-    cfg = compose_config(tiny_sd_overrides(sd_cache, dog, "model.train_text_encoder=true", targets,
-                                           "model.gradient_checkpointing=true", "sampling.enabled=false"))
+    cfg = compose_config(
+        tiny_sd_overrides(
+            sd_cache,
+            dog,
+            "model.train_text_encoder=true",
+            targets,
+            "model.gradient_checkpointing=true",
+            "sampling.enabled=false",
+        )
+    )
     module, datamodule = build_diffusion(cfg)
     module.model = _adapter(cfg).apply(module.model, ())
     assert module.unet.is_gradient_checkpointing and module.frozen_text_encoder is None
@@ -210,8 +268,9 @@ def test_text_encoder_training_and_gradient_checkpointing(sd_cache, dog):
     batch = next(iter(datamodule.train_dataloader()))
     module.train()
     latents = module.encode_images(batch["pixel_values"])
-    loss = module.per_example_loss(latents, torch.randn_like(latents), torch.tensor([300]),
-                                   module.encode_prompts(batch["input_ids"])).mean()
+    loss = module.per_example_loss(
+        latents, torch.randn_like(latents), torch.tensor([300]), module.encode_prompts(batch["input_ids"])
+    ).mean()
     loss.backward()
     grads = {name: p.grad for name, p in module.model.named_parameters() if p.requires_grad}
     assert any(n.startswith("text_encoder.") for n in grads) and any(n.startswith("unet.") for n in grads)
@@ -230,10 +289,16 @@ def test_sample_grids_go_to_loggers_that_take_images():
     from loldu_lightning.callbacks.sampling import image_grid, log_image
 
     calls = []
-    wandb_like = SimpleNamespace(log_image=lambda **kw: calls.append(("log_image", kw["key"], kw["step"])),
-                                 experiment=None)
-    tensorboard_like = SimpleNamespace(experiment=SimpleNamespace(
-        add_image=lambda key, array, step, dataformats: calls.append(("add_image", key, step, array.shape, dataformats))))
+    wandb_like = SimpleNamespace(
+        log_image=lambda **kw: calls.append(("log_image", kw["key"], kw["step"])), experiment=None
+    )
+    tensorboard_like = SimpleNamespace(
+        experiment=SimpleNamespace(
+            add_image=lambda key, array, step, dataformats: calls.append(
+                ("add_image", key, step, array.shape, dataformats)
+            )
+        )
+    )
     csv_like = SimpleNamespace(experiment=SimpleNamespace())  # takes no images: skipped
     grid = image_grid([Image.new("RGB", (8, 8), (k * 40, 0, 0)) for k in range(6)], rows=3, columns=2)
     assert grid.size == (16, 24) and grid.getpixel((8, 16)) == (200, 0, 0)  # row 2, column 1 = image 5

@@ -72,8 +72,11 @@ WITHIN_TABLE = {"paper/table1_glue_method/": "paper/table1_glue", "paper/table3_
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     group = next((g for g in WITHIN_TABLE if experiment.startswith(g)), None)
-    overrides = ([f"experiment={WITHIN_TABLE[group]}", f"experiment/{group.rstrip('/')}={experiment[len(group):]}"]
-                 if group else [f"experiment={experiment}"])
+    overrides = (
+        [f"experiment={WITHIN_TABLE[group]}", f"experiment/{group.rstrip('/')}={experiment[len(group) :]}"]
+        if group
+        else [f"experiment={experiment}"]
+    )
     cfg = compose_full(overrides)
     validate_config(cfg)
     # every interpolation outside `hydra` must resolve (per-task tables keyed on ${task.name} included)
@@ -129,8 +132,16 @@ def test_rank_and_lr_sweeps_cover_the_papers_axes():
 
 
 # Table VII of the paper: (lr, epochs, max length) per task.
-PAPER_TABLE7 = {"sst2": (4e-4, 10, 128), "mrpc": (3e-4, 20, 512), "cola": (2e-4, 20, 128), "qnli": (2e-4, 10, 512),
-                "rte": (4e-4, 20, 512), "stsb": (2e-4, 30, 512), "mnli": (3e-4, 10, 128), "qqp": (3e-4, 20, 512)}
+PAPER_TABLE7 = {
+    "sst2": (4e-4, 10, 128),
+    "mrpc": (3e-4, 20, 512),
+    "cola": (2e-4, 20, 128),
+    "qnli": (2e-4, 10, 512),
+    "rte": (4e-4, 20, 512),
+    "stsb": (2e-4, 30, 512),
+    "mnli": (3e-4, 10, 128),
+    "qqp": (3e-4, 20, 512),
+}
 EXPERIMENT_DIR = Path(config_dir()) / "experiment" / "paper"
 
 
@@ -142,8 +153,15 @@ def test_glue_configs_are_the_papers_table7(task):
         cfg = compose_full(overrides)
         assert cfg.task.name == task and cfg.adapter.name == "loldu"
         assert (resolved(cfg, "optimizer.lr"), cfg.trainer.max_epochs, cfg.data.max_length) == (lr, epochs, max_length)
-        assert (cfg.data.batch_size, cfg.scheduler.warmup_ratio, cfg.adapter.rank, cfg.adapter.alpha) == (32, 0.06, 768, 768)
-        assert list(cfg.adapter.target_modules) == ["query", "value"] and cfg.model.name_or_path.endswith("roberta-base")
+        assert (cfg.data.batch_size, cfg.scheduler.warmup_ratio, cfg.adapter.rank, cfg.adapter.alpha) == (
+            32,
+            0.06,
+            768,
+            768,
+        )
+        assert list(cfg.adapter.target_modules) == ["query", "value"] and cfg.model.name_or_path.endswith(
+            "roberta-base"
+        )
         assert cfg.data.group_by_length is False  # the published runs shuffled plainly
 
 
@@ -160,14 +178,18 @@ def test_each_paper_table_is_written_once():
     for table in ("table4_vit", "table5_init_scaling", "table11_lr", "table12_rank"):
         body = yaml.safe_load((EXPERIMENT_DIR / f"{table}.yaml").read_text())
         assert body["defaults"][0] == "/experiment/paper/table9_vit" and "optimizer" not in body, table
-    assert yaml.safe_load((EXPERIMENT_DIR / "table1_glue.yaml").read_text())["defaults"][0] == "/experiment/paper/table7_glue"
+    assert (
+        yaml.safe_load((EXPERIMENT_DIR / "table1_glue.yaml").read_text())["defaults"][0]
+        == "/experiment/paper/table7_glue"
+    )
 
 
 def test_table1_methods_are_the_papers_baselines_with_their_own_rates():
     methods = {}
     for method in TABLE1_METHODS:
-        cfg = compose_full(["experiment=paper/table1_glue", f"experiment/paper/table1_glue_method={method}",
-                            "task=glue/rte"])
+        cfg = compose_full(
+            ["experiment=paper/table1_glue", f"experiment/paper/table1_glue_method={method}", "task=glue/rte"]
+        )
         validate_config(cfg)
         methods[cfg.adapter.name] = cfg
     assert sorted(methods) == sorted(TABLE1_METHODS)
@@ -186,8 +208,17 @@ def test_table4_matches_the_per_dataset_vit_configs(dataset):
         pytest.skip(f"{single_name} is not in this checkout")
     table = compose_full(["experiment=paper/table4_vit", f"task=vision/{dataset}"])
     single = compose_full([f"experiment={single_name}"])
-    for key in ("seed", "optimizer.lr", "trainer.max_epochs", "data.batch_size", "scheduler.warmup_steps",
-                "adapter.rank", "adapter.alpha", "model.name_or_path", "task.name"):
+    for key in (
+        "seed",
+        "optimizer.lr",
+        "trainer.max_epochs",
+        "data.batch_size",
+        "scheduler.warmup_steps",
+        "adapter.rank",
+        "adapter.alpha",
+        "model.name_or_path",
+        "task.name",
+    ):
         assert resolved(table, key) == resolved(single, key), key
 
 
@@ -211,10 +242,13 @@ def test_minilm_table1_reads_the_shared_glue_relative_to_the_repo_root(shared_da
         assert (repo_root / cfg.data.data_dir).resolve() == (shared_data / "glue" / folder).resolve()
 
 
-@pytest.mark.parametrize("launcher, target", [
-    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-    ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
-])
+@pytest.mark.parametrize(
+    "launcher, target",
+    [
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ],
+)
 def test_launcher_overrides_compose(launcher, target):
     plugin = target.split(".")[1]
     if importlib.util.find_spec(f"hydra_plugins.{plugin}") is None:
@@ -227,13 +261,30 @@ def test_launcher_overrides_compose(launcher, target):
 def test_cli_multirun_with_joblib_runs_each_method(glue_root, tmp_path):
     """A real `-m` through the CLI: the minilm_table1 sweep cut to RTE, seed 0 and two methods."""
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "experiment=minilm_table1", "experiment/minilm_table1_arm=loldu,lora", "task=glue/rte",
-            "seed=0", "model=tiny-roberta", "debug=fast", f"data.glue_root={glue_root}",
-            "data.max_length=64", "callbacks.lr_monitor=false", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        "-m",
+        "experiment=minilm_table1",
+        "experiment/minilm_table1_arm=loldu,lora",
+        "task=glue/rte",
+        "seed=0",
+        "model=tiny-roberta",
+        "debug=fast",
+        f"data.glue_root={glue_root}",
+        "data.max_length=64",
+        "callbacks.lr_monitor=false",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "loldu_lightning", *args], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "loldu_lightning", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
     assert len(results) == 2
@@ -268,8 +319,9 @@ def test_minilm_gap_loldu_arms_stay_under_5_percent_of_lora_r16():
     for arm in ("lora_r16", "loldu_qkv_lr3e-3", "loldu_tuned"):
         cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}"])
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
-        model = adapter.apply(load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2),
-                              list(cfg.model.head_modules))
+        model = adapter.apply(
+            load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2), list(cfg.model.head_modules)
+        )
         counts[arm] = count_parameters(model, list(cfg.model.head_modules))["adapter"]
     assert counts["lora_r16"] == 6 * 2 * 16 * (384 + 384)
     assert counts["loldu_qkv_lr3e-3"] == 6 * 3 * (384 + 1) < 0.05 * counts["lora_r16"]

@@ -86,8 +86,12 @@ def test_datamodule_drops_and_counts_examples_without_labels(tokenizer, tmp_path
 
 
 def test_collator_pads_with_ignored_labels() -> None:
-    batch = CausalLMCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]},
-                                              {"input_ids": [8], "attention_mask": [1], "labels": [8]}])
+    batch = CausalLMCollator(pad_token_id=0)(
+        [
+            {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]},
+            {"input_ids": [8], "attention_mask": [1], "labels": [8]},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
@@ -127,8 +131,9 @@ def test_real_alpaca_sample(shared_data: Path, tokenizer) -> None:
 
 
 def test_missing_data_file_stops_before_the_model_loads(tmp_path: Path) -> None:
-    cfg = compose_config([*TINY, f"data.path={tmp_path / 'nope.json'}", "model.tiny=null",
-                          "model.name_or_path=/nonexistent/model"])
+    cfg = compose_config(
+        [*TINY, f"data.path={tmp_path / 'nope.json'}", "model.tiny=null", "model.name_or_path=/nonexistent/model"]
+    )
     with pytest.raises(FileNotFoundError, match=r"data.path=.*nope.json does not exist.*alpaca_5000.json"):
         build_instruct(cfg)
 
@@ -138,8 +143,15 @@ def test_model_folder_without_weights_is_reported(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     data = _write_json(tmp_path / "d.json", [{"instruction": "a", "output": "b"}] * 3)
-    cfg = compose_config(["task=instruct/alpaca", "model=llama2-7b", f"model.name_or_path={folder}",
-                          f"data.path={data}", "model.tokenizer=byte-level"])
+    cfg = compose_config(
+        [
+            "task=instruct/alpaca",
+            "model=llama2-7b",
+            f"model.name_or_path={folder}",
+            f"data.path={data}",
+            "model.tokenizer=byte-level",
+        ]
+    )
     with pytest.raises(FileNotFoundError, match=r"folder without model weights.*huggingface-cli download"):
         build_instruct(cfg)
 
@@ -166,7 +178,8 @@ def test_hub_dataset_offline_points_at_a_local_file(monkeypatch: pytest.MonkeyPa
 
 def test_a_bad_record_stops_before_the_tokenizer_and_model_load(tmp_path: Path) -> None:
     data = _write_json(tmp_path / "d.json", [{"instruction": "a", "output": "b"}, {"instruction": "c"}])
-    cfg = compose_config(["task=instruct/alpaca", "model=llama2-7b", "model.name_or_path=/nonexistent/llama",
-                          f"data.path={data}"])
+    cfg = compose_config(
+        ["task=instruct/alpaca", "model=llama2-7b", "model.name_or_path=/nonexistent/llama", f"data.path={data}"]
+    )
     with pytest.raises(ValueError, match=r"record 1 has no 'output'"):
         build_instruct(cfg)  # the missing model would raise FileNotFoundError if it were loaded first

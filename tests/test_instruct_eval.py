@@ -51,8 +51,10 @@ def test_sandbox_blocks_the_network_and_early_exits() -> None:
     accepted = []
     thread = threading.Thread(target=lambda: accepted.append(_accept(server)))
     thread.start()
-    for code in (f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n",
-                 f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n"):
+    for code in (
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n",
+        f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n",
+    ):
         assert not run_program(code).passed
     thread.join()
     server.close()
@@ -85,10 +87,22 @@ def test_humaneval_scoring_on_real_problems() -> None:
 def tiny_run(shared_data: Path, tmp_path_factory) -> Path:
     """A finished LoLDU run of tiny-llama on real Alpaca examples."""
     output = tmp_path_factory.mktemp("tiny_instruct_run")
-    overrides = ["task=instruct/alpaca", "model=tiny-llama", "trainer=cpu", "callbacks.lr_monitor=false",
-                 f"data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}", "data.prompt_format=chat",
-                 "data.max_length=160", "data.train_limit=16", "data.val_limit=8", "data.batch_size=8",
-                 "trainer.max_epochs=1", "adapter.rank=8", "optimizer.lr=5e-2", "task.generation.num_prompts=0"]
+    overrides = [
+        "task=instruct/alpaca",
+        "model=tiny-llama",
+        "trainer=cpu",
+        "callbacks.lr_monitor=false",
+        f"data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}",
+        "data.prompt_format=chat",
+        "data.max_length=160",
+        "data.train_limit=16",
+        "data.val_limit=8",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "adapter.rank=8",
+        "optimizer.lr=5e-2",
+        "task.generation.num_prompts=0",
+    ]
     cfg = compose_config(overrides, output)
     result = train(cfg)
     # what `python -m loldu_lightning` leaves in a run directory
@@ -117,8 +131,16 @@ def test_perplexity_of_the_merged_adapter_equals_the_training_validation(tiny_ru
 
 
 def test_humaneval_and_lm_eval_on_the_adapted_tiny_llama(tiny_run: Path, tmp_path: Path) -> None:
-    adapter = ["--adapter", str(tiny_run / "adapter" / "best"), "--model", "tiny-llama",
-               "--override", f"seed={42}", "--output-dir", str(tmp_path)]
+    adapter = [
+        "--adapter",
+        str(tiny_run / "adapter" / "best"),
+        "--model",
+        "tiny-llama",
+        "--override",
+        f"seed={42}",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert evaluate_main(["humaneval", *adapter, "--limit", "2", "--max-new-tokens", "4"]) == 0
     humaneval = json.loads((tmp_path / "eval.json").read_text())["humaneval"]
     assert (humaneval["problems"], humaneval["of_total"], humaneval["pass@1"]) == (2, 164, 0.0)
@@ -126,15 +148,18 @@ def test_humaneval_and_lm_eval_on_the_adapted_tiny_llama(tiny_run: Path, tmp_pat
 
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    rows = [{"question": "Two plus two is", "choices": ["four", "five"], "answer": 0},
-            {"question": "The sky is", "choices": ["green", "blue"], "answer": 1},
-            {"question": "Ice is", "choices": ["cold", "hot"], "answer": 0}]
+    rows = [
+        {"question": "Two plus two is", "choices": ["four", "five"], "answer": 0},
+        {"question": "The sky is", "choices": ["green", "blue"], "answer": 1},
+        {"question": "Ice is", "choices": ["cold", "hot"], "answer": 0},
+    ]
     (tasks / "data.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     (tasks / "local_mc.yaml").write_text(
         "task: local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {tasks / 'data.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
         "doc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
     assert evaluate_main(["lm-eval", *adapter, "--tasks", "local_mc", "--include-path", str(tasks)]) == 0
     document = json.loads((tmp_path / "eval.json").read_text())
     assert set(document) == {"humaneval", "lm-eval"}

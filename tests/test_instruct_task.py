@@ -100,11 +100,23 @@ def test_adapter_save_load_round_trip_on_a_causal_lm(name: str, tmp_path: Path) 
 
 
 def test_tiny_llama_trains_on_real_alpaca_with_generations(shared_data: Path, tmp_path: Path) -> None:
-    overrides = [*TINY, f"data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}", "data.prompt_format=chat",
-                 "data.max_length=192", "data.train_limit=48", "data.val_limit=16", "data.batch_size=8",
-                 "trainer.max_epochs=2", "trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1",
-                 "adapter.rank=8", "adapter.alpha=8", "optimizer.lr=5e-2", "task.generation.num_prompts=2",
-                 "task.generation.max_new_tokens=8"]
+    overrides = [
+        *TINY,
+        f"data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}",
+        "data.prompt_format=chat",
+        "data.max_length=192",
+        "data.train_limit=48",
+        "data.val_limit=16",
+        "data.batch_size=8",
+        "trainer.max_epochs=2",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.log_every_n_steps=1",
+        "adapter.rank=8",
+        "adapter.alpha=8",
+        "optimizer.lr=5e-2",
+        "task.generation.num_prompts=2",
+        "task.generation.max_new_tokens=8",
+    ]
     result = train(compose_config(overrides, tmp_path))
     assert result["status"] == "completed"
     # 2 layers x (q_proj, v_proj) x (rank 8 + sigma); the tied LM head stays frozen

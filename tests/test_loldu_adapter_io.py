@@ -28,8 +28,15 @@ transformers = pytest.importorskip("transformers")
 def _tiny_roberta(seed: int = 0, hidden: int = 16) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.RobertaConfig(
-        vocab_size=60, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=40, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=60,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.RobertaForSequenceClassification(config).eval()
 
@@ -107,7 +114,9 @@ def test_loading_into_a_different_base_model_is_refused_and_leaves_it_untouched(
     _, model = _trained(CONFIG)
     save_adapter(model, tmp_path)
     other = _tiny_roberta(seed=1)
-    expected = r"'roberta\.encoder\.layer\.0\.attention\.self\.query' weight sha256.*different base model.*save_factors=True"
+    expected = (
+        r"'roberta\.encoder\.layer\.0\.attention\.self\.query' weight sha256.*different base model.*save_factors=True"
+    )
     with pytest.raises(ValueError, match=expected):
         load_adapter(other, tmp_path)
     assert not list(loldu_modules(other))
@@ -147,7 +156,8 @@ def test_a_different_pivot_order_is_refused_unless_the_factors_were_saved(tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("storage", "factors"), [("dense", ("lower", "upper", "perm")), ("packed", ("packed", "perm")), ("lu", ("packed", "diag", "perm"))]
+    ("storage", "factors"),
+    [("dense", ("lower", "upper", "perm")), ("packed", ("packed", "perm")), ("lu", ("packed", "diag", "perm"))],
 )
 def test_save_factors_stores_the_factors_too(storage, factors):
     _, model = _trained(_config(storage, save_factors=True))

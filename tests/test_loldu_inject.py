@@ -14,8 +14,15 @@ transformers = pytest.importorskip("transformers")
 def _tiny_roberta_classifier(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.RobertaConfig(
-        vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=40, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.RobertaForSequenceClassification(config).eval()
 
@@ -23,8 +30,16 @@ def _tiny_roberta_classifier(seed: int = 0) -> nn.Module:
 def _tiny_vit(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.ViTConfig(
-        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.ViTForImageClassification(config).eval()
 
@@ -32,8 +47,15 @@ def _tiny_vit(seed: int = 0) -> nn.Module:
 def _tiny_llama(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=32, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=1,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -41,8 +63,16 @@ def _tiny_llama(seed: int = 0) -> nn.Module:
 def _tiny_gpt2(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        vocab_size=60, n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=1,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=60,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return transformers.GPT2LMHeadModel(config).eval()
 
@@ -63,9 +93,16 @@ def _tiny_unet(seed: int = 0) -> nn.Module:
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(seed)
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=32,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     return _UNetOutput(unet).eval()
 
@@ -142,10 +179,16 @@ def test_regex_targets_use_fullmatch():
         resolve_target_modules(model, "query")  # a regex string must match the whole name
 
 
-@pytest.mark.parametrize(("build", "head"), [(_tiny_roberta_classifier, "classifier"), (_tiny_llama, "lm_head"), (_tiny_gpt2, "lm_head")])
+@pytest.mark.parametrize(
+    ("build", "head"), [(_tiny_roberta_classifier, "classifier"), (_tiny_llama, "lm_head"), (_tiny_gpt2, "lm_head")]
+)
 def test_all_linear_skips_output_heads(build, head):
     model = build()
-    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"]
+    linear = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    ]
     heads = [name for name in linear if name == head or name.startswith(head + ".")]
     assert heads
     assert resolve_target_modules(model, "all-linear") == [name for name in linear if name not in heads]
@@ -173,7 +216,9 @@ def test_diffusers_to_out_list_must_be_targeted_by_its_linear():
 
 def test_rank_above_the_smallest_dimension_names_module_shape_and_range_and_leaves_model_untouched():
     model = _tiny_roberta_classifier()
-    with pytest.raises(ValueError, match=r"rank 17 .*'roberta\.encoder\.layer\.0\.attention\.self\.query'.*16 x 16.*1\.\.16"):
+    with pytest.raises(
+        ValueError, match=r"rank 17 .*'roberta\.encoder\.layer\.0\.attention\.self\.query'.*16 x 16.*1\.\.16"
+    ):
         inject(model, LoLDUConfig(rank=17, target_modules=["query"]))
     assert not list(loldu_modules(model))
     assert all(p.requires_grad for p in model.parameters())
@@ -181,7 +226,9 @@ def test_rank_above_the_smallest_dimension_names_module_shape_and_range_and_leav
 
 def test_full_rank_uses_each_matrix_smallest_dimension():
     model = inject(_tiny_roberta_classifier(), LoLDUConfig(rank="full", target_modules=["query", "intermediate.dense"]))
-    ranks = {name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1]: layer.rank for name, layer in loldu_modules(model)}
+    ranks = {
+        name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1]: layer.rank for name, layer in loldu_modules(model)
+    }
     assert ranks == {"self.query": 16, "intermediate.dense": 16}
 
 
@@ -201,7 +248,11 @@ def test_inject_freezes_every_base_parameter():
 def test_only_adapter_vectors_and_the_unfrozen_head_get_gradients_and_change():
     model = inject(_tiny_roberta_classifier(), LoLDUConfig(rank=8, alpha=8))
     model.classifier.requires_grad_(True)
-    expected = {name for name, _ in model.named_parameters() if name.endswith((".z", ".sigma")) or name.startswith("classifier.")}
+    expected = {
+        name
+        for name, _ in model.named_parameters()
+        if name.endswith((".z", ".sigma")) or name.startswith("classifier.")
+    }
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     buffers_before = {name: b.clone() for name, b in model.named_buffers()}
     # Adam moves every parameter with a non-zero gradient by about lr, however small the gradient.

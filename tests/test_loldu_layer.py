@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from loldu_lightning.loldu import INITS, LoLDUConfig, LoLDULinear, choose_forward_path, inject
-from loldu_lightning.loldu import merged_function
+from loldu_lightning.loldu import INITS, LoLDUConfig, LoLDULinear, choose_forward_path, inject, merged_function
 from loldu_lightning.loldu.merged_function import merged_linear
 
 SHAPES = {"square": (12, 12), "tall": (20, 8), "wide": (6, 14)}  # (out, in)
@@ -122,7 +121,9 @@ def test_random_inits_are_reproducible_per_name_and_independent_of_module_order(
     first = LoLDULinear(copy.deepcopy(linear), config, name="encoder.query").z
     again = LoLDULinear(copy.deepcopy(linear), config, name="encoder.query").z
     other_name = LoLDULinear(copy.deepcopy(linear), config, name="encoder.value").z
-    other_seed = LoLDULinear(copy.deepcopy(linear), LoLDUConfig(rank=6, init="normal_unit", seed=8), name="encoder.query").z
+    other_seed = LoLDULinear(
+        copy.deepcopy(linear), LoLDUConfig(rank=6, init="normal_unit", seed=8), name="encoder.query"
+    ).z
     assert torch.equal(first, again)
     assert not torch.equal(first, other_name) and not torch.equal(first, other_seed)
 
@@ -131,7 +132,9 @@ def test_random_inits_are_reproducible_per_name_and_independent_of_module_order(
     assert torch.equal(forward_order.value.z, only_value.value.z)
 
 
-@pytest.mark.parametrize(("scaling", "trainable", "sigma"), [("learned", True, 0.5), ("fixed", False, 0.5), ("none", False, 1.0)])
+@pytest.mark.parametrize(
+    ("scaling", "trainable", "sigma"), [("learned", True, 0.5), ("fixed", False, 0.5), ("none", False, 1.0)]
+)
 def test_scaling_modes_set_sigma_and_its_trainability(scaling, trainable, sigma):
     layer = LoLDULinear(nn.Linear(12, 12), LoLDUConfig(rank=8, alpha=4, scaling=scaling), name="q")
     assert isinstance(layer.sigma, nn.Parameter) == trainable
@@ -194,7 +197,14 @@ def test_merged_function_gradients_pass_gradcheck_for_every_input(monkeypatch, u
     def tensor(*shape):
         return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
 
-    x, weight, bias, lower, upper, scale = tensor(2, 3, 5), tensor(4, 5), tensor(4), tensor(4, 3), tensor(3, 5), tensor(3)
+    x, weight, bias, lower, upper, scale = (
+        tensor(2, 3, 5),
+        tensor(4, 5),
+        tensor(4),
+        tensor(4, 3),
+        tensor(3, 5),
+        tensor(3),
+    )
     assert torch.autograd.gradcheck(
         lambda *inputs: merged_linear(*inputs, torch.float64), (x, weight, bias, lower, upper, scale)
     )

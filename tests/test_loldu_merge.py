@@ -6,7 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from loldu_lightning.loldu import LoLDUConfig, LoLDULinear, disable, enable, inject, loldu_modules, merge, unload, unmerge
+from loldu_lightning.loldu import (
+    LoLDUConfig,
+    LoLDULinear,
+    disable,
+    enable,
+    inject,
+    loldu_modules,
+    merge,
+    unload,
+    unmerge,
+)
 
 
 class Toy(nn.Module):
@@ -28,7 +38,9 @@ def _trained(scaling: str = "learned", storage: str = "dense"):
     torch.manual_seed(0)
     base = Toy()
     rank = "full" if storage == "packed" else 8  # packed holds full-rank factors only
-    model = inject(copy.deepcopy(base), LoLDUConfig(rank=rank, alpha=8, init="normal", scaling=scaling, storage=storage))
+    model = inject(
+        copy.deepcopy(base), LoLDUConfig(rank=rank, alpha=8, init="normal", scaling=scaling, storage=storage)
+    )
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
     x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
     for _ in range(5):

@@ -17,8 +17,15 @@ TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
 def _tiny_llama(dtype: torch.dtype):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=1,
     )
     return transformers.LlamaForCausalLM(config).eval().to(dtype)
 
@@ -39,7 +46,9 @@ def _perturb(model):
 def test_half_precision_models_adapt_merge_and_train(dtype, factor_dtype, storage):
     base = _tiny_llama(dtype)
     rank = "full" if storage == "packed" else 8  # packed holds full-rank factors only
-    config = LoLDUConfig(rank=rank, alpha=16, init="normal", dtype=factor_dtype, target_modules=["q_proj", "v_proj"], storage=storage)
+    config = LoLDUConfig(
+        rank=rank, alpha=16, init="normal", dtype=factor_dtype, target_modules=["q_proj", "v_proj"], storage=storage
+    )
     model = inject(copy.deepcopy(base), config)
     layer = model.model.layers[0].self_attn.q_proj
     factor = layer.dense_factors()[0] if storage == "dense" else layer.packed
@@ -75,7 +84,10 @@ def test_half_precision_models_adapt_merge_and_train(dtype, factor_dtype, storag
 
 @pytest.mark.parametrize("mode", ["factored", "merged"])
 def test_float32_model_under_bfloat16_autocast_trains(mode):
-    model = inject(_tiny_llama(torch.float32), LoLDUConfig(rank=8, alpha=16, forward_mode=mode, target_modules=["q_proj", "v_proj"]))
+    model = inject(
+        _tiny_llama(torch.float32),
+        LoLDUConfig(rank=8, alpha=16, forward_mode=mode, target_modules=["q_proj", "v_proj"]),
+    )
     _perturb(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(IDS).logits

@@ -9,7 +9,15 @@ import time
 import pytest
 import torch
 
-from loldu_lightning.loldu import ADAPTER_WEIGHTS_NAME, LoLDUConfig, inject, parameter_counts, save_adapter, summary, unload
+from loldu_lightning.loldu import (
+    ADAPTER_WEIGHTS_NAME,
+    LoLDUConfig,
+    inject,
+    parameter_counts,
+    save_adapter,
+    summary,
+    unload,
+)
 
 transformers = pytest.importorskip("transformers")
 

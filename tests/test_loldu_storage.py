@@ -12,8 +12,18 @@ import torch
 from torch import nn
 
 from loldu_lightning.adapters import build_adapter
-from loldu_lightning.loldu import LoLDUConfig, LoLDULinear, inject, ldu_decompose, ldu_decompose_packed, loldu_modules, merge, unload
-from loldu_lightning.loldu import packed_function, triangular
+from loldu_lightning.loldu import (
+    LoLDUConfig,
+    LoLDULinear,
+    inject,
+    ldu_decompose,
+    ldu_decompose_packed,
+    loldu_modules,
+    merge,
+    packed_function,
+    triangular,
+    unload,
+)
 from loldu_lightning.loldu.forward_cost import choose_packed_path, triangular_build_macs, triangular_product_macs
 from loldu_lightning.loldu.packed_function import packed_linear
 
@@ -47,7 +57,8 @@ def test_block_triangular_products_equal_the_dense_products(shape, block):
         torch.testing.assert_close(triangular.upper_t_mm(packed, s, c, block), upper[:c].t() @ s)
         torch.testing.assert_close(triangular.lower_scaled_upper(packed, v, block), (lower[:, :c] * v) @ upper[:c])
         torch.testing.assert_close(
-            triangular.diag_of_lower_t_gram_upper(packed, gram, c, block), ((lower[:, :c].t() @ gram) * upper[:c]).sum(1)
+            triangular.diag_of_lower_t_gram_upper(packed, gram, c, block),
+            ((lower[:, :c].t() @ gram) * upper[:c]).sum(1),
         )
 
 
@@ -155,7 +166,9 @@ def test_a_failed_lu_injection_gives_every_weight_back():
 def test_lu_storage_wraps_gpt2_conv1d_layers():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    base = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16)).eval()
+    base = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16)
+    ).eval()
     ids = torch.randint(0, 50, (2, 5))
     model = inject(copy.deepcopy(base), LoLDUConfig(rank=8, init="normal", storage="lu", target_modules=["c_attn"]))
     with torch.no_grad():

@@ -31,8 +31,19 @@ def wheel_env(tmp_path_factory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("src", "conf"):
         shutil.copytree(REPO / name, source / name, ignore=ignore)
-    built = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", work / "dist",
-                 source, cwd=work)
+    built = _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        work / "dist",
+        source,
+        cwd=work,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (work / "dist").glob("loldu_lightning-*.whl")
     env_dir = work / "venv"
@@ -49,9 +60,12 @@ def wheel_env(tmp_path_factory) -> Path:
 
 def test_wheel_carries_the_config_tree(wheel_env):
     outside = wheel_env.parent
-    located = _run(wheel_env / "bin" / "python", "-c",
-                   "import loldu_lightning, loldu_lightning.config as c; print(loldu_lightning.__file__); "
-                   "print(c.config_dir())", cwd=outside)
+    located = _run(
+        wheel_env / "bin" / "python",
+        "-c",
+        "import loldu_lightning, loldu_lightning.config as c; print(loldu_lightning.__file__); print(c.config_dir())",
+        cwd=outside,
+    )
     assert located.returncode == 0, located.stderr
     package_file, conf = located.stdout.split()
     assert str(REPO) not in package_file and str(REPO) not in conf

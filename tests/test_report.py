@@ -34,7 +34,9 @@ ACCURACY = {
 FAILED_JOB, MISSING_JOB = "10", "11"  # (ones, fixed) seeds 2 and 3
 
 
-def metrics_json(task: str, seed: int, value: float, monitor: str = "val/accuracy", adapter_params: int = 18456) -> dict:
+def metrics_json(
+    task: str, seed: int, value: float, monitor: str = "val/accuracy", adapter_params: int = 18456
+) -> dict:
     return {
         "status": "completed",
         "error": None,
@@ -60,16 +62,30 @@ def write_job(job_dir: Path, overrides: list[str], config: dict, metrics: dict |
 
 
 def write_multirun(sweep: Path, task_overrides: list[str]) -> None:
-    multirun = {"hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "max_batch_size": None, "params": None},
-                          "overrides": {"task": task_overrides}}}
+    multirun = {
+        "hydra": {
+            "sweeper": {"_target_": BASIC_SWEEPER, "max_batch_size": None, "params": None},
+            "overrides": {"task": task_overrides},
+        }
+    }
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
 
 
-def job_config(task: str = "glue/sst2", init: str = "uniform", scaling: str = "learned", rank: int = 8,
-               lr: float = 3e-4, seed: int = 42) -> dict:
+def job_config(
+    task: str = "glue/sst2",
+    init: str = "uniform",
+    scaling: str = "learned",
+    rank: int = 8,
+    lr: float = 3e-4,
+    seed: int = 42,
+) -> dict:
     family, name = task.split("/")
-    return {"task": {"family": family, "name": name}, "adapter": {"name": "loldu", "init": init, "scaling": scaling, "rank": rank},
-            "optimizer": {"lr": lr}, "seed": seed}
+    return {
+        "task": {"family": family, "name": name},
+        "adapter": {"name": "loldu", "init": init, "scaling": scaling, "rank": rank},
+        "optimizer": {"lr": lr},
+        "seed": seed,
+    }
 
 
 @pytest.fixture()
@@ -78,12 +94,19 @@ def init_sweep(tmp_path: Path) -> Path:
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     write_multirun(sweep, ["adapter.init=uniform,ones", "adapter.scaling=learned,fixed", "seed=1,2,3"])
-    for num, (init, scaling, seed) in enumerate(itertools.product(["uniform", "ones"], ["learned", "fixed"], [1, 2, 3])):
+    for num, (init, scaling, seed) in enumerate(
+        itertools.product(["uniform", "ones"], ["learned", "fixed"], [1, 2, 3])
+    ):
         overrides = [f"adapter.init={init}", f"adapter.scaling={scaling}", f"seed={seed}"]
         metrics: dict[str, Any] | None = metrics_json("glue/sst2", seed, ACCURACY[(init, scaling)][seed])
         if str(num) == FAILED_JOB:
-            metrics.update(status="failed", error="RuntimeError: loss is NaN at step 12\nTraceback (most recent call last):",
-                           objective=None, best={}, final={})
+            metrics.update(
+                status="failed",
+                error="RuntimeError: loss is NaN at step 12\nTraceback (most recent call last):",
+                objective=None,
+                best={},
+                final={},
+            )
         if str(num) == MISSING_JOB:
             metrics = None
         write_job(sweep / str(num), overrides, job_config(init=init, scaling=scaling, seed=seed), metrics)
@@ -113,7 +136,9 @@ def test_aggregates_over_seeds_per_varying_override(init_sweep: Path) -> None:
             assert math.isnan(group["std"])
         assert (group["min"], group["max"]) == (pytest.approx(min(values)), pytest.approx(max(values)))
         assert group["params.adapter"] == 18456
-    broken = report.groups[report.groups["adapter.init"].eq("ones") & report.groups["adapter.scaling"].eq("fixed")].iloc[0]
+    broken = report.groups[
+        report.groups["adapter.init"].eq("ones") & report.groups["adapter.scaling"].eq("fixed")
+    ].iloc[0]
     assert (broken["n_failed"], broken["n_missing"]) == (1, 1)
 
 
@@ -136,8 +161,15 @@ def test_writes_markdown_csvs_and_params_figure(init_sweep: Path) -> None:
     runs = read_csv(init_sweep / "runs.csv")
     assert [row["job"] for row in runs] == [str(i) for i in range(12)]
     assert {row["status"] for row in runs} == {"completed", "failed", "missing"}
-    assert {"adapter.init", "adapter.scaling", "metric", "params.adapter", "params.head", "params.trainable",
-            "time_s"} <= set(runs[0])
+    assert {
+        "adapter.init",
+        "adapter.scaling",
+        "metric",
+        "params.adapter",
+        "params.head",
+        "params.trainable",
+        "time_s",
+    } <= set(runs[0])
     assert len(read_csv(init_sweep / "results.csv")) == 4
 
 
@@ -163,8 +195,12 @@ def test_rank_and_lr_sweep_draws_axis_figures(tmp_path: Path) -> None:
     sweep = tmp_path / "rank_lr"
     for num, (rank, lr, seed) in enumerate(itertools.product([1, 4, 16], [1e-4, 1e-3], [1, 2])):
         value = 0.5 + 0.1 * math.log2(rank) / 4 + (0.05 if lr == 1e-3 else 0.0) + 0.01 * seed
-        write_job(sweep / str(num), [f"adapter.rank={rank}", f"optimizer.lr={lr}", f"seed={seed}"],
-                  job_config(rank=rank, lr=lr, seed=seed), metrics_json("glue/sst2", seed, value, adapter_params=25 * rank))
+        write_job(
+            sweep / str(num),
+            [f"adapter.rank={rank}", f"optimizer.lr={lr}", f"seed={seed}"],
+            job_config(rank=rank, lr=lr, seed=seed),
+            metrics_json("glue/sst2", seed, value, adapter_params=25 * rank),
+        )
     report = build_report(sweep)
     assert report.by == ["adapter.rank", "optimizer.lr"]
     assert {"rank_vs_metric.png", "lr_vs_metric.png", "params_vs_metric.png"} <= {path.name for path in report.files}
@@ -177,24 +213,36 @@ def test_several_tasks_in_nested_job_dirs_get_one_table_each(tmp_path: Path) -> 
     for task, monitor in (("glue/sst2", "val/accuracy"), ("glue/cola", "val/mcc")):
         for num, adapter in enumerate(["loldu", "lora"]):
             job = sweep / task.replace("/", "_") / str(num)
-            write_job(job, [f"task={task}", f"adapter={adapter}"], job_config(task=task),
-                      metrics_json(task, 42, 0.5 + num / 10, monitor=monitor))
+            write_job(
+                job,
+                [f"task={task}", f"adapter={adapter}"],
+                job_config(task=task),
+                metrics_json(task, 42, 0.5 + num / 10, monitor=monitor),
+            )
     report = build_report(sweep, write=False)
     assert report.by == ["adapter"]
     assert "## glue/cola — val/mcc" in report.markdown and "## glue/sst2 — val/accuracy" in report.markdown
-    assert len(report.groups) == 4 and set(report.runs["job"]) == {"glue_sst2/0", "glue_sst2/1", "glue_cola/0", "glue_cola/1"}
+    assert len(report.groups) == 4 and set(report.runs["job"]) == {
+        "glue_sst2/0",
+        "glue_sst2/1",
+        "glue_cola/0",
+        "glue_cola/1",
+    }
 
 
 def test_a_single_run_directory_is_one_job(tmp_path: Path) -> None:
     write_job(tmp_path / "run", ["seed=7"], job_config(seed=7), metrics_json("glue/sst2", 7, 0.9))
     report = build_report(tmp_path / "run", write=False)
-    assert list(report.runs["job"]) == ["."] and report.by == [] and report.groups.iloc[0]["median"] == pytest.approx(0.9)
+    assert (
+        list(report.runs["job"]) == ["."] and report.by == [] and report.groups.iloc[0]["median"] == pytest.approx(0.9)
+    )
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "loldu_lightning.report", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "loldu_lightning.report", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_cli_prints_table_and_paths(init_sweep: Path, tmp_path: Path) -> None:
@@ -224,13 +272,16 @@ def test_notebook_runs_on_a_sweep(init_sweep: Path, tmp_path: Path, monkeypatch:
     # test's environment whether or not a python3 spec is installed anywhere.
     jupyter_dir = tmp_path / "jupyter"
     kernelspec.write_kernel_spec(path=str(jupyter_dir / "kernels" / "python3"))
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")])))
+    monkeypatch.setenv(
+        "JUPYTER_PATH", os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")]))
+    )
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("LOLDU_SWEEP_DIR", str(init_sweep))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)
-    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
@@ -250,9 +301,15 @@ def _vision_sweep(sweep: Path, val_split: str) -> None:
         write_job(sweep / str(num), [f"seed={seed}"], config, metrics_json("vision/cifar10", seed, 0.9 + seed / 100))
 
 
-@pytest.mark.parametrize(("val_split", "epoch", "expected"), [
-    ("test", "auto", "final"), ("val", "auto", "best"), ("test", "best", "best"), ("val", "final", "final"),
-])
+@pytest.mark.parametrize(
+    ("val_split", "epoch", "expected"),
+    [
+        ("test", "auto", "final"),
+        ("val", "auto", "best"),
+        ("test", "best", "best"),
+        ("val", "final", "final"),
+    ],
+)
 def test_epoch_protocol_reports_the_last_epoch_for_runs_that_validate_on_test(tmp_path, val_split, epoch, expected):
     """The paper's vision tables report the last epoch: a best epoch picked on the test split is optimistic."""
     sweep = tmp_path / "sweep"

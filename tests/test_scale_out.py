@@ -19,7 +19,6 @@ import lightning as L
 import pytest
 import torch
 from helpers import TINY_GLUE, compose_config
-
 from omegaconf import OmegaConf
 
 from loldu_lightning.adapters import build_adapter
@@ -30,11 +29,25 @@ from loldu_lightning.train import train
 TESTS = Path(__file__).resolve().parent
 # 32 training examples = 2 steps per epoch on each of 2 ranks (batch 8); 21 dev examples do not split
 # evenly over 2 ranks, so an evaluation that repeated an example to pad the last round would differ.
-TINY_DDP = ["model=tiny-roberta", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-            "trainer.precision=32-true", "trainer.max_epochs=1", "data.train_limit=32", "data.val_limit=21",
-            "data.batch_size=8", "data.eval_batch_size=8", "data.max_length=64", "adapter.rank=8",
-            "adapter.alpha=8", "logger=none", "callbacks.lr_monitor=false", "callbacks.throughput=0",
-            "+callbacks.extra.probe={_target_:ddp_probe.DistributedProbe}"]
+TINY_DDP = [
+    "model=tiny-roberta",
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
+    "trainer.max_epochs=1",
+    "data.train_limit=32",
+    "data.val_limit=21",
+    "data.batch_size=8",
+    "data.eval_batch_size=8",
+    "data.max_length=64",
+    "adapter.rank=8",
+    "adapter.alpha=8",
+    "logger=none",
+    "callbacks.lr_monitor=false",
+    "callbacks.throughput=0",
+    "+callbacks.extra.probe={_target_:ddp_probe.DistributedProbe}",
+]
 
 
 @pytest.fixture
@@ -44,11 +57,22 @@ def rte(glue_root) -> list[str]:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> str:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     env.pop("LOLDU_HYDRA_JOB", None)
-    result = subprocess.run([sys.executable, "-m", "loldu_lightning", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "loldu_lightning", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -96,8 +120,9 @@ def test_ddp_two_ranks_one_set_of_outputs_synced_metrics_and_resume(rte, tmp_pat
     module, datamodule = build_task(cfg)
     adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
     module.model = adapter.load(module.model, run_dir / "adapter" / "last")  # refuses a different base model
-    [single] = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False).validate(module, datamodule=datamodule, verbose=False)
+    [single] = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    ).validate(module, datamodule=datamodule, verbose=False)
     assert len(datamodule.datasets["validation"]) == 21
     assert metrics["final"]["val/accuracy"] == pytest.approx(single["val/accuracy"], abs=1e-7)
     assert metrics["final"]["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)
@@ -113,8 +138,9 @@ def test_ddp_two_ranks_one_set_of_outputs_synced_metrics_and_resume(rte, tmp_pat
 
 def test_multirun_with_ddp_runs_each_job_once_with_its_own_two_ranks(rte, tmp_path):
     sweep = tmp_path / "sweep"
-    output = run_cli(["-m", "adapter.init=uniform,normal", *rte, *TINY_DDP, f"hydra.sweep.dir={sweep}"],
-                     cwd=tmp_path, timeout=400)
+    output = run_cli(
+        ["-m", "adapter.init=uniform,normal", *rte, *TINY_DDP, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=400
+    )
     assert output.count("Launching 2 jobs") == 1  # no child process re-ran the sweep
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
@@ -142,9 +168,22 @@ def test_multirun_with_ddp_runs_each_job_once_with_its_own_two_ranks(rte, tmp_pa
 def test_submitit_local_launcher_runs_a_two_job_sweep(rte, tmp_path):
     """hydra/launcher=submitit_local: the submitit engine (as on SLURM) with each job in its own process."""
     sweep = tmp_path / "sweep"
-    run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "adapter.init=uniform,normal",
-             *rte, *without(TINY_GLUE, "data.train_limit", "data.val_limit"), "data.train_limit=16",
-             "data.val_limit=16", "logger=none", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=400)
+    run_cli(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+            "adapter.init=uniform,normal",
+            *rte,
+            *without(TINY_GLUE, "data.train_limit", "data.val_limit"),
+            "data.train_limit=16",
+            "data.val_limit=16",
+            "logger=none",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=400,
+    )
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["status"] == "completed"
@@ -157,16 +196,25 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(rte, tmp_path):
 def test_bf16_autocast_on_cpu_keeps_step0_output_and_fp32_adapter(rte, tmp_path):
     """The autocast path Lightning's bf16-mixed uses (on CPU here): step-0 output equals the base model's,
     training loss is finite, and z, sigma, c stay float32."""
-    cfg = compose_config([*rte, *without(TINY_GLUE, "data.train_limit"), "trainer.precision=bf16-mixed",
-                          "data.train_limit=32", "logger=none",
-                          "+callbacks.extra.precision={_target_:ddp_probe.PrecisionProbe}"], tmp_path)
+    cfg = compose_config(
+        [
+            *rte,
+            *without(TINY_GLUE, "data.train_limit"),
+            "trainer.precision=bf16-mixed",
+            "data.train_limit=32",
+            "logger=none",
+            "+callbacks.extra.precision={_target_:ddp_probe.PrecisionProbe}",
+        ],
+        tmp_path,
+    )
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule = build_task(cfg)
     datamodule.setup("fit")
     batch = next(iter(datamodule.val_dataloader()[0]))
     base = copy.deepcopy(module.model).eval()  # eval: no dropout, so the comparison can be exact
-    adapted = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True)).apply(copy.deepcopy(base),
-                                                                                    cfg.model.head_modules)
+    adapted = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True)).apply(
+        copy.deepcopy(base), cfg.model.head_modules
+    )
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         base_logits, adapted_logits = base(**batch).logits, adapted(**batch).logits
     assert adapted_logits.dtype == torch.bfloat16
@@ -215,8 +263,17 @@ def test_slurm_launcher_config_asks_one_task_per_device_on_every_node():
     from loldu_lightning.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=submitit_slurm_ddp", "trainer=ddp", "trainer.num_nodes=2",
-                                           "trainer.devices=4", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=[
+                "hydra/launcher=submitit_slurm_ddp",
+                "trainer=ddp",
+                "trainer.num_nodes=2",
+                "trainer.devices=4",
+                "hydra.launcher.partition=gpu",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.partition) == (2, 4, 4, "gpu")
@@ -246,9 +303,16 @@ def test_ddp_child_runs_its_parent_job_not_the_sweep(monkeypatch):
     monkeypatch.setenv(JOB_ENV, json.dumps({"overrides": ["adapter.init=normal", "trainer=ddp"], "output_dir": "/s/1"}))
     assert child_arguments(sweep) == sweep  # the sweep process itself (rank 0) runs what it was given
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert child_arguments(sweep) == ["-cn", "config", "--config-dir=/extra", "adapter.init=normal", "trainer=ddp",
-                                      'hydra.run.dir="/s/1"', "hydra.output_subdir=null",
-                                      "hydra.job.name=train_ddp_process_1"]
+    assert child_arguments(sweep) == [
+        "-cn",
+        "config",
+        "--config-dir=/extra",
+        "adapter.init=normal",
+        "trainer=ddp",
+        'hydra.run.dir="/s/1"',
+        "hydra.output_subdir=null",
+        "hydra.job.name=train_ddp_process_1",
+    ]
     monkeypatch.delenv(JOB_ENV)
     assert child_arguments(sweep) == sweep  # torchrun / SLURM ranks: nothing exported, nothing changed
 
@@ -262,4 +326,7 @@ def test_trainer_configs_build_lightning_strategies_with_their_options():
     assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"broadcast_buffers": False}
     fsdp = trainer_options(compose_config(["trainer=fsdp"]).trainer)["strategy"]
     assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["use_orig_params"] is True
-    assert trainer_options(compose_config(["trainer=ddp", "trainer.strategy=ddp_spawn"]).trainer)["strategy"] == "ddp_spawn"
+    assert (
+        trainer_options(compose_config(["trainer=ddp", "trainer.strategy=ddp_spawn"]).trainer)["strategy"]
+        == "ddp_spawn"
+    )

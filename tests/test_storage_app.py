@@ -13,7 +13,13 @@ from loldu_lightning.train import train
 
 @pytest.mark.parametrize(("storage", "rank"), [("lu", 8), ("packed", "full")])
 def test_training_with_a_compact_storage_runs_end_to_end(glue_root, tmp_path, storage, rank):
-    overrides = [*TINY_GLUE, "task=glue/rte", f"data.data_dir={glue_root / 'RTE'}", f"adapter.storage={storage}", f"adapter.rank={rank}"]
+    overrides = [
+        *TINY_GLUE,
+        "task=glue/rte",
+        f"data.data_dir={glue_root / 'RTE'}",
+        f"adapter.storage={storage}",
+        f"adapter.rank={rank}",
+    ]
     result = train(compose_config(overrides, tmp_path))
     assert result["status"] == "completed"
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -28,8 +28,14 @@ EXPERIMENT_DIR = Path(config_dir()) / "experiment" / "paper"
 CLASSES = ["ant", "bee", "cat", "dog"]
 # (head_lr, weight_decay) of FourierFT's experiments/ViT/<dataset>-base-3000.bash; Flowers-102 (no
 # FourierFT run) takes this project's choice, documented in its config.
-FOURIERFT = {"cifar10": (1e-3, 9e-5), "cifar100": (7e-4, 1e-4), "eurosat": (8e-4, 3e-4),
-             "stanford_cars": (1e-3, 4e-5), "fgvc_aircraft": (1e-3, 7e-5), "flowers102": (1e-3, 1e-4)}
+FOURIERFT = {
+    "cifar10": (1e-3, 9e-5),
+    "cifar100": (7e-4, 1e-4),
+    "eurosat": (8e-4, 3e-4),
+    "stanford_cars": (1e-3, 4e-5),
+    "fgvc_aircraft": (1e-3, 7e-5),
+    "flowers102": (1e-3, 1e-4),
+}
 
 
 def fake_folder(root: Path, per_class: int = 10, test_per_class: int = 3) -> None:
@@ -61,8 +67,9 @@ def test_holdout_is_a_disjoint_seeded_stratified_tenth_of_train(tmp_path: Path) 
     assert not train & val and train | val == set(range(40)) and len(val) == 4  # 10% of 40
     targets = module.train_set.images.dataset.targets  # the whole train/ folder
     assert Counter(targets[index] for index in val) == {0: 1, 1: 1, 2: 1, 3: 1}  # one per class
-    same, other = (make_module("imagefolder", tmp_path, train_holdout=0.1, test_split="test", split_seed=seed)
-                   for seed in (3, 4))
+    same, other = (
+        make_module("imagefolder", tmp_path, train_holdout=0.1, test_split="test", split_seed=seed) for seed in (3, 4)
+    )
     for again in (same, other):
         again.setup("fit")
     assert held_out(same) == (train, val) and held_out(other)[1] != val
@@ -131,9 +138,17 @@ def test_tiny_run_tests_the_best_checkpoint_once_and_reports_it(tmp_path: Path) 
     root = tmp_path / "images"
     fake_folder(root)
     overrides = [
-        "task=vision/imagefolder", f"data.root={root}", *TINY_VIT, "experiment=paper/vit_fourierft",
-        "trainer.max_epochs=3", "data.batch_size=8", "data.augment=false", "optimizer.lr=5e-2",
-        "optimizer.head_lr=5e-2", "optimizer.weight_decay=1e-4", "scheduler.warmup_steps=0",
+        "task=vision/imagefolder",
+        f"data.root={root}",
+        *TINY_VIT,
+        "experiment=paper/vit_fourierft",
+        "trainer.max_epochs=3",
+        "data.batch_size=8",
+        "data.augment=false",
+        "optimizer.lr=5e-2",
+        "optimizer.head_lr=5e-2",
+        "optimizer.weight_decay=1e-4",
+        "scheduler.warmup_steps=0",
         "task.test_split=test",  # imagefolder's val_split is null (val/ or test/, found at run time)
     ]
     cfg = compose_config(overrides, tmp_path / "run")
@@ -162,9 +177,15 @@ def test_tiny_run_tests_the_best_checkpoint_once_and_reports_it(tmp_path: Path) 
     assert total == 12 and test["test/accuracy"] == pytest.approx(correct / total)
 
     # the report shows the test metric: auto prefers it, --epoch test forces it
-    write_job(tmp_path / "report", ["seed=42"], {**job_config(task="vision/imagefolder"),
-                                                 "task": {"family": "vision", "name": "imagefolder",
-                                                          "val_split": "test", "test_split": "test"}}, written)
+    write_job(
+        tmp_path / "report",
+        ["seed=42"],
+        {
+            **job_config(task="vision/imagefolder"),
+            "task": {"family": "vision", "name": "imagefolder", "val_split": "test", "test_split": "test"},
+        },
+        written,
+    )
     for epoch in ("auto", "test"):
         report = build_report(tmp_path / "report", epoch=epoch, write=False)
         assert list(report.runs["epoch"]) == ["test"] and list(report.runs["metric_name"]) == ["test/accuracy"]

@@ -58,15 +58,31 @@ def test_build_vision_sizes_a_fresh_head_to_the_dataset(tmp_path: Path, monkeypa
 
 def test_build_vision_loads_a_saved_backbone_with_its_preprocessing(tmp_path: Path) -> None:
     """The example's path (and the in21k checkpoint's): a headless ViTModel folder plus its processor."""
-    backbone = ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+    backbone = ViTModel(
+        ViTConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        add_pooling_layer=False,
+    )
     folder = tmp_path / "backbone"
     backbone.save_pretrained(folder)
     processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.2] * 3, image_std=[0.3] * 3)
     processor.save_pretrained(folder)
     fake_imagefolder(tmp_path / "images", ["ant", "bee", "cat"], ["ant", "bee", "cat"])
-    cfg = compose_config(["task=vision/imagefolder", "model=vit-base-in21k", f"model.name_or_path={folder}",
-                          f"data.root={tmp_path / 'images'}", "trainer=cpu"])
+    cfg = compose_config(
+        [
+            "task=vision/imagefolder",
+            "model=vit-base-in21k",
+            f"model.name_or_path={folder}",
+            f"data.root={tmp_path / 'images'}",
+            "trainer=cpu",
+        ]
+    )
     module, datamodule = build_vision(cfg)
     assert (datamodule.image_size, datamodule.mean, datamodule.std) == (16, (0.2,) * 3, (0.3,) * 3)
     assert module.model.classifier.out_features == 3
@@ -76,8 +92,14 @@ def test_build_vision_loads_a_saved_backbone_with_its_preprocessing(tmp_path: Pa
 
 
 def test_missing_dataset_is_reported_before_the_model_loads(tmp_path: Path) -> None:
-    cfg = compose_config(["experiment=paper/vit_flowers102", "trainer=cpu", f"data.root={tmp_path}",
-                          "model.name_or_path=/nonexistent/vit"])
+    cfg = compose_config(
+        [
+            "experiment=paper/vit_flowers102",
+            "trainer=cpu",
+            f"data.root={tmp_path}",
+            "model.name_or_path=/nonexistent/vit",
+        ]
+    )
     with pytest.raises(FileNotFoundError, match="flowers-102"):
         build_vision(cfg)
 
@@ -91,9 +113,17 @@ def _logged_train_losses(output_dir: Path) -> list[float]:
 @pytest.mark.parametrize("adapter", ["loldu", "lora"])
 def test_tiny_vit_learns_on_real_cifar10_subset(image_folder_root: Path, tmp_path: Path, adapter: str) -> None:
     overrides = [
-        "task=vision/imagefolder", f"data.root={image_folder_root}", f"adapter={adapter}", *TINY_VIT,
-        "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "data.train_limit=256", "data.val_limit=64",
-        "data.batch_size=32", "data.augment=false", "optimizer.lr=1e-2",
+        "task=vision/imagefolder",
+        f"data.root={image_folder_root}",
+        f"adapter={adapter}",
+        *TINY_VIT,
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
+        "data.train_limit=256",
+        "data.val_limit=64",
+        "data.batch_size=32",
+        "data.augment=false",
+        "optimizer.lr=1e-2",
     ]
     result = train(compose_config(overrides, tmp_path))
     assert result["status"] == "completed" and 0.0 <= result["objective"] <= 1.0

@@ -96,18 +96,27 @@ def main() -> None:
         label = f"{metrics['adapter']} ({metrics['params'].get('trainable', 0):,} trainable)"
         frames[label] = frame
         val = frame[["step", "val/loss"]].dropna()
-        rows.append(f"| {metrics['adapter']} | {metrics['params'].get('trainable', 0):,} | "
-                    f"{val['val/loss'].iloc[0]:.4f} (step {int(val['step'].iloc[0])}) | "
-                    f"{val['val/loss'].iloc[-1]:.4f} (step {int(val['step'].iloc[-1])}) | "
-                    f"{val['val/loss'].min():.4f} | {metrics['time_s']:.0f} |")
+        rows.append(
+            f"| {metrics['adapter']} | {metrics['params'].get('trainable', 0):,} | "
+            f"{val['val/loss'].iloc[0]:.4f} (step {int(val['step'].iloc[0])}) | "
+            f"{val['val/loss'].iloc[-1]:.4f} (step {int(val['step'].iloc[-1])}) | "
+            f"{val['val/loss'].min():.4f} | {metrics['time_s']:.0f} |"
+        )
     loss_figure(frames, args.out / "loss_curve.png", args.window)
     export = json.loads((args.runs[0] / "export.json").read_text())
     steps = progression(args.runs[0], args.out / "samples_progression.png", Path(export["instance_dir"]), args.scale)
     prompts = json.loads((args.runs[0] / "samples" / "prompts.json").read_text())
-    table = "\n".join(["| adapter | trainable | first val/loss | last val/loss | best val/loss | time (s) |",
-                       "|---|---|---|---|---|---|", *rows])
-    text = (f"{table}\n\nSample grids of `{args.runs[0].name}` at steps {steps}: rows = prompts "
-            f"{prompts['prompts']} x seeds {prompts['seeds']}.\n")
+    table = "\n".join(
+        [
+            "| adapter | trainable | first val/loss | last val/loss | best val/loss | time (s) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    text = (
+        f"{table}\n\nSample grids of `{args.runs[0].name}` at steps {steps}: rows = prompts "
+        f"{prompts['prompts']} x seeds {prompts['seeds']}.\n"
+    )
     (args.out / "results.md").write_text(text)
     print(text)
 

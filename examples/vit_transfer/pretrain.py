@@ -135,8 +135,12 @@ def pretrain(args: argparse.Namespace) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10_subset"),
-                        help="CIFAR-10 ImageFolder tree with train/ and test/ (default: %(default)s)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/data/cifar10_subset"),
+        help="CIFAR-10 ImageFolder tree with train/ and test/ (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/vit_transfer"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -156,5 +160,7 @@ if __name__ == "__main__":
     torch.set_num_threads(arguments.threads)
     result = pretrain(arguments)
     last = result["history"][-1]
-    print(f"saved {result['model_folder']} ({result['parameters']:,} parameters); "
-          f"source-class test accuracy {last['test_accuracy']:.3f} after {last['elapsed_s']} s")
+    print(
+        f"saved {result['model_folder']} ({result['parameters']:,} parameters); "
+        f"source-class test accuracy {last['test_accuracy']:.3f} after {last['elapsed_s']} s"
+    )

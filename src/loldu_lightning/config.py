@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-
 if TYPE_CHECKING:
     from .adapters import Adapter
 
@@ -35,7 +34,8 @@ def config_dir() -> str:
             return str(candidate)
     raise FileNotFoundError(
         f"The config tree was found neither in {package / 'conf'} (an installed wheel) nor in "
-        f"{package.parents[1] / 'conf'} (a source checkout); reinstall with `pip install -e .` or from a wheel.")
+        f"{package.parents[1] / 'conf'} (a source checkout); reinstall with `pip install -e .` or from a wheel."
+    )
 
 
 def glue_dir(root: str | None, task_folder: str) -> str | None:
@@ -60,7 +60,7 @@ def _choice(value: Any, allowed, key: str) -> None:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}.")
 
 
-def validate_config(cfg: DictConfig) -> "Adapter":
+def validate_config(cfg: DictConfig) -> Adapter:
     """Check the values that Hydra's composition cannot (registry names, Trainer options, adapter
     options) and return the adapter the config describes, so a run validates and builds it once."""
     from .adapters import build_adapter
@@ -73,6 +73,8 @@ def validate_config(cfg: DictConfig) -> "Adapter":
     _choice(cfg.task.mode, {"max", "min"}, "task.mode")
     unknown = set(cfg.trainer) - _TRAINER_KEYS
     if unknown:
-        raise ValueError(f"Unknown trainer option(s) {sorted(unknown)}; lightning.Trainer accepts: "
-                         f"{', '.join(sorted(_TRAINER_KEYS))}.")
+        raise ValueError(
+            f"Unknown trainer option(s) {sorted(unknown)}; lightning.Trainer accepts: "
+            f"{', '.join(sorted(_TRAINER_KEYS))}."
+        )
     return build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))

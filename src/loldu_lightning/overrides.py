@@ -49,5 +49,7 @@ def check_override_keys(args: list[str]) -> None:
             parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
             allowed = sorted(parent.keys()) if isinstance(parent, DictConfig) else []
             where = f"under '{parent_key}'" if parent_key else "at the top level"
-            raise ValueError(f"Unknown config key '{key}'. Keys {where}: {', '.join(map(str, allowed))}. "
-                             f"(To add a new key on purpose use +{key}=...)")
+            raise ValueError(
+                f"Unknown config key '{key}'. Keys {where}: {', '.join(map(str, allowed))}. "
+                f"(To add a new key on purpose use +{key}=...)"
+            )

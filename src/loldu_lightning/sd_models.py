@@ -59,18 +59,25 @@ def require_diffusers() -> None:
     try:
         import diffusers  # noqa: F401
     except ModuleNotFoundError as error:
-        raise ModuleNotFoundError("The diffusion task family needs diffusers: pip install 'loldu-lightning[diffusion]' "
-                                  "(or pip install diffusers).") from error
+        raise ModuleNotFoundError(
+            "The diffusion task family needs diffusers: pip install 'loldu-lightning[diffusion]' "
+            "(or pip install diffusers)."
+        ) from error
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("LOLDU_CACHE", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "loldu_lightning")).expanduser()
+    return Path(
+        os.environ.get("LOLDU_CACHE", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "loldu_lightning")
+    ).expanduser()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map from bytes to printable characters (the byte-level BPE alphabet)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
-        list(range(ord("\xae"), ord("\xff") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\xa1"), ord("\xac") + 1))
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    )
     mapping, extra = {}, 0
     for byte in range(256):
         if byte in keep:
@@ -101,32 +108,68 @@ def build_tiny_sd(folder: Path, sizes: Mapping[str, Any]) -> None:
         raise ValueError(f"model.tiny has unknown key(s) {unknown}; allowed: {sorted(TINY_SD_DEFAULTS)}")
     with tempfile.TemporaryDirectory() as scratch:
         _tiny_tokenizer_files(Path(scratch))
-        tokenizer = CLIPTokenizer(vocab=str(Path(scratch) / "vocab.json"), merges=str(Path(scratch) / "merges.txt"),
-                                  model_max_length=77)
+        tokenizer = CLIPTokenizer(
+            vocab=str(Path(scratch) / "vocab.json"), merges=str(Path(scratch) / "merges.txt"), model_max_length=77
+        )
     torch.manual_seed(int(s["seed"]))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=s["text_hidden_size"], intermediate_size=2 * s["text_hidden_size"],
-        num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"], max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=s["text_hidden_size"],
+            intermediate_size=2 * s["text_hidden_size"],
+            num_hidden_layers=s["text_layers"],
+            num_attention_heads=s["text_heads"],
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     vae_levels = len(s["vae_channels"])
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=tuple(s["vae_channels"]),
-                        down_block_types=("DownEncoderBlock2D",) * vae_levels,
-                        up_block_types=("UpDecoderBlock2D",) * vae_levels, layers_per_block=1,
-                        norm_num_groups=32, sample_size=s["resolution"])
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=tuple(s["vae_channels"]),
+        down_block_types=("DownEncoderBlock2D",) * vae_levels,
+        up_block_types=("UpDecoderBlock2D",) * vae_levels,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=s["resolution"],
+    )
     unet_levels = len(s["unet_channels"])
     unet = UNet2DConditionModel(
-        sample_size=s["resolution"] // 2 ** (vae_levels - 1), in_channels=4, out_channels=4,
-        block_out_channels=tuple(s["unet_channels"]), layers_per_block=s["layers_per_block"],
+        sample_size=s["resolution"] // 2 ** (vae_levels - 1),
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(s["unet_channels"]),
+        layers_per_block=s["layers_per_block"],
         down_block_types=("CrossAttnDownBlock2D",) * (unet_levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (unet_levels - 1),
-        cross_attention_dim=s["text_hidden_size"], attention_head_dim=s["attention_head_dim"], norm_num_groups=32)
+        cross_attention_dim=s["text_hidden_size"],
+        attention_head_dim=s["attention_head_dim"],
+        norm_num_groups=32,
+    )
     # Stable Diffusion v1's own training schedule
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", clip_sample=False,
-                              steps_offset=1, prediction_type=s["prediction_type"])
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type=s["prediction_type"],
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipeline.save_pretrained(str(folder))
 
 
@@ -160,9 +203,11 @@ def resolve_sd_folder(model_cfg: Mapping[str, Any]) -> Path:
     if name == TINY_SD:
         return tiny_sd_folder(model_cfg.get("tiny"), model_cfg.get("cache_dir"))
     folder = Path(name).expanduser()
-    how = ("download it once where you have internet (huggingface-cli download stable-diffusion-v1-5/"
-           "stable-diffusion-v1-5 --local-dir /path/to/stable-diffusion-v1-5) and set "
-           "model.name_or_path=/path/to/stable-diffusion-v1-5 (or use model=tiny-sd for a random test model)")
+    how = (
+        "download it once where you have internet (huggingface-cli download stable-diffusion-v1-5/"
+        "stable-diffusion-v1-5 --local-dir /path/to/stable-diffusion-v1-5) and set "
+        "model.name_or_path=/path/to/stable-diffusion-v1-5 (or use model=tiny-sd for a random test model)"
+    )
     if not folder.is_dir():
         raise FileNotFoundError(f"model.name_or_path={name!r} is not a local folder; the hub is not used here: {how}.")
     need = [part for part in SD_PARTS if part != "vae" or not model_cfg.get("vae_name_or_path")]
@@ -171,7 +216,8 @@ def resolve_sd_folder(model_cfg: Mapping[str, Any]) -> Path:
         raise FileNotFoundError(
             f"model.name_or_path={str(folder)!r} is not a complete diffusers Stable Diffusion folder: it lacks "
             f"{', '.join(p + '/' for p in missing)} (a pipeline folder has {', '.join(p + '/' for p in SD_PARTS)}). "
-            f"Point model.name_or_path at the folder that holds them; {how}.")
+            f"Point model.name_or_path at the folder that holds them; {how}."
+        )
     return folder
 
 
@@ -186,7 +232,8 @@ def _vae_location(model_cfg: Mapping[str, Any], folder: Path) -> tuple[str, str 
         raise FileNotFoundError(
             f"model.vae_name_or_path={str(vae)!r} is not a diffusers AutoencoderKL folder (no config.json); download "
             "it once (huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir /path/to/sd-vae-ft-mse) and point "
-            "model.vae_name_or_path there, or set model.vae_name_or_path=null to use the pipeline's own vae/.")
+            "model.vae_name_or_path there, or set model.vae_name_or_path=null to use the pipeline's own vae/."
+        )
     return str(vae_folder), None
 
 
@@ -204,8 +251,14 @@ def load_sd_parts(model_cfg: Mapping[str, Any]) -> SDParts:
     noise_scheduler = DDPMScheduler.from_pretrained(str(folder), subfolder="scheduler")
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False).eval()
-    return SDParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                   noise_scheduler=noise_scheduler, folder=folder)
+    return SDParts(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=noise_scheduler,
+        folder=folder,
+    )
 
 
 SAMPLERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
@@ -221,8 +274,13 @@ def sampling_scheduler(name: str, training_scheduler: Any):
         PNDMScheduler,
     )
 
-    classes = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
-               "pndm": PNDMScheduler, "ddpm": DDPMScheduler}
+    classes = {
+        "ddim": DDIMScheduler,
+        "dpm": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "pndm": PNDMScheduler,
+        "ddpm": DDPMScheduler,
+    }
     if name not in classes:
         raise ValueError(f"sampling.scheduler={name!r} is not known; choose one of {sorted(classes)}.")
     return classes[name].from_config(training_scheduler.config)
@@ -232,8 +290,15 @@ def make_pipeline(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, toke
     """A StableDiffusionPipeline around the given (possibly adapted) parts, without a safety checker."""
     from diffusers import StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

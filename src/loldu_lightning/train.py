@@ -38,7 +38,8 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
         if not last.is_file():
             raise FileNotFoundError(
                 f"ckpt_path=last but {last} does not exist. To resume an earlier run, run in its directory "
-                "(hydra.run.dir=<that run's folder> ckpt_path=last) or give the file: ckpt_path=<path>/last.ckpt.")
+                "(hydra.run.dir=<that run's folder> ckpt_path=last) or give the file: ckpt_path=<path>/last.ckpt."
+            )
         return str(last)
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
@@ -46,15 +47,22 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
     return str(path)
 
 
-def _callbacks(cfg: DictConfig, output_dir: Path, adapter_callback: AdapterCallback,
-               history: MetricsHistory) -> list[L.Callback]:
+def _callbacks(
+    cfg: DictConfig, output_dir: Path, adapter_callback: AdapterCallback, history: MetricsHistory
+) -> list[L.Callback]:
     task = cfg.task
     callbacks: list[L.Callback] = [
         adapter_callback,
         history,
         RNGStateCallback(),
-        ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best-{epoch}", monitor=task.monitor,
-                        mode=task.mode, save_last=True, save_top_k=cfg.checkpoint.save_top_k),
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            filename="best-{epoch}",
+            monitor=task.monitor,
+            mode=task.mode,
+            save_last=True,
+            save_top_k=cfg.checkpoint.save_top_k,
+        ),
         CheckpointOnException(output_dir / "checkpoints"),
     ]
     if cfg.callbacks.throughput:
@@ -106,8 +114,9 @@ def _write_metrics(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(clean(payload), indent=2) + "\n")
 
 
-def evaluate_test_split(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-                        best_epoch: Any) -> dict[str, Any]:
+def evaluate_test_split(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, best_epoch: Any
+) -> dict[str, Any]:
     """`task.test_split`, evaluated once with the checkpoint selected on validation (`ckpt_path="best"`).
 
     For protocols that select on held-out data (vision's `data.holdout_fraction`): the test split
@@ -115,11 +124,16 @@ def evaluate_test_split(trainer: L.Trainer, module: L.LightningModule, datamodul
     """
     best_path = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if not best_path:
-        raise RuntimeError("task.test_split is set but no best checkpoint was saved; keep checkpoint.save_top_k >= 1 "
-                           "and let validation run (trainer.limit_val_batches > 0)")
+        raise RuntimeError(
+            "task.test_split is set but no best checkpoint was saved; keep checkpoint.save_top_k >= 1 "
+            "and let validation run (trainer.limit_val_batches > 0)"
+        )
     (results,) = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
-    return {**{key: float(value) for key, value in results.items()}, "epoch": best_epoch,
-            "checkpoint": Path(best_path).name}
+    return {
+        **{key: float(value) for key, value in results.items()},
+        "epoch": best_epoch,
+        "checkpoint": Path(best_path).name,
+    }
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -136,9 +150,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     history = MetricsHistory()
     adapter_callback = AdapterCallback(adapter, output_dir / "adapter", base_model_name=model_label(cfg.model))
     payload: dict[str, Any] = {
-        "status": "running", "error": None, "task": f"{task.family}/{task.name}", "adapter": adapter.name,
-        "seed": cfg.seed, "monitor": task.monitor, "mode": task.mode, "objective": None, "best": {},
-        "final": {}, "params": {}, "time_s": None, "output_dir": str(output_dir)}
+        "status": "running",
+        "error": None,
+        "task": f"{task.family}/{task.name}",
+        "adapter": adapter.name,
+        "seed": cfg.seed,
+        "monitor": task.monitor,
+        "mode": task.mode,
+        "objective": None,
+        "best": {},
+        "final": {},
+        "params": {},
+        "time_s": None,
+        "output_dir": str(output_dir),
+    }
     start = time.perf_counter()
     group_opened_before = torch.distributed.is_available() and torch.distributed.is_initialized()
     launcher_environment = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
@@ -147,8 +172,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module, datamodule = build_task(cfg)
         callbacks = _callbacks(cfg, output_dir, adapter_callback, history)
         loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-        trainer = L.Trainer(**trainer_options(cfg.trainer), callbacks=callbacks,
-                            logger=loggers or False, default_root_dir=str(output_dir))
+        trainer = L.Trainer(
+            **trainer_options(cfg.trainer),
+            callbacks=callbacks,
+            logger=loggers or False,
+            default_root_dir=str(output_dir),
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted; the last checkpoint is in checkpoints/")
@@ -165,8 +194,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         best = history.best
-        payload.update(best=best, final=history.final, time_s=round(time.perf_counter() - start, 2),
-                       objective=best.get(task.monitor))
+        payload.update(
+            best=best,
+            final=history.final,
+            time_s=round(time.perf_counter() - start, 2),
+            objective=best.get(task.monitor),
+        )
         if adapter_callback.parameter_counts:
             payload["params"] = adapter_callback.parameter_counts
         # Every DDP/SLURM rank runs train(); one file per run, from global rank 0 (Lightning sets the
@@ -176,6 +209,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("Wrote %s", output_dir / "metrics.json")
         _end_distributed(group_opened_before, launcher_environment)
     if rank_zero_only.rank == 0:
-        log.info("Finished: %s = %s (best epoch %s); outputs in %s", task.monitor, payload["objective"],
-                 best.get("epoch"), output_dir)
+        log.info(
+            "Finished: %s = %s (best epoch %s); outputs in %s",
+            task.monitor,
+            payload["objective"],
+            best.get("epoch"),
+            output_dir,
+        )
     return payload

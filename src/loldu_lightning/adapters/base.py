@@ -74,8 +74,13 @@ class Adapter(abc.ABC):
         mark_heads_trainable(base, head_names)
         return adapted
 
-    def save(self, model: nn.Module, directory: str | PathLike[str], head_modules: Sequence[str],
-             base_model_name: str | None = None) -> None:
+    def save(
+        self,
+        model: nn.Module,
+        directory: str | PathLike[str],
+        head_modules: Sequence[str],
+        base_model_name: str | None = None,
+    ) -> None:
         """Write the adapter's own files plus the weights of `head_modules` into `directory` (created if needed)."""
         head_names = resolve_head_modules(unwrap_model(model), head_modules)
         directory = Path(directory)
@@ -103,8 +108,9 @@ class Adapter(abc.ABC):
         """Set which base parameters train and add adapter layers; heads are handled by the caller."""
 
     @abc.abstractmethod
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
-                      head_names: Sequence[str]) -> None:
+    def _save_adapter(
+        self, model: nn.Module, directory: Path, base_model_name: str | None, head_names: Sequence[str]
+    ) -> None:
         """Write the method's own files (adapter_config.json and adapter_model.safetensors)."""
 
     @abc.abstractmethod

@@ -27,8 +27,9 @@ class LoLDUAdapter(Adapter):
         # A copy, so that nothing the library does to its config leaks back into this adapter's options.
         return loldu.inject(model, dataclasses.replace(self.options))
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
-                      head_names: Sequence[str]) -> None:
+    def _save_adapter(
+        self, model: nn.Module, directory: Path, base_model_name: str | None, head_names: Sequence[str]
+    ) -> None:
         loldu.save_adapter(model, directory, base_model_name=base_model_name, modules_to_save=tuple(head_names))
 
     def _save_heads(self, model: nn.Module, directory: Path, head_names: Sequence[str]) -> None:

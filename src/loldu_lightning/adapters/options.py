@@ -53,8 +53,9 @@ def require_positive_int(adapter_name: str, option: str, value: Any) -> None:
         raise ValueError(f"adapter {adapter_name!r}: option {option!r} must be an integer >= 1, got {value!r}")
 
 
-def require_number(adapter_name: str, option: str, value: Any, *, minimum: float | None = None,
-                   maximum: float | None = None) -> None:
+def require_number(
+    adapter_name: str, option: str, value: Any, *, minimum: float | None = None, maximum: float | None = None
+) -> None:
     """Raise a ValueError naming the option unless `value` is a real number inside [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"adapter {adapter_name!r}: option {option!r} must be a number, got {value!r}")

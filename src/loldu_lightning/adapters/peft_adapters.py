@@ -44,12 +44,15 @@ class PeftAdapter(Adapter):
 
     def _inject(self, model: nn.Module) -> nn.Module:
         if isinstance(model, PeftModel):
-            raise ValueError(f"adapter {self.name!r} needs a plain model, got a model that already carries PEFT adapters")
+            raise ValueError(
+                f"adapter {self.name!r} needs a plain model, got a model that already carries PEFT adapters"
+            )
         # No task_type: the generic PeftModel forwards model(**batch) unchanged and leaves heads to us.
         return get_peft_model(model, self._peft_config())
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
-                      head_names: Sequence[str]) -> None:
+    def _save_adapter(
+        self, model: nn.Module, directory: Path, base_model_name: str | None, head_names: Sequence[str]
+    ) -> None:
         peft_model = self._require_peft_model(model)
         if base_model_name is not None:
             peft_model.peft_config["default"].base_model_name_or_path = base_model_name
@@ -57,7 +60,9 @@ class PeftAdapter(Adapter):
 
     def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
         if not (directory / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no adapter_config.json in {directory}; it does not hold a saved {self.name!r} adapter")
+            raise FileNotFoundError(
+                f"no adapter_config.json in {directory}; it does not hold a saved {self.name!r} adapter"
+            )
         saved_type = PeftConfig.from_pretrained(str(directory)).peft_type
         expected_type = self._peft_config().peft_type
         if saved_type != expected_type:
@@ -169,8 +174,9 @@ class PissaAdapter(LoraAdapter):
         }
         return peft_model
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
-                      head_names: Sequence[str]) -> None:
+    def _save_adapter(
+        self, model: nn.Module, directory: Path, base_model_name: str | None, head_names: Sequence[str]
+    ) -> None:
         if self._initial_state is None:  # loaded from disk: already a plain LoRA on the untouched base
             super()._save_adapter(model, directory, base_model_name, head_names)
             return
@@ -205,7 +211,9 @@ class VeraOptions:
         require_positive_int("vera", "rank", self.rank)
         require_target_modules("vera", self.target_modules)
         if isinstance(self.projection_prng_key, bool) or not isinstance(self.projection_prng_key, int):
-            raise ValueError(f"adapter 'vera': option 'projection_prng_key' must be an integer, got {self.projection_prng_key!r}")
+            raise ValueError(
+                f"adapter 'vera': option 'projection_prng_key' must be an integer, got {self.projection_prng_key!r}"
+            )
         require_number("vera", "d_initial", self.d_initial)
         require_number("vera", "dropout", self.dropout, minimum=0, maximum=1)
 
@@ -241,7 +249,9 @@ class FourierFTOptions:
         require_positive_int("fourierft", "n_frequency", self.n_frequency)
         require_number("fourierft", "scaling", self.scaling)
         if isinstance(self.random_loc_seed, bool) or not isinstance(self.random_loc_seed, int):
-            raise ValueError(f"adapter 'fourierft': option 'random_loc_seed' must be an integer, got {self.random_loc_seed!r}")
+            raise ValueError(
+                f"adapter 'fourierft': option 'random_loc_seed' must be an integer, got {self.random_loc_seed!r}"
+            )
         require_target_modules("fourierft", self.target_modules)
 
 
@@ -279,7 +289,9 @@ class TinyLoraOptions:
         require_positive_int("tinylora", "u", self.u)
         require_number("tinylora", "weight_tying", self.weight_tying, minimum=0, maximum=1)
         if isinstance(self.projection_seed, bool) or not isinstance(self.projection_seed, int):
-            raise ValueError(f"adapter 'tinylora': option 'projection_seed' must be an integer, got {self.projection_seed!r}")
+            raise ValueError(
+                f"adapter 'tinylora': option 'projection_seed' must be an integer, got {self.projection_seed!r}"
+            )
         require_number("tinylora", "dropout", self.dropout, minimum=0, maximum=1)
         require_target_modules("tinylora", self.target_modules)
 

@@ -48,5 +48,7 @@ def build_adapter(cfg: Mapping[str, Any]) -> Adapter:
     if name not in ADAPTERS:
         raise ValueError(f"unknown adapter {name!r}; choose one of {sorted(ADAPTERS)}")
     adapter_type = ADAPTERS[name]
-    options = parse_options(adapter_type.options_type, {key: value for key, value in cfg.items() if key != "name"}, name)
+    options = parse_options(
+        adapter_type.options_type, {key: value for key, value in cfg.items() if key != "name"}, name
+    )
     return adapter_type(options)

@@ -43,8 +43,9 @@ class SubsetAdapter(Adapter):
             parameter.requires_grad_(self._trains(parameter_name))
         return model
 
-    def _save_adapter(self, model: nn.Module, directory: Path, base_model_name: str | None,
-                      head_names: Sequence[str]) -> None:
+    def _save_adapter(
+        self, model: nn.Module, directory: Path, base_model_name: str | None, head_names: Sequence[str]
+    ) -> None:
         head_prefixes = tuple(f"{head}." for head in head_names)
         # named_parameters() skips tied duplicates, which safetensors could not store twice.
         state = {

@@ -19,8 +19,12 @@ log = logging.getLogger(__name__)
 
 def format_parameter_table(adapter_name: str, counts: dict[str, int]) -> str:
     total = max(counts["total"], 1)
-    rows = [("adapter (" + adapter_name + ")", counts["adapter"]), ("head", counts["head"]),
-            ("trainable", counts["trainable"]), ("total", counts["total"])]
+    rows = [
+        ("adapter (" + adapter_name + ")", counts["adapter"]),
+        ("head", counts["head"]),
+        ("trainable", counts["trainable"]),
+        ("total", counts["total"]),
+    ]
     lines = [f"{'parameters':<24}{'count':>14}{'% of model':>12}"]
     lines += [f"{label:<24}{value:>14,}{100 * value / total:>11.4f}%" for label, value in rows]
     return "\n".join(lines)
@@ -56,8 +60,9 @@ def gathered_parameters(trainer: L.Trainer):
         return contextlib.nullcontext()
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    return FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False, rank0_only=True,
-                                                       offload_to_cpu=True)
+    return FullyShardedDataParallel.summon_full_params(
+        trainer.strategy.model, writeback=False, rank0_only=True, offload_to_cpu=True
+    )
 
 
 class AdapterCallback(L.Callback):
@@ -87,8 +92,9 @@ class AdapterCallback(L.Callback):
 
     def save(self, pl_module: L.LightningModule, kind: str) -> Path:
         """Write the adapter and heads of `pl_module` to `<directory>/<kind>`."""
-        self.adapter.save(pl_module.model, self.directory / kind, pl_module.head_modules,
-                          base_model_name=self.base_model_name)
+        self.adapter.save(
+            pl_module.model, self.directory / kind, pl_module.head_modules, base_model_name=self.base_model_name
+        )
         return self.directory / kind
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -111,9 +117,12 @@ class RNGStateCallback(L.Callback):
 
     def state_dict(self) -> dict:
         kind, keys, position, has_gauss, cached = np.random.get_state()
-        return {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        return {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         torch.set_rng_state(state_dict["torch"])

@@ -50,10 +50,19 @@ def log_image(trainer: L.Trainer, key: str, image: Image.Image, step: int) -> No
 class SamplingCallback(L.Callback):
     """Every `every_n_steps` optimizer steps (0 = only at the end), at the start if `at_start`, and at the end."""
 
-    def __init__(self, prompts: Sequence[str], seeds: Sequence[int], every_n_steps: int, at_start: bool = True,
-                 folder: str = "samples", **generation: Any):
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        every_n_steps: int,
+        at_start: bool = True,
+        folder: str = "samples",
+        **generation: Any,
+    ):
         if not prompts or not seeds:
-            raise ValueError("sampling.prompts and sampling.seeds must be non-empty lists (or set sampling.enabled=false).")
+            raise ValueError(
+                "sampling.prompts and sampling.seeds must be non-empty lists (or set sampling.enabled=false)."
+            )
         self.prompts = list(prompts)
         self.seeds = [int(seed) for seed in seeds]
         self.every_n_steps = int(every_n_steps)
@@ -80,8 +89,9 @@ class SamplingCallback(L.Callback):
         grid = image_grid(images, len(self.prompts), len(self.seeds))
         grid_path = root / f"step_{step:06d}.png"
         grid.save(grid_path)
-        (root / "prompts.json").write_text(json.dumps({"prompts": self.prompts, "seeds": self.seeds,
-                                                       **self.generation}, indent=2) + "\n")
+        (root / "prompts.json").write_text(
+            json.dumps({"prompts": self.prompts, "seeds": self.seeds, **self.generation}, indent=2) + "\n"
+        )
         self.written.append(grid_path)
         log_image(trainer, "samples", grid, step)
         log.info("Samples at step %d: %s", step, grid_path)
@@ -121,8 +131,12 @@ class DiffusionExportCallback(L.Callback):
         merged.unet.save_pretrained(str(out / "merged_unet"))
         if getattr(merged, "text_encoder", None) is not None:
             merged.text_encoder.save_pretrained(str(out / "merged_text_encoder"))
-        info = {**self.export_info, "adapter": adapter.name, "global_step": trainer.global_step,
-                "merged_unet": "merged_unet",
-                "merged_text_encoder": "merged_text_encoder" if getattr(merged, "text_encoder", None) is not None else None}
+        info = {
+            **self.export_info,
+            "adapter": adapter.name,
+            "global_step": trainer.global_step,
+            "merged_unet": "merged_unet",
+            "merged_text_encoder": "merged_text_encoder" if getattr(merged, "text_encoder", None) is not None else None,
+        }
         (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
         log.info("Merged UNet written to %s (load it with UNet2DConditionModel.from_pretrained)", out / "merged_unet")

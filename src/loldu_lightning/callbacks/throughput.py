@@ -43,8 +43,18 @@ class Throughput(ThroughputMonitor):
             return
         rates = self._throughputs[RunningStage.TRAINING].compute()  # rates appear once the window is full
         if "device/samples_per_sec" in rates:
-            pl_module.log("throughput/samples_per_sec", rates["device/samples_per_sec"], prog_bar=True, logger=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "throughput/samples_per_sec",
+                rates["device/samples_per_sec"],
+                prog_bar=True,
+                logger=False,
+                rank_zero_only=True,
+            )
         if "device/items_per_sec" in rates:
-            pl_module.log("throughput/tokens_per_sec", rates["device/items_per_sec"], prog_bar=True, logger=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "throughput/tokens_per_sec",
+                rates["device/items_per_sec"],
+                prog_bar=True,
+                logger=False,
+                rank_zero_only=True,
+            )

@@ -32,8 +32,10 @@ def list_images(folder: str | Path, what: str, key: str) -> list[Path]:
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         found = sorted(p.name for p in folder.iterdir())[:10]
-        raise ValueError(f"{what} folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}); it has "
-                         f"{found or 'nothing'}. Put the photos there or point {key} at the folder that has them.")
+        raise ValueError(
+            f"{what} folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}); it has "
+            f"{found or 'nothing'}. Put the photos there or point {key} at the folder that has them."
+        )
     return images
 
 
@@ -44,8 +46,10 @@ def check_images(paths: Sequence[Path]) -> None:
             with Image.open(path) as image:
                 image.load()
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"cannot read image {str(path)!r} ({type(error).__name__}: {error}); "
-                             "delete it or re-save it as JPEG/PNG.") from error
+            raise ValueError(
+                f"cannot read image {str(path)!r} ({type(error).__name__}: {error}); "
+                "delete it or re-save it as JPEG/PNG."
+            ) from error
 
 
 def read_subject_classes(path: str | Path) -> dict[str, str]:
@@ -82,8 +86,9 @@ def evaluation_prompts(prompts_file: str | Path, class_name: str) -> list[str]:
     return lists["live" if class_name in LIVE_CLASSES else "objects"]
 
 
-def resolve_subject(instance_dir: str | None, root: str | None, subject: str | None,
-                    class_name: str | None) -> tuple[Path, str]:
+def resolve_subject(
+    instance_dir: str | None, root: str | None, subject: str | None, class_name: str | None
+) -> tuple[Path, str]:
     """(instance folder, class name): `data.instance_dir`, or `data.root`/`data.subject`; the class from
     `data.class_name` or the DreamBooth table beside the subject folders."""
     if instance_dir:
@@ -91,16 +96,20 @@ def resolve_subject(instance_dir: str | None, root: str | None, subject: str | N
     elif root and subject:
         folder = Path(root).expanduser() / subject
     else:
-        raise ValueError("No subject photos: set data.instance_dir=<folder of photos>, or data.root=<DreamBooth "
-                         "dataset folder> data.subject=<subject folder name> (e.g. data.root=../shared/data/dreambooth "
-                         "data.subject=dog).")
+        raise ValueError(
+            "No subject photos: set data.instance_dir=<folder of photos>, or data.root=<DreamBooth "
+            "dataset folder> data.subject=<subject folder name> (e.g. data.root=../shared/data/dreambooth "
+            "data.subject=dog)."
+        )
     if class_name:
         return folder, str(class_name)
     table = folder.parent / CLASSES_FILE
     classes = read_subject_classes(table) if table.is_file() else {}
     if folder.name not in classes:
-        raise ValueError(f"No class name for subject {folder.name!r} ({table} {'lacks it' if table.is_file() else 'is missing'}); "
-                         "set data.class_name=<class>, e.g. data.class_name=dog.")
+        raise ValueError(
+            f"No class name for subject {folder.name!r} ({table} {'lacks it' if table.is_file() else 'is missing'}); "
+            "set data.class_name=<class>, e.g. data.class_name=dog."
+        )
     return folder, classes[folder.name]
 
 
@@ -110,8 +119,10 @@ def format_prompt(template: str, token: str, class_name: str) -> str:
 
 def image_transform(resolution: int, center_crop: bool, random_flip: bool) -> Callable[[Image.Image], torch.Tensor]:
     """DreamBooth's preprocessing: shorter side to `resolution`, crop, [-1, 1]."""
-    steps = [transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-             transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution)]
+    steps = [
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution),
+    ]
     if random_flip:
         steps.append(transforms.RandomHorizontalFlip())
     steps += [transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]
@@ -125,8 +136,14 @@ class SubjectDataset(Dataset):
     image is seen once per epoch and instance photos cycle.
     """
 
-    def __init__(self, instance_images: Sequence[Path], instance_ids: torch.Tensor, transform: Callable,
-                 class_images: Sequence[Path] = (), class_ids: torch.Tensor | None = None):
+    def __init__(
+        self,
+        instance_images: Sequence[Path],
+        instance_ids: torch.Tensor,
+        transform: Callable,
+        class_images: Sequence[Path] = (),
+        class_ids: torch.Tensor | None = None,
+    ):
         self.instance_images = list(instance_images)
         self.class_images = list(class_images)
         self.instance_ids = instance_ids
@@ -141,8 +158,10 @@ class SubjectDataset(Dataset):
             return self.transform(image.convert("RGB"))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {"instance_pixels": self._load(self.instance_images[index % len(self.instance_images)]),
-                "instance_ids": self.instance_ids}
+        item = {
+            "instance_pixels": self._load(self.instance_images[index % len(self.instance_images)]),
+            "instance_ids": self.instance_ids,
+        }
         if self.class_images:
             item["class_pixels"] = self._load(self.class_images[index % len(self.class_images)])
             item["class_ids"] = self.class_ids
@@ -158,16 +177,29 @@ def collate_subject(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pixels += [item["class_pixels"] for item in items]
         ids += [item["class_ids"] for item in items]
         prior += [True] * len(items)
-    return {"pixel_values": torch.stack(pixels).contiguous(), "input_ids": torch.stack(ids),
-            "is_prior": torch.tensor(prior)}
+    return {
+        "pixel_values": torch.stack(pixels).contiguous(),
+        "input_ids": torch.stack(ids),
+        "is_prior": torch.tensor(prior),
+    }
 
 
 class SubjectDataModule(L.LightningDataModule):
     """Training batches of subject (+ class) images; validation = the subject photos, centre-cropped."""
 
-    def __init__(self, instance_images: Sequence[Path], instance_prompt: str, tokenizer: Any, resolution: int,
-                 batch_size: int = 1, num_workers: int = 0, center_crop: bool = True, random_flip: bool = False,
-                 class_images: Sequence[Path] = (), class_prompt: str | None = None):
+    def __init__(
+        self,
+        instance_images: Sequence[Path],
+        instance_prompt: str,
+        tokenizer: Any,
+        resolution: int,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        center_crop: bool = True,
+        random_flip: bool = False,
+        class_images: Sequence[Path] = (),
+        class_prompt: str | None = None,
+    ):
         super().__init__()
         self.instance_images = list(instance_images)
         self.class_images = list(class_images)
@@ -183,20 +215,39 @@ class SubjectDataModule(L.LightningDataModule):
         self.val_set: SubjectDataset | None = None
 
     def tokenize(self, prompt: str) -> torch.Tensor:
-        return self.tokenizer(prompt, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
-                              return_tensors="pt").input_ids[0]
+        return self.tokenizer(
+            prompt,
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids[0]
 
     def setup(self, stage: str | None = None) -> None:
         instance_ids = self.tokenize(self.instance_prompt)
         class_ids = self.tokenize(self.class_prompt) if self.class_images else None
         train_transform = image_transform(self.resolution, self.center_crop, self.random_flip)
-        self.train_set = SubjectDataset(self.instance_images, instance_ids, train_transform, self.class_images, class_ids)
+        self.train_set = SubjectDataset(
+            self.instance_images, instance_ids, train_transform, self.class_images, class_ids
+        )
         self.val_set = SubjectDataset(self.instance_images, instance_ids, image_transform(self.resolution, True, False))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          collate_fn=collate_subject, drop_last=False, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=collate_subject,
+            drop_last=False,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=collate_subject)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_subject,
+        )

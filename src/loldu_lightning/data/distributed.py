@@ -18,5 +18,6 @@ def eval_sampler(dataset: Dataset, trainer) -> Sampler | None:
         return None
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
-    return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                        shuffle=False)
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )

@@ -30,11 +30,11 @@ class GlueTaskInfo:
     """Everything that differs between GLUE tasks: files, columns, labels, metrics."""
 
     name: str
-    directory: str                   # folder name in the GLUE release, e.g. "SST-2"
-    text_columns: tuple[str, str | None]        # TSV header names
-    hf_text_columns: tuple[str, str | None]     # Hugging Face `glue` column names
+    directory: str  # folder name in the GLUE release, e.g. "SST-2"
+    text_columns: tuple[str, str | None]  # TSV header names
+    hf_text_columns: tuple[str, str | None]  # Hugging Face `glue` column names
     label_column: str
-    labels: tuple[str, ...] | None   # label strings in class-index order; None = regression
+    labels: tuple[str, ...] | None  # label strings in class-index order; None = regression
     metrics: tuple[str, ...]
     val_splits: tuple[str, ...] = ("validation",)
     header: bool = True
@@ -52,37 +52,92 @@ class GlueTaskInfo:
 GLUE_TASKS: dict[str, GlueTaskInfo] = {
     info.name: info
     for info in (
-        GlueTaskInfo("cola", "CoLA", ("sentence", None), ("sentence", None), "label", ("0", "1"),
-                     ("mcc", "accuracy"), header=False,
-                     fieldnames=("source", "label", "original_label", "sentence")),
-        GlueTaskInfo("sst2", "SST-2", ("sentence", None), ("sentence", None), "label", ("0", "1"),
-                     ("accuracy",)),
-        GlueTaskInfo("mrpc", "MRPC", ("#1 String", "#2 String"), ("sentence1", "sentence2"), "Quality",
-                     ("0", "1"), ("accuracy", "f1")),
-        GlueTaskInfo("qqp", "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate",
-                     ("0", "1"), ("accuracy", "f1")),
-        GlueTaskInfo("stsb", "STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score",
-                     None, ("pearson", "spearman")),
-        GlueTaskInfo("mnli", "MNLI", ("sentence1", "sentence2"), ("premise", "hypothesis"), "gold_label",
-                     ("entailment", "neutral", "contradiction"), ("accuracy",),
-                     val_splits=("validation_matched", "validation_mismatched")),
-        GlueTaskInfo("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label",
-                     ("entailment", "not_entailment"), ("accuracy",)),
-        GlueTaskInfo("rte", "RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label",
-                     ("entailment", "not_entailment"), ("accuracy",)),
+        GlueTaskInfo(
+            "cola",
+            "CoLA",
+            ("sentence", None),
+            ("sentence", None),
+            "label",
+            ("0", "1"),
+            ("mcc", "accuracy"),
+            header=False,
+            fieldnames=("source", "label", "original_label", "sentence"),
+        ),
+        GlueTaskInfo("sst2", "SST-2", ("sentence", None), ("sentence", None), "label", ("0", "1"), ("accuracy",)),
+        GlueTaskInfo(
+            "mrpc",
+            "MRPC",
+            ("#1 String", "#2 String"),
+            ("sentence1", "sentence2"),
+            "Quality",
+            ("0", "1"),
+            ("accuracy", "f1"),
+        ),
+        GlueTaskInfo(
+            "qqp",
+            "QQP",
+            ("question1", "question2"),
+            ("question1", "question2"),
+            "is_duplicate",
+            ("0", "1"),
+            ("accuracy", "f1"),
+        ),
+        GlueTaskInfo(
+            "stsb",
+            "STS-B",
+            ("sentence1", "sentence2"),
+            ("sentence1", "sentence2"),
+            "score",
+            None,
+            ("pearson", "spearman"),
+        ),
+        GlueTaskInfo(
+            "mnli",
+            "MNLI",
+            ("sentence1", "sentence2"),
+            ("premise", "hypothesis"),
+            "gold_label",
+            ("entailment", "neutral", "contradiction"),
+            ("accuracy",),
+            val_splits=("validation_matched", "validation_mismatched"),
+        ),
+        GlueTaskInfo(
+            "qnli",
+            "QNLI",
+            ("question", "sentence"),
+            ("question", "sentence"),
+            "label",
+            ("entailment", "not_entailment"),
+            ("accuracy",),
+        ),
+        GlueTaskInfo(
+            "rte",
+            "RTE",
+            ("sentence1", "sentence2"),
+            ("sentence1", "sentence2"),
+            "label",
+            ("entailment", "not_entailment"),
+            ("accuracy",),
+        ),
     )
 }
 
 # The GLUE release names the dev files after the split; MNLI has two.
-_TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv",
-              "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"}
+_TSV_FILES = {
+    "train": "train.tsv",
+    "validation": "dev.tsv",
+    "validation_matched": "dev_matched.tsv",
+    "validation_mismatched": "dev_mismatched.tsv",
+}
 
 
 def glue_task(name: str) -> GlueTaskInfo:
     try:
         return GLUE_TASKS[name]
     except KeyError:
-        raise ValueError(f"Unknown GLUE task {name!r}; choose one of {sorted(GLUE_TASKS)} (task=glue/<name>).") from None
+        raise ValueError(
+            f"Unknown GLUE task {name!r}; choose one of {sorted(GLUE_TASKS)} (task=glue/<name>)."
+        ) from None
 
 
 Example = tuple[str, str | None, float | int]
@@ -94,11 +149,13 @@ def read_glue_tsv(path: Path, info: GlueTaskInfo) -> list[Example]:
         raise FileNotFoundError(
             f"GLUE file {path} not found. data.data_dir must be a folder with the GLUE release's files for "
             f"{info.name} ({info.directory}/: train.tsv and {', '.join(_TSV_FILES[s] for s in info.val_splits)}); "
-            "or set data.data_dir=null to use the Hugging Face `glue` dataset (needs the hub).")
+            "or set data.data_dir=null to use the Hugging Face `glue` dataset (needs the hub)."
+        )
     examples = []
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE,
-                                fieldnames=None if info.header else info.fieldnames)
+        reader = csv.DictReader(
+            handle, delimiter="\t", quoting=csv.QUOTE_NONE, fieldnames=None if info.header else info.fieldnames
+        )
         first, second = info.text_columns
         for row in reader:
             text_a, label = row.get(first), row.get(info.label_column)
@@ -107,8 +164,9 @@ def read_glue_tsv(path: Path, info: GlueTaskInfo) -> list[Example]:
                 continue  # the GLUE release has a few truncated rows (QQP); skipping them is standard
             examples.append((text_a, text_b, _encode_label(label, info, path)))
     if not examples:
-        raise ValueError(f"{path} holds no {info.name} examples: expected columns {info.text_columns} and "
-                         f"{info.label_column!r}.")
+        raise ValueError(
+            f"{path} holds no {info.name} examples: expected columns {info.text_columns} and {info.label_column!r}."
+        )
     return examples
 
 
@@ -130,7 +188,8 @@ def load_hf_glue(info: GlueTaskInfo, split: str) -> list[Example]:
         raise FileNotFoundError(
             f"Could not load the Hugging Face `glue/{info.name}` dataset ({type(error).__name__}: {error}). "
             f"Offline? Point data.data_dir at a folder with the GLUE TSV files ({info.directory}/train.tsv, "
-            "dev.tsv), e.g. data.data_dir=../shared/data/glue/" + info.directory) from error
+            "dev.tsv), e.g. data.data_dir=../shared/data/glue/" + info.directory
+        ) from error
     first, second = info.hf_text_columns
     return [(row[first], row[second] if second else None, row["label"]) for row in dataset]
 
@@ -154,10 +213,20 @@ class TokenizedExamples(Dataset):
 class GlueDataModule(L.LightningDataModule):
     """One GLUE task; `val_dataloader` returns one loader per dev split (two for MNLI)."""
 
-    def __init__(self, task_name: str, tokenizer: PreTrainedTokenizerBase, data_dir: str | None = None,
-                 max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0, train_limit: int | None = None, val_limit: int | None = None,
-                 seed: int = 0, group_by_length: bool = True):
+    def __init__(
+        self,
+        task_name: str,
+        tokenizer: PreTrainedTokenizerBase,
+        data_dir: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+        seed: int = 0,
+        group_by_length: bool = True,
+    ):
         super().__init__()
         self.info = glue_task(task_name)
         self.tokenizer = tokenizer
@@ -180,13 +249,15 @@ class GlueDataModule(L.LightningDataModule):
         if not self.data_dir.is_dir():
             raise FileNotFoundError(
                 f"data.data_dir={self.data_dir} does not exist. Point it at the GLUE folder for {self.info.name} "
-                f"(with train.tsv and dev.tsv), e.g. data.data_dir=../shared/data/glue/{self.info.directory}.")
+                f"(with train.tsv and dev.tsv), e.g. data.data_dir=../shared/data/glue/{self.info.directory}."
+            )
         for split in ("train", *self.info.val_splits):
             if not (self.data_dir / _TSV_FILES[split]).is_file():
                 raise FileNotFoundError(
                     f"{self.data_dir / _TSV_FILES[split]} not found: data.data_dir must hold the GLUE release's "
                     f"files for {self.info.name}: train.tsv and "
-                    f"{', '.join(_TSV_FILES[s] for s in self.info.val_splits)}.")
+                    f"{', '.join(_TSV_FILES[s] for s in self.info.val_splits)}."
+                )
 
     def _examples(self, split: str) -> list[Example]:
         if self.data_dir is not None:
@@ -214,14 +285,31 @@ class GlueDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         train = self.datasets["train"]
         # Batches of similar lengths (still shuffled) pad far less: SST-2 trains about twice as fast.
-        sampler = LengthGroupedSampler(self.batch_size, lengths=[len(ids) for ids in train.encodings["input_ids"]]) \
-            if self.group_by_length else None
-        return DataLoader(train, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
-                          collate_fn=self.collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        sampler = (
+            LengthGroupedSampler(self.batch_size, lengths=[len(ids) for ids in train.encodings["input_ids"]])
+            if self.group_by_length
+            else None
+        )
+        return DataLoader(
+            train,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False,
-                           sampler=eval_sampler(self.datasets[split], self.trainer), collate_fn=self.collate, num_workers=self.num_workers,
-                           persistent_workers=self.num_workers > 0)
-                for split in self.info.val_splits]
+        return [
+            DataLoader(
+                self.datasets[split],
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                sampler=eval_sampler(self.datasets[split], self.trainer),
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+            for split in self.info.val_splits
+        ]

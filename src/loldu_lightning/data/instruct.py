@@ -39,10 +39,12 @@ IGNORE_INDEX = -100  # the label value that torch's cross-entropy (and transform
 ALPACA_PROMPT_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
 ALPACA_PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n")
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
 PROMPT_FORMATS = ("alpaca", "chat")
 REQUIRED_FIELDS = ("instruction", "output")
 
@@ -57,7 +59,8 @@ class Record:
 def _bad_record(where: str, problem: str) -> ValueError:
     return ValueError(
         f"{where} {problem}. Every record needs string fields 'instruction' and 'output' ('input' is optional), "
-        "as in Stanford Alpaca's alpaca_data.json; fix the record or point data.path at another file.")
+        "as in Stanford Alpaca's alpaca_data.json; fix the record or point data.path at another file."
+    )
 
 
 def parse_records(rows: Sequence[Any], source: str) -> list[Record]:
@@ -77,8 +80,10 @@ def parse_records(rows: Sequence[Any], source: str) -> list[Record]:
             raise _bad_record(where, f"has a non-string 'input' ({type(extra).__name__})")
         records.append(Record(row["instruction"], extra, row["output"]))
     if not records:
-        raise ValueError(f"{source} holds no records; data.path must be a JSON list or JSONL file of "
-                         "{instruction, input, output} records.")
+        raise ValueError(
+            f"{source} holds no records; data.path must be a JSON list or JSONL file of "
+            "{instruction, input, output} records."
+        )
     return records
 
 
@@ -90,7 +95,8 @@ def read_records(path: str | Path) -> list[Record]:
         raise FileNotFoundError(
             f"data.path={path} does not exist{hint}. Point data.path at an Alpaca-style JSON or JSONL file "
             "(e.g. data.path=../shared/data/alpaca/alpaca_5000.json), or set data.path=null and "
-            "data.hf_dataset=yahma/alpaca-cleaned to use the Hugging Face dataset (needs the hub).")
+            "data.hf_dataset=yahma/alpaca-cleaned to use the Hugging Face dataset (needs the hub)."
+        )
     text = path.read_text(encoding="utf-8")
     try:
         rows = json.loads(text)
@@ -102,8 +108,10 @@ def read_records(path: str | Path) -> list[Record]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is neither a JSON list file nor valid JSON Lines ({error}); "
-                                 "fix the file or point data.path at another one.") from None
+                raise ValueError(
+                    f"{path}:{number} is neither a JSON list file nor valid JSON Lines ({error}); "
+                    "fix the file or point data.path at another one."
+                ) from None
     if isinstance(rows, Mapping):
         rows = [rows]
     return parse_records(rows, str(path))
@@ -117,7 +125,8 @@ def load_hf_records(name: str, split: str = "train") -> list[Record]:
     except Exception as error:  # datasets raises many types when offline; one message says what to do
         raise FileNotFoundError(
             f"Could not load the Hugging Face dataset {name!r} ({type(error).__name__}: {error}). Offline? Set "
-            "data.path=<an Alpaca JSON/JSONL file>, e.g. data.path=../shared/data/alpaca/alpaca_5000.json.") from error
+            "data.path=<an Alpaca JSON/JSONL file>, e.g. data.path=../shared/data/alpaca/alpaca_5000.json."
+        ) from error
     return parse_records(list(dataset), f"hf:{name}")
 
 
@@ -130,8 +139,9 @@ def resolve_val_size(val_size: int | float | None, total: int) -> int:
     elif isinstance(val_size, (int, float)) and float(val_size).is_integer() and val_size >= 1:
         count = int(val_size)
     else:
-        raise ValueError(f"data.val_size={val_size!r}: use a count (e.g. 100), a fraction in (0, 1), or null for 2% "
-                         "capped at 2,000.")
+        raise ValueError(
+            f"data.val_size={val_size!r}: use a count (e.g. 100), a fraction in (0, 1), or null for 2% capped at 2,000."
+        )
     if count >= total:
         raise ValueError(f"data.val_size={val_size!r} leaves no training examples out of {total}; make it smaller.")
     return count
@@ -152,16 +162,24 @@ def render_prompt(record: Record, prompt_format: str, tokenizer: PreTrainedToken
         return template.format(instruction=record.instruction, input=record.input)
     if prompt_format == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("data.prompt_format=chat needs a tokenizer with a chat template, and this one has none; "
-                             "use data.prompt_format=alpaca.")
+            raise ValueError(
+                "data.prompt_format=chat needs a tokenizer with a chat template, and this one has none; "
+                "use data.prompt_format=alpaca."
+            )
         content = f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
     raise ValueError(f"data.prompt_format={prompt_format!r} is not allowed; choose one of {list(PROMPT_FORMATS)}.")
 
 
-def encode_example(record: Record, tokenizer: PreTrainedTokenizerBase, prompt_format: str, max_length: int,
-                   train_on_inputs: bool = False) -> dict[str, list[int]] | None:
+def encode_example(
+    record: Record,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_format: str,
+    max_length: int,
+    train_on_inputs: bool = False,
+) -> dict[str, list[int]] | None:
     """Token ids and labels of one record, or None when truncation would leave it without labels."""
     prompt = render_prompt(record, prompt_format, tokenizer)
     # The chat template writes its own special tokens; the Alpaca prompt gets the tokenizer's BOS, if any.
@@ -199,8 +217,10 @@ class CausalLMCollator:
     def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)
         fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
-        return {key: torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features], dtype=torch.long)
-                for key, value in fill.items()}
+        return {
+            key: torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features], dtype=torch.long)
+            for key, value in fill.items()
+        }
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -211,23 +231,43 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 class InstructDataModule(L.LightningDataModule):
     """Alpaca-style instruction data: a seeded validation split, response-only labels, length-grouped batches."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, path: str | None = None, hf_dataset: str | None = None,
-                 prompt_format: str = "alpaca", train_on_inputs: bool = False, max_length: int = 256,
-                 val_size: int | float | None = None, batch_size: int = 4, eval_batch_size: int | None = None,
-                 num_workers: int = 0, train_limit: int | None = None, val_limit: int | None = None, seed: int = 42,
-                 group_by_length: bool = True):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        path: str | None = None,
+        hf_dataset: str | None = None,
+        prompt_format: str = "alpaca",
+        train_on_inputs: bool = False,
+        max_length: int = 256,
+        val_size: int | float | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+        seed: int = 42,
+        group_by_length: bool = True,
+    ):
         super().__init__()
         if prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"data.prompt_format={prompt_format!r} is not allowed; choose one of {list(PROMPT_FORMATS)}.")
+            raise ValueError(
+                f"data.prompt_format={prompt_format!r} is not allowed; choose one of {list(PROMPT_FORMATS)}."
+            )
         if path in (None, "") and not hf_dataset:
-            raise ValueError("Neither data.path nor data.hf_dataset is set: point data.path at an Alpaca JSON/JSONL "
-                             "file (e.g. ../shared/data/alpaca/alpaca_5000.json) or name a hub dataset "
-                             "(data.hf_dataset=yahma/alpaca-cleaned).")
+            raise ValueError(
+                "Neither data.path nor data.hf_dataset is set: point data.path at an Alpaca JSON/JSONL "
+                "file (e.g. ../shared/data/alpaca/alpaca_5000.json) or name a hub dataset "
+                "(data.hf_dataset=yahma/alpaca-cleaned)."
+            )
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"The tokenizer {type(tokenizer).__name__} has no EOS token, which ends every response; "
-                             "use the model's own tokenizer (model.tokenizer=null).")
+            raise ValueError(
+                f"The tokenizer {type(tokenizer).__name__} has no EOS token, which ends every response; "
+                "use the model's own tokenizer (model.tokenizer=null)."
+            )
         if max_length < 2:
-            raise ValueError(f"data.max_length={max_length} is too short for a prompt and a response; the paper uses 256.")
+            raise ValueError(
+                f"data.max_length={max_length} is too short for a prompt and a response; the paper uses 256."
+            )
         self.tokenizer = tokenizer
         self.path = None if path in (None, "") else Path(path).expanduser()
         self.hf_dataset = hf_dataset
@@ -253,8 +293,10 @@ class InstructDataModule(L.LightningDataModule):
             records = read_records(self.path) if self.path is not None else load_hf_records(self.hf_dataset)
             train, val = split_records(records, self.val_size, self.seed)
             # limits take the head of already shuffled splits, so they stay seeded samples
-            self._records = (train[:self.train_limit] if self.train_limit else train,
-                             val[:self.val_limit] if self.val_limit else val)
+            self._records = (
+                train[: self.train_limit] if self.train_limit else train,
+                val[: self.val_limit] if self.val_limit else val,
+            )
         return self._records
 
     def check_data(self) -> None:
@@ -262,16 +304,26 @@ class InstructDataModule(L.LightningDataModule):
         self.records()
 
     def _encode(self, records: list[Record], split: str) -> EncodedExamples:
-        encoded = [encode_example(r, self.tokenizer, self.prompt_format, self.max_length, self.train_on_inputs)
-                   for r in records]
+        encoded = [
+            encode_example(r, self.tokenizer, self.prompt_format, self.max_length, self.train_on_inputs)
+            for r in records
+        ]
         kept = [example for example in encoded if example is not None]
         self.dropped[split] = len(encoded) - len(kept)
         if self.dropped[split]:
-            log.warning("%s: dropped %d of %d examples whose prompt alone fills data.max_length=%d (no response "
-                        "token left to learn from)", split, self.dropped[split], len(encoded), self.max_length)
+            log.warning(
+                "%s: dropped %d of %d examples whose prompt alone fills data.max_length=%d (no response "
+                "token left to learn from)",
+                split,
+                self.dropped[split],
+                len(encoded),
+                self.max_length,
+            )
         if not kept:
-            raise ValueError(f"Every {split} example was dropped: the prompts are longer than data.max_length="
-                             f"{self.max_length}; raise data.max_length.")
+            raise ValueError(
+                f"Every {split} example was dropped: the prompts are longer than data.max_length="
+                f"{self.max_length}; raise data.max_length."
+            )
         return EncodedExamples(kept)
 
     def setup(self, stage: str | None = None) -> None:
@@ -282,9 +334,14 @@ class InstructDataModule(L.LightningDataModule):
             self.datasets["train"] = self._encode(train, "train")
         self.datasets["validation"] = self._encode(val, "validation")
         tokens = {split: sum(data.lengths) for split, data in self.datasets.items()}
-        log.info("Instruction data: %s examples, %s tokens (max_length %d, prompt %s, train_on_inputs %s)",
-                 {s: len(d) for s, d in self.datasets.items()}, tokens, self.max_length, self.prompt_format,
-                 self.train_on_inputs)
+        log.info(
+            "Instruction data: %s examples, %s tokens (max_length %d, prompt %s, train_on_inputs %s)",
+            {s: len(d) for s, d in self.datasets.items()},
+            tokens,
+            self.max_length,
+            self.prompt_format,
+            self.train_on_inputs,
+        )
 
     def validation_prompts(self, count: int) -> list[str]:
         """The prompts of the first `count` validation records: a fixed set for generation samples."""
@@ -295,14 +352,25 @@ class InstructDataModule(L.LightningDataModule):
         # Shuffled batches of similar lengths: Alpaca outputs range from one word to pages, so this
         # removes most of the padding.
         sampler = LengthGroupedSampler(self.batch_size, lengths=train.lengths) if self.group_by_length else None
-        return DataLoader(train, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
-                          collate_fn=self.collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            train,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, shuffle=False,
-                          collate_fn=self.collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.datasets["validation"],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
 
 def perplexity(loss: float) -> float:

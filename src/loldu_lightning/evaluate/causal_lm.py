@@ -40,18 +40,37 @@ class LoadedModel:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", help="a finished task=instruct/... run directory (its .hydra/config.yaml and "
-                                          "adapter/best); eval.json is written there")
-    parser.add_argument("--adapter", help="an adapter folder (adapter_config.json + adapter_model.safetensors); with "
-                                          "--run-dir it replaces adapter/best")
-    parser.add_argument("--model", help="a model config (smollm2-135m, llama2-7b, tiny-llama) for --adapter or for "
-                                        "evaluating the base model alone")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override such as model.name_or_path=/path or data.val_limit=100 (repeatable)")
-    parser.add_argument("--output-dir", help="folder for eval.json (default: the run directory; for an adapter "
-                                             "folder inside a run, that run)")
-    parser.add_argument("--no-merge", action="store_true", help="evaluate with the adapter layers in place "
-                                                                "instead of merged into the weights")
+    parser.add_argument(
+        "--run-dir",
+        help="a finished task=instruct/... run directory (its .hydra/config.yaml and "
+        "adapter/best); eval.json is written there",
+    )
+    parser.add_argument(
+        "--adapter",
+        help="an adapter folder (adapter_config.json + adapter_model.safetensors); with "
+        "--run-dir it replaces adapter/best",
+    )
+    parser.add_argument(
+        "--model",
+        help="a model config (smollm2-135m, llama2-7b, tiny-llama) for --adapter or for "
+        "evaluating the base model alone",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override such as model.name_or_path=/path or data.val_limit=100 (repeatable)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        help="folder for eval.json (default: the run directory; for an adapter folder inside a run, that run)",
+    )
+    parser.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="evaluate with the adapter layers in place instead of merged into the weights",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
 
 
@@ -68,11 +87,15 @@ def _compose(model: str | None, overrides: list[str]) -> DictConfig:
 def _run_config(run_dir: Path, model: str | None, overrides: list[str]) -> DictConfig:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --run-dir must be a directory written by `python -m loldu_lightning "
-                                "task=instruct/...`; for an adapter folder use --adapter <folder> --model <config>.")
+        raise FileNotFoundError(
+            f"{path} not found: --run-dir must be a directory written by `python -m loldu_lightning "
+            "task=instruct/...`; for an adapter folder use --adapter <folder> --model <config>."
+        )
     if model:
-        raise ValueError("--model applies to --adapter folders and base models; a run directory names its own model "
-                         "(change it with --override model.name_or_path=...).")
+        raise ValueError(
+            "--model applies to --adapter folders and base models; a run directory names its own model "
+            "(change it with --override model.name_or_path=...)."
+        )
     cfg = OmegaConf.load(path)
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
@@ -83,8 +106,10 @@ def adapter_name_from_files(directory: Path) -> str:
     """The registry name of a saved adapter, read from its adapter_config.json (LoLDU, PEFT or subset layouts)."""
     path = directory / "adapter_config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --adapter must be a folder written by training (e.g. "
-                                "<run>/adapter/best) holding adapter_config.json and adapter_model.safetensors.")
+        raise FileNotFoundError(
+            f"{path} not found: --adapter must be a folder written by training (e.g. "
+            "<run>/adapter/best) holding adapter_config.json and adapter_model.safetensors."
+        )
     document = json.loads(path.read_text())
     name = document.get("method") or document.get("peft_type") or document.get("adapter_type")
     if not name:
@@ -97,8 +122,10 @@ def _find_adapter(run_dir: Path) -> Path:
         candidate = run_dir / "adapter" / name
         if (candidate / "adapter_config.json").is_file():
             return candidate
-    raise FileNotFoundError(f"{run_dir}/adapter/best (or last) not found: the run saved no adapter yet (it saves after "
-                            "each validation); pass --adapter <folder> to evaluate another one.")
+    raise FileNotFoundError(
+        f"{run_dir}/adapter/best (or last) not found: the run saved no adapter yet (it saves after "
+        "each validation); pass --adapter <folder> to evaluate another one."
+    )
 
 
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
@@ -109,15 +136,19 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else None
     adapter_dir = Path(args.adapter).expanduser() if args.adapter else None
     if run_dir is None and adapter_dir is None and not args.model:
-        raise ValueError("Say what to evaluate: --run-dir <run>, --adapter <folder> --model <config>, or --model "
-                         "<config> for the base model alone.")
+        raise ValueError(
+            "Say what to evaluate: --run-dir <run>, --adapter <folder> --model <config>, or --model "
+            "<config> for the base model alone."
+        )
     if run_dir is not None:
         cfg = _run_config(run_dir, args.model, list(args.override))
         adapter_dir = adapter_dir or (_find_adapter(run_dir) if cfg.adapter.name != "none" else None)
     else:
         if adapter_dir is not None and not args.model:
-            raise ValueError("--adapter needs --model <config> (smollm2-135m, llama2-7b, tiny-llama) naming its base "
-                             "model, or use --run-dir <run> so the run's config says it.")
+            raise ValueError(
+                "--adapter needs --model <config> (smollm2-135m, llama2-7b, tiny-llama) naming its base "
+                "model, or use --run-dir <run> so the run's config says it."
+            )
         cfg = _compose(args.model, list(args.override))
     output_dir = Path(args.output_dir).expanduser() if args.output_dir else run_dir
     if output_dir is None and adapter_dir is not None and (adapter_dir.parents[1] / "metrics.json").is_file():
@@ -128,8 +159,12 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     L.seed_everything(int(cfg.seed), verbose=False)  # a tiny random base model is rebuilt exactly as in training
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
-    description: dict[str, Any] = {"model": model_label(cfg.model), "adapter": None, "adapter_dir": None,
-                                   "merged": False}
+    description: dict[str, Any] = {
+        "model": model_label(cfg.model),
+        "adapter": None,
+        "adapter_dir": None,
+        "merged": False,
+    }
     if adapter_dir is not None:
         name = adapter_name_from_files(adapter_dir)
         options = OmegaConf.to_container(cfg.adapter, resolve=True) if cfg.adapter.name == name else {"name": name}

@@ -65,8 +65,10 @@ class FeatureCLIP(nn.Module):
 
 def _local(path: str | None, what: str, flag: str, example: str) -> Path:
     if not path:
-        raise ValueError(f"{what} needs a local model folder: pass {flag}=/path/to/{Path(example).name} (download it once with "
-                         f"huggingface-cli download {example} --local-dir /path/to/{Path(example).name}).")
+        raise ValueError(
+            f"{what} needs a local model folder: pass {flag}=/path/to/{Path(example).name} (download it once with "
+            f"huggingface-cli download {example} --local-dir /path/to/{Path(example).name})."
+        )
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{flag}={path!r} is not a model folder (no config.json); download {example} there.")
@@ -77,35 +79,41 @@ def load_clip(path: str | None, device: str = "cpu") -> tuple[FeatureCLIP, Any]:
     from transformers import CLIPModel, CLIPProcessor
 
     folder = _local(path, "CLIP-I and CLIP-T", "--clip-path", "openai/clip-vit-large-patch14")
-    return FeatureCLIP(CLIPModel.from_pretrained(str(folder)).eval().to(device)), CLIPProcessor.from_pretrained(str(folder))
+    return FeatureCLIP(CLIPModel.from_pretrained(str(folder)).eval().to(device)), CLIPProcessor.from_pretrained(
+        str(folder)
+    )
 
 
 def load_dino(path: str | None, device: str = "cpu") -> tuple[nn.Module, Any]:
     from transformers import AutoImageProcessor, ViTModel
 
     folder = _local(path, "DINO", "--dino-path", "facebook/dino-vits16")
-    return ViTModel.from_pretrained(str(folder), add_pooling_layer=False).eval().to(device), \
-        AutoImageProcessor.from_pretrained(str(folder))
+    return ViTModel.from_pretrained(str(folder), add_pooling_layer=False).eval().to(
+        device
+    ), AutoImageProcessor.from_pretrained(str(folder))
 
 
 @torch.no_grad()
-def dino_embeddings(images: Sequence[Image.Image], model: nn.Module, processor: Any, batch_size: int = 16) -> torch.Tensor:
+def dino_embeddings(
+    images: Sequence[Image.Image], model: nn.Module, processor: Any, batch_size: int = 16
+) -> torch.Tensor:
     """The [CLS] token of the last layer, DreamBooth's DINO embedding."""
     device = next(model.parameters()).device
     rows = []
     for start in range(0, len(images), batch_size):
-        pixels = processor(images=list(images[start:start + batch_size]), return_tensors="pt")["pixel_values"]
+        pixels = processor(images=list(images[start : start + batch_size]), return_tensors="pt")["pixel_values"]
         rows.append(model(pixel_values=pixels.to(device)).last_hidden_state[:, 0].float().cpu())
     return torch.cat(rows)
 
 
 @torch.no_grad()
-def clip_image_embeddings(images: Sequence[Image.Image], model: FeatureCLIP, processor: Any,
-                          batch_size: int = 16) -> torch.Tensor:
+def clip_image_embeddings(
+    images: Sequence[Image.Image], model: FeatureCLIP, processor: Any, batch_size: int = 16
+) -> torch.Tensor:
     device = next(model.parameters()).device
     rows = []
     for start in range(0, len(images), batch_size):
-        pixels = processor(images=list(images[start:start + batch_size]), return_tensors="pt")["pixel_values"]
+        pixels = processor(images=list(images[start : start + batch_size]), return_tensors="pt")["pixel_values"]
         rows.append(model.get_image_features(pixel_values=pixels.to(device)).float().cpu())
     return torch.cat(rows)
 
@@ -123,7 +131,7 @@ def clip_t(images: Sequence[Image.Image], prompts: Sequence[str], model: Feature
         raise ValueError(f"clip_t needs one prompt per image, got {len(images)} images and {len(prompts)} prompts")
     metric = CLIPScore(model_name_or_path=lambda: (model, processor))
     for start in range(0, len(images), 16):
-        metric.update([_uint8(image) for image in images[start:start + 16]], list(prompts[start:start + 16]))
+        metric.update([_uint8(image) for image in images[start : start + 16]], list(prompts[start : start + 16]))
     return float(metric.compute()) / 100.0
 
 
@@ -141,14 +149,26 @@ def load_pipeline(base: str, unet_dir: str | None, text_encoder_dir: str | None,
         extra["text_encoder"] = CLIPTextModel.from_pretrained(text_encoder_dir)
     if vae:
         vae_path = Path(vae).expanduser()
-        extra["vae"] = AutoencoderKL.from_pretrained(str(vae_path), subfolder="vae" if (vae_path / "vae").is_dir() else None)
-    pipeline = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False, **extra)
+        extra["vae"] = AutoencoderKL.from_pretrained(
+            str(vae_path), subfolder="vae" if (vae_path / "vae").is_dir() else None
+        )
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        base, safety_checker=None, requires_safety_checker=False, **extra
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device, dtype)
 
 
-def generate(pipeline, prompts: Sequence[str], num_images: int, seed: int, steps: int, guidance: float,
-             resolution: int, batch_size: int = 4) -> list[list[Image.Image]]:
+def generate(
+    pipeline,
+    prompts: Sequence[str],
+    num_images: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    resolution: int,
+    batch_size: int = 4,
+) -> list[list[Image.Image]]:
     """`num_images` images per prompt, seeds seed..seed+num_images-1 (CPU generators: device-independent)."""
     out = []
     for prompt in prompts:
@@ -156,8 +176,14 @@ def generate(pipeline, prompts: Sequence[str], num_images: int, seed: int, steps
         for first in range(0, num_images, batch_size):
             count = min(batch_size, num_images - first)
             generators = [torch.Generator().manual_seed(seed + first + i) for i in range(count)]
-            images += pipeline([prompt] * count, num_inference_steps=steps, guidance_scale=guidance,
-                               generator=generators, height=resolution, width=resolution).images
+            images += pipeline(
+                [prompt] * count,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generators,
+                height=resolution,
+                width=resolution,
+            ).images
         out.append(images)
     return out
 
@@ -172,7 +198,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="the rare token (default: the run's, else sks)")
     parser.add_argument("--dino-path", help="local folder of facebook/dino-vits16 (default: the run's eval.dino_path)")
     parser.add_argument("--clip-path", help="local folder of a CLIP model (default: the run's eval.clip_path)")
-    parser.add_argument("--prompts-file", help="DreamBooth's prompts_and_classes.txt (default: beside the subject folder)")
+    parser.add_argument(
+        "--prompts-file", help="DreamBooth's prompts_and_classes.txt (default: beside the subject folder)"
+    )
     parser.add_argument("--num-images", type=int, help="images per prompt (default: the run's eval.num_images, else 4)")
     parser.add_argument("--limit-prompts", type=int, help="only the first N prompts (quick checks)")
     parser.add_argument("--steps", type=int, help="inference steps (default: the run's sampling setting)")
@@ -192,8 +220,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.run_dir:
         path = Path(args.run_dir).expanduser() / "export.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: --run-dir must be a finished diffusion/subject run (export.json "
-                                    "and merged_unet/ are written when training ends), or pass --model instead.")
+            raise FileNotFoundError(
+                f"{path} is missing: --run-dir must be a finished diffusion/subject run (export.json "
+                "and merged_unet/ are written when training ends), or pass --model instead."
+            )
         info = json.loads(path.read_text())
     elif not args.model:
         raise ValueError("Pass --run-dir <finished diffusion run> or --model <diffusers pipeline folder>.")
@@ -207,7 +237,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "base_model": pick(args.model, info.get("base_model")),
         "vae": pick(args.vae, info.get("vae")),
         "unet": str(run_dir / info["merged_unet"]) if run_dir and not args.model and info.get("merged_unet") else None,
-        "text_encoder": str(run_dir / info["merged_text_encoder"]) if run_dir and not args.model and info.get("merged_text_encoder") else None,
+        "text_encoder": str(run_dir / info["merged_text_encoder"])
+        if run_dir and not args.model and info.get("merged_text_encoder")
+        else None,
         "instance_dir": pick(args.instance_dir, info.get("instance_dir")),
         "class_name": pick(args.class_name, info.get("class_name")),
         "token": pick(args.token, info.get("unique_token", "sks")),
@@ -222,7 +254,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "output_dir": pick(args.output_dir, str(run_dir) if run_dir else None),
     }
-    for key, flag in (("instance_dir", "--instance-dir"), ("class_name", "--class-name"), ("output_dir", "--output-dir")):
+    for key, flag in (
+        ("instance_dir", "--instance-dir"),
+        ("class_name", "--class-name"),
+        ("output_dir", "--output-dir"),
+    ):
         if not settings[key]:
             raise ValueError(f"{flag} is needed (it is only read from a run's export.json with --run-dir).")
     if not settings["prompts_file"]:
@@ -239,7 +275,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_images(real_paths)
     prompts_file = Path(s["prompts_file"]).expanduser()
     if not prompts_file.is_file():
-        raise FileNotFoundError(f"prompts file {prompts_file} not found; pass --prompts-file <DreamBooth prompts_and_classes.txt>.")
+        raise FileNotFoundError(
+            f"prompts file {prompts_file} not found; pass --prompts-file <DreamBooth prompts_and_classes.txt>."
+        )
     templates = evaluation_prompts(prompts_file, s["class_name"])[: args.limit_prompts or None]
     # metric models first: a missing folder fails before minutes of generation
     clip_model, clip_processor = load_clip(s["clip_path"], args.device)
@@ -248,11 +286,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pipeline = load_pipeline(s["base_model"], s["unet"], s["text_encoder"], s["vae"], args.device)
     pipeline.scheduler = sampling_scheduler(s["scheduler"], pipeline.scheduler)
     prompts = [format_prompt(t, s["token"], s["class_name"]) for t in templates]
-    per_prompt_images = generate(pipeline, prompts, s["num_images"], s["seed"], s["steps"], s["guidance"],
-                                 s["resolution"], args.batch_size)
+    per_prompt_images = generate(
+        pipeline, prompts, s["num_images"], s["seed"], s["steps"], s["guidance"], s["resolution"], args.batch_size
+    )
     generated = [image for images in per_prompt_images for image in images]
-    clip_prompts = [" ".join(format_prompt(t, "", s["class_name"]).split()) for t in templates
-                    for _ in range(s["num_images"])]
+    clip_prompts = [
+        " ".join(format_prompt(t, "", s["class_name"]).split()) for t in templates for _ in range(s["num_images"])
+    ]
 
     real = [Image.open(p).convert("RGB") for p in real_paths]
     real_dino = dino_embeddings(real, dino_model, dino_processor)
@@ -262,17 +302,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_prompt = []
     for index, prompt in enumerate(prompts):
         rows = slice(index * s["num_images"], (index + 1) * s["num_images"])
-        per_prompt.append({
-            "prompt": prompt,
-            "dino": mean_pairwise_cosine(gen_dino[rows], real_dino),
-            "clip_i": mean_pairwise_cosine(gen_clip[rows], real_clip),
-            "clip_t": clip_t(generated[rows], clip_prompts[rows], clip_model, clip_processor),
-        })
+        per_prompt.append(
+            {
+                "prompt": prompt,
+                "dino": mean_pairwise_cosine(gen_dino[rows], real_dino),
+                "clip_i": mean_pairwise_cosine(gen_clip[rows], real_clip),
+                "clip_t": clip_t(generated[rows], clip_prompts[rows], clip_model, clip_processor),
+            }
+        )
     results = {
         "dino": mean_pairwise_cosine(gen_dino, real_dino),
         "clip_i": mean_pairwise_cosine(gen_clip, real_clip),
         "clip_t": clip_t(generated, clip_prompts, clip_model, clip_processor),
-        "num_prompts": len(prompts), "images_per_prompt": s["num_images"], "num_real_images": len(real),
+        "num_prompts": len(prompts),
+        "images_per_prompt": s["num_images"],
+        "num_real_images": len(real),
         "settings": {k: v for k, v in s.items() if k != "output_dir"},
         "per_prompt": per_prompt,
     }

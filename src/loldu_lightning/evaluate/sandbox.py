@@ -26,7 +26,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-RUNNER = r'''
+RUNNER = r"""
 import sys
 token = sys.stdin.readline().strip()
 sys.stdin.close()
@@ -56,7 +56,7 @@ for _name in ("resource", "psutil", "ctypes", "multiprocessing"):
 exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})
 sys.stdout.flush()
 print(token, flush=True)
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,25 @@ def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024, file
             handle.write(program)
         with open(runner, "w", encoding="utf-8") as handle:
             handle.write(RUNNER)
-        environment = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "OMP_NUM_THREADS": "1",
-                       "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+        environment = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "LANG": "C.UTF-8",
+        }
         command = [*network_namespace_prefix(), sys.executable, "-I", "-S", runner, source]
         process = subprocess.Popen(
-            command, cwd=workdir, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True,  # its own process group, killed as a whole
-            preexec_fn=functools.partial(_limits, memory_mb * 2**20, int(timeout) + 1, file_mb * 2**20))
+            command,
+            cwd=workdir,
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, killed as a whole
+            preexec_fn=functools.partial(_limits, memory_mb * 2**20, int(timeout) + 1, file_mb * 2**20),
+        )
         try:
             stdout, stderr = process.communicate(input=(token + "\n").encode(), timeout=timeout)
         except subprocess.TimeoutExpired:

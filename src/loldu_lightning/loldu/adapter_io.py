@@ -54,7 +54,9 @@ def save_adapter(
     layers = _adapted(model, "save an adapter")
     merged = [name for name, layer in layers if layer.merged]
     if merged:
-        raise ValueError(f"LoLDU: cannot save while adapters are merged (e.g. {merged[0]!r}); call unmerge(model) first")
+        raise ValueError(
+            f"LoLDU: cannot save while adapters are merged (e.g. {merged[0]!r}); call unmerge(model) first"
+        )
     config = _shared_config(layers)
     modules_to_save = list(modules_to_save)
 
@@ -100,7 +102,9 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     if document.get("method") != METHOD:
         raise ValueError(f"{path}: method is {document.get('method')!r}, not {METHOD!r}; this is not a LoLDU adapter")
     if document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {document.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+        raise ValueError(
+            f"{path}: format_version {document.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
     return document
 
 
@@ -123,7 +127,9 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     for name in names:
         module = _get_module(model, name, "the adapter's target_modules_resolved")
         if name not in fingerprints:
-            raise ValueError(f"{Path(directory) / ADAPTER_CONFIG_NAME}: no fingerprint for module {name!r}; the file is incomplete")
+            raise ValueError(
+                f"{Path(directory) / ADAPTER_CONFIG_NAME}: no fingerprint for module {name!r}; the file is incomplete"
+            )
         _check_weight(name, out_in_weight(module), fingerprints[name])
     requires_grad = {parameter: parameter.requires_grad for parameter in model.parameters()}
     # storage "lu" releases W0 from the wrapped layers: keep the originals to put back on failure.
@@ -153,7 +159,9 @@ def _shared_config(layers: list[tuple[str, LoLDULinear]]) -> LoLDUConfig:
     config = layers[0][1].loldu_config
     different = [name for name, layer in layers if layer.loldu_config != config]
     if different:
-        raise ValueError(f"LoLDU: layers were injected with different configs (e.g. {different[0]!r}); one adapter file holds one config")
+        raise ValueError(
+            f"LoLDU: layers were injected with different configs (e.g. {different[0]!r}); one adapter file holds one config"
+        )
     return config
 
 
@@ -167,7 +175,9 @@ def _get_module(model: nn.Module, name: str, source: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        raise ValueError(f"LoLDU: module {name!r} named in {source} does not exist in this {type(model).__name__}") from None
+        raise ValueError(
+            f"LoLDU: module {name!r} named in {source} does not exist in this {type(model).__name__}"
+        ) from None
 
 
 def _mismatch(name: str, what: str, expected: object, found: object) -> ValueError:
@@ -188,7 +198,9 @@ def _check_weight(name: str, weight: Tensor, fingerprint: dict[str, Any]) -> Non
         raise _mismatch(name, "weight sha256", fingerprint["weight"], found)
 
 
-def _load_layer(name: str, layer: LoLDULinear, tensors: dict[str, Tensor], fingerprint: dict[str, Any], with_factors: bool) -> None:
+def _load_layer(
+    name: str, layer: LoLDULinear, tensors: dict[str, Tensor], fingerprint: dict[str, Any], with_factors: bool
+) -> None:
     keys = _VECTOR_KEYS + (layer.factor_names() if with_factors else ())
     missing = [f"{name}.{key}" for key in keys if f"{name}.{key}" not in tensors]
     if missing:
@@ -202,7 +214,9 @@ def _load_layer(name: str, layer: LoLDULinear, tensors: dict[str, Tensor], finge
             target: Tensor = getattr(layer, key)
             value = tensors[f"{name}.{key}"]
             if value.shape != target.shape:
-                raise ValueError(f"LoLDU adapter tensor {name}.{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+                raise ValueError(
+                    f"LoLDU adapter tensor {name}.{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
+                )
             target.copy_(value.to(device=target.device, dtype=target.dtype))
         layer.refresh_derived_buffers()
 
@@ -211,5 +225,5 @@ def _load_modules_to_save(model: nn.Module, names: list[str], tensors: dict[str,
     for module_name in names:
         module = _get_module(model, module_name, "modules_to_save")
         prefix = f"{MODULES_TO_SAVE_PREFIX}{module_name}."
-        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        state = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
         module.load_state_dict(state, strict=True)

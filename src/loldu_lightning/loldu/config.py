@@ -27,7 +27,9 @@ def _normalise_targets(name: str, value: Any, allow_none: bool) -> TargetSpec | 
         if not names or not all(isinstance(item, str) and item for item in names):
             raise ValueError(f"LoLDU config: {name} must be a non-empty list of non-empty strings, got {value!r}")
         return names
-    raise ValueError(f"LoLDU config: {name} must be a list of module names or a regex string, got {type(value).__name__}")
+    raise ValueError(
+        f"LoLDU config: {name} must be a list of module names or a regex string, got {type(value).__name__}"
+    )
 
 
 @dataclass
@@ -70,7 +72,9 @@ class LoLDUConfig:
             if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
                 raise ValueError(f"LoLDU config: alpha must be a positive number or None (= rank), got {self.alpha!r}")
             if not math.isfinite(self.alpha) or self.alpha <= 0:
-                raise ValueError(f"LoLDU config: alpha must be a positive finite number or None (= rank), got {self.alpha}")
+                raise ValueError(
+                    f"LoLDU config: alpha must be a positive finite number or None (= rank), got {self.alpha}"
+                )
             self.alpha = float(self.alpha)
         check_choice("init", self.init, INITS)
         check_choice("scaling", self.scaling, SCALINGS)
@@ -111,7 +115,7 @@ class LoLDUConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LoLDUConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LoLDUConfig:
         """Inverse of ``to_dict``; unknown keys are an error so typos do not pass silently."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -123,4 +127,3 @@ class LoLDUConfig:
     def field_names(cls) -> tuple[str, ...]:
         """Names of the config fields, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
-

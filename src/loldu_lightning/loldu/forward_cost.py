@@ -85,7 +85,9 @@ def packed_path_flops(m: int, n: int, r: int, tokens: int, needs_grad: bool, ful
     if needs_grad:
         factored *= 2  # the input gradient runs the same products transposed; v's gradient is elementwise
         input_grad = min(build + 2 * m * n * tokens, base + 2 * triangular_product_macs(m, n, c) * tokens)
-        scale_grad = min(2 * tokens * m * n + 2 * triangular_build_macs(m, n, r), 2 * triangular_product_macs(m, n, r) * tokens)
+        scale_grad = min(
+            2 * tokens * m * n + 2 * triangular_build_macs(m, n, r), 2 * triangular_product_macs(m, n, r) * tokens
+        )
         merged += input_grad + scale_grad
     return {"factored": factored, "merged": merged}
 

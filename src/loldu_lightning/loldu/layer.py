@@ -34,7 +34,7 @@ from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUAL
 
 def module_seed(seed: int, module_name: str) -> int:
     """A seed from the config seed and the module name: stable across runs and module order."""
-    return zlib.crc32(f"{seed}:{module_name}".encode("utf-8"))
+    return zlib.crc32(f"{seed}:{module_name}".encode())
 
 
 class LoLDULinear(nn.Module):
@@ -164,7 +164,9 @@ class LoLDULinear(nn.Module):
 
     def factor_names(self) -> tuple[str, ...]:
         """The buffers holding the frozen factors (what ``save_factors`` stores)."""
-        return {"dense": ("lower", "upper", "perm"), "packed": ("packed", "perm"), "lu": ("packed", "diag", "perm")}[self.storage]
+        return {"dense": ("lower", "upper", "perm"), "packed": ("packed", "perm"), "lu": ("packed", "diag", "perm")}[
+            self.storage
+        ]
 
     def dense_factors(self) -> tuple[Tensor, Tensor]:
         """``(P L_r, U_r)`` as dense (m x r, r x n) matrices whatever the storage (for inspection and tests)."""
@@ -203,7 +205,9 @@ class LoLDULinear(nn.Module):
         tokens = x.numel() // self.in_features
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.z.requires_grad or self.sigma.requires_grad)
         if self.storage != "dense":
-            return choose_packed_path(self.out_features, self.in_features, self.rank, tokens, needs_grad, self.storage == "lu")
+            return choose_packed_path(
+                self.out_features, self.in_features, self.rank, tokens, needs_grad, self.storage == "lu"
+            )
         return choose_forward_path(self.out_features, self.in_features, self.rank, tokens, needs_grad)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -226,10 +230,23 @@ class LoLDULinear(nn.Module):
         if self.storage == "lu":
             # The products stand in for W0 itself: run them in the factors' float32 (or float64),
             # never in a half dtype (see config.py), and return the dtype the caller expects.
-            out = packed_linear(x, scale, None, self.bias, self.packed, self.perm, self.inv_perm, self.diag, path, self.packed.dtype)
+            out = packed_linear(
+                x, scale, None, self.bias, self.packed, self.perm, self.inv_perm, self.diag, path, self.packed.dtype
+            )
             return out.to(compute_dtype)
         if path == "merged":
-            return packed_linear(x, scale, self.base_weight(), self.bias, self.packed, self.perm, self.inv_perm, None, path, compute_dtype)
+            return packed_linear(
+                x,
+                scale,
+                self.base_weight(),
+                self.bias,
+                self.packed,
+                self.perm,
+                self.inv_perm,
+                None,
+                path,
+                compute_dtype,
+            )
         # packed + factored: W0 and the bias stay in the base layer (autograd handles them as usual).
         result = self.base_layer(x)
         update = packed_linear(x, scale, None, None, self.packed, self.perm, self.inv_perm, None, path, compute_dtype)

@@ -118,7 +118,13 @@ class MergedLoLDULinear(torch.autograd.Function):
 
 
 def merged_linear(
-    x: Tensor, weight: Tensor, bias: Tensor | None, lower: Tensor, upper: Tensor, scale: Tensor, compute_dtype: torch.dtype
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lower: Tensor,
+    upper: Tensor,
+    scale: Tensor,
+    compute_dtype: torch.dtype,
 ) -> Tensor:
     """Functional entry point of ``MergedLoLDULinear`` (weight is W0 as out x in)."""
     return MergedLoLDULinear.apply(x, weight, bias, lower, upper, scale, compute_dtype)

@@ -94,7 +94,9 @@ def merge(model: nn.Module) -> nn.Module:
     layers = _require_adapters(model, "merge")
     already = [name for name, layer in layers if layer.merged]
     if already:
-        warnings.warn(f"LoLDU: {len(already)} layer(s) already merged (e.g. {already[0]!r}); leaving them unchanged", stacklevel=2)
+        warnings.warn(
+            f"LoLDU: {len(already)} layer(s) already merged (e.g. {already[0]!r}); leaving them unchanged", stacklevel=2
+        )
     for _, layer in layers:
         layer.merge()
     return model

@@ -83,7 +83,9 @@ class PackedLoLDULinear(torch.autograd.Function):
                     out = out + bias_c
                 # Only U1[:r] x is needed for v's gradient; a view would keep all k rows alive.
                 saved_hidden = hidden[:r].clone() if r < hidden.shape[0] else hidden
-        ctx.save_for_backward(x if path == "merged" else None, saved_hidden, scale, weight, packed, perm, inv_perm, diag)
+        ctx.save_for_backward(
+            x if path == "merged" else None, saved_hidden, scale, weight, packed, perm, inv_perm, diag
+        )
         ctx.path, ctx.compute_dtype, ctx.input_dtype = path, compute_dtype, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return out.reshape(*x.shape[:-1], m)
@@ -132,7 +134,9 @@ class PackedLoLDULinear(torch.autograd.Function):
                 grad_scale = grad_scale.to(scale.dtype)
             if needs_weight:
                 if inputs is None:
-                    raise RuntimeError("PackedLoLDULinear: a trainable W0 needs the merged path (the factored one adds W0 outside)")
+                    raise RuntimeError(
+                        "PackedLoLDULinear: a trainable W0 needs the merged path (the factored one adds W0 outside)"
+                    )
                 gram = g.t() @ inputs if gram is None else gram
                 grad_weight = gram.to(weight.dtype)
             if needs_bias:

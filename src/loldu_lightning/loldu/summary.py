@@ -19,7 +19,9 @@ def trainable_parameters(model: nn.Module) -> int:
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """``adapter``: trainable LoLDU values (z, learned sigma); ``other_trainable``: every other
     trainable parameter (e.g. a head); ``trainable``: their sum; ``total``: all parameters."""
-    adapter_ids = {id(p) for _, layer in loldu_modules(model) for p in (layer.z, layer.sigma) if isinstance(p, nn.Parameter)}
+    adapter_ids = {
+        id(p) for _, layer in loldu_modules(model) for p in (layer.z, layer.sigma) if isinstance(p, nn.Parameter)
+    }
     adapter = other = total = 0
     for parameter in model.parameters():
         total += parameter.numel()
@@ -40,13 +42,21 @@ def summary(model: nn.Module) -> str:
     """A text table: one row per LoLDU module, then the totals and the trainable percentage."""
     header = ("module", "shape (out x in)", "rank", "trainable", "zero pivots")
     rows = [
-        (name, f"{layer.out_features} x {layer.in_features}", str(layer.rank), f"{_layer_trainable(layer):,}", str(layer.zero_pivots))
+        (
+            name,
+            f"{layer.out_features} x {layer.in_features}",
+            str(layer.rank),
+            f"{_layer_trainable(layer):,}",
+            str(layer.zero_pivots),
+        )
         for name, layer in loldu_modules(model)
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+        )
 
     counts = parameter_counts(model)
     share = 100.0 * counts["trainable"] / counts["total"] if counts["total"] else 0.0

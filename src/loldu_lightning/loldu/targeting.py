@@ -67,7 +67,9 @@ def _format_names(names: Iterable[str], limit: int = 40) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "") if names else "(none)"
 
 
-def resolve_target_modules(model: nn.Module, target_modules: TargetSpec, exclude_modules: TargetSpec | None = None) -> list[str]:
+def resolve_target_modules(
+    model: nn.Module, target_modules: TargetSpec, exclude_modules: TargetSpec | None = None
+) -> list[str]:
     """Qualified names of the modules to adapt, in model order.
 
     Raises ValueError when nothing matches (listing the model's linear layers) or when a matched

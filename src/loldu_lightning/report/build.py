@@ -133,4 +133,3 @@ def build_report(
     if write:
         report.write(out if out is not None else root)
     return report
-

@@ -170,4 +170,3 @@ def config_notes(jobs: list[Job]) -> list[str]:
         if isinstance(note, str) and note.strip():
             notes.setdefault(" ".join(note.split()), None)
     return list(notes)
-

@@ -128,9 +128,13 @@ def _epoch_label(runs: pd.DataFrame) -> str:
     if epochs == {"test"}:
         return "on the test split, evaluated once with each run's checkpoint selected on held-out data"
     if "test" in epochs:
-        return ("per run as its column epoch of runs.csv says: test (the test split with the checkpoint "
-                "selected on held-out data), final (runs that validate on the test split) or best")
-    return "at the best epoch, or after the last epoch for runs that validate on the test split (column epoch of runs.csv)"
+        return (
+            "per run as its column epoch of runs.csv says: test (the test split with the checkpoint "
+            "selected on held-out data), final (runs that validate on the test split) or best"
+        )
+    return (
+        "at the best epoch, or after the last epoch for runs that validate on the test split (column epoch of runs.csv)"
+    )
 
 
 def render(

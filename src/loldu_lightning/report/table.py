@@ -53,7 +53,7 @@ def _status(job: Job) -> str:
 def _test_name(name: str | None) -> str | None:
     """A validation metric's name in metrics.json's `test` (`val/accuracy` -> `test/accuracy`)."""
     if name is not None and name.startswith("val/"):
-        return "test/" + name[len("val/"):]
+        return "test/" + name[len("val/") :]
     return name
 
 
@@ -126,7 +126,9 @@ def override_keys(jobs: Iterable[Job]) -> list[str]:
     return list(keys)
 
 
-def runs_frame(jobs: list[Job], metric: str | None, extra_keys: Sequence[str] = (), epoch: str = "auto") -> pd.DataFrame:
+def runs_frame(
+    jobs: list[Job], metric: str | None, extra_keys: Sequence[str] = (), epoch: str = "auto"
+) -> pd.DataFrame:
     """One row per job: identity, status, resolved override keys, metric at the run's reported
     epoch (`epoch_of`), parameter counts, time."""
     keys = override_keys(jobs)

@@ -25,7 +25,12 @@ def _build_instruct(cfg):
     return build_instruct(cfg)
 
 
-TASK_FAMILIES: dict[str, Callable] = {"glue": build_glue, "vision": _build_vision, "instruct": _build_instruct, "diffusion": _build_diffusion}
+TASK_FAMILIES: dict[str, Callable] = {
+    "glue": build_glue,
+    "vision": _build_vision,
+    "instruct": _build_instruct,
+    "diffusion": _build_diffusion,
+}
 
 
 def build_task(cfg):

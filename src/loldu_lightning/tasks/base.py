@@ -7,14 +7,18 @@ from typing import Any, Mapping, Sequence
 import lightning as L
 import torch
 from torch import nn
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, \
-    get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 SCHEDULES = {
     "linear": get_linear_schedule_with_warmup,
     "cosine": get_cosine_schedule_with_warmup,
     "constant": lambda optimizer, num_warmup_steps, num_training_steps: get_constant_schedule_with_warmup(
-        optimizer, num_warmup_steps),
+        optimizer, num_warmup_steps
+    ),
 }
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -27,8 +31,9 @@ class AdaptedTask(L.LightningModule):
     megabytes, not half a gigabyte.
     """
 
-    def __init__(self, model: nn.Module, head_modules: Sequence[str], optimizer: Mapping[str, Any],
-                 scheduler: Mapping[str, Any]):
+    def __init__(
+        self, model: nn.Module, head_modules: Sequence[str], optimizer: Mapping[str, Any], scheduler: Mapping[str, Any]
+    ):
         super().__init__()
         # from_pretrained returns eval mode; Lightning keeps module modes as given, so dropout would stay off
         self.model = model.train()
@@ -47,12 +52,15 @@ class AdaptedTask(L.LightningModule):
             # gradient all-reduce (a hang, not an error). One boolean all-reduce per step.
             finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            where = "" if trainer is None or trainer.world_size == 1 else f", on one of {trainer.world_size} ranks at least"
+            where = (
+                "" if trainer is None or trainer.world_size == 1 else f", on one of {trainer.world_size} ranks at least"
+            )
             raise FloatingPointError(
                 f"Training loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}"
                 f"{where}). "
                 "The run stopped; the last checkpoint is kept in checkpoints/. Lower optimizer.lr, set "
-                "trainer.gradient_clip_val, or use trainer.precision=32-true.")
+                "trainer.gradient_clip_val, or use trainer.precision=32-true."
+            )
 
     def configure_optimizers(self):
         options = dict(self.optimizer_cfg)
@@ -64,11 +72,14 @@ class AdaptedTask(L.LightningModule):
         if head_lr is None:
             groups = [{"params": [p for _, p in params]}]
         else:
+
             def is_head(name: str) -> bool:
                 return any(f".{head}." in f".{name}" for head in self.head_modules)
 
-            groups = [{"params": [p for n, p in params if not is_head(n)]},
-                      {"params": [p for n, p in params if is_head(n)], "lr": head_lr}]
+            groups = [
+                {"params": [p for n, p in params if not is_head(n)]},
+                {"params": [p for n, p in params if is_head(n)], "lr": head_lr},
+            ]
             groups = [g for g in groups if g["params"]]
         optimizer = OPTIMIZERS[name](groups, **options)
         schedule = dict(self.scheduler_cfg)

@@ -52,12 +52,20 @@ class SubjectModel(nn.Module):
 class DiffusionSubjectTask(AdaptedTask):
     """Noise-prediction training of a subject; fixed-noise validation loss; sampling for the callbacks."""
 
-    def __init__(self, parts: SDParts, train_text_encoder: bool, optimizer: Mapping[str, Any],
-                 scheduler: Mapping[str, Any], prior_weight: float = 1.0,
-                 val_timesteps: Sequence[int] = (100, 300, 500, 700, 900), seed: int = 42,
-                 callbacks: Sequence[L.Callback] = ()):
-        super().__init__(SubjectModel(parts.unet, parts.text_encoder if train_text_encoder else None), (),
-                         optimizer, scheduler)
+    def __init__(
+        self,
+        parts: SDParts,
+        train_text_encoder: bool,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        prior_weight: float = 1.0,
+        val_timesteps: Sequence[int] = (100, 300, 500, 700, 900),
+        seed: int = 42,
+        callbacks: Sequence[L.Callback] = (),
+    ):
+        super().__init__(
+            SubjectModel(parts.unet, parts.text_encoder if train_text_encoder else None), (), optimizer, scheduler
+        )
         self.vae = parts.vae
         # the frozen text encoder lives outside the adapted container (None when it trains inside it)
         self.frozen_text_encoder = None if train_text_encoder else parts.text_encoder
@@ -66,8 +74,10 @@ class DiffusionSubjectTask(AdaptedTask):
         self.noise_scheduler = parts.noise_scheduler
         self.prediction_type = parts.noise_scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"The scheduler's prediction_type {self.prediction_type!r} is not supported; "
-                             "use a model whose scheduler/scheduler_config.json says epsilon or v_prediction.")
+            raise ValueError(
+                f"The scheduler's prediction_type {self.prediction_type!r} is not supported; "
+                "use a model whose scheduler/scheduler_config.json says epsilon or v_prediction."
+            )
         self.prior_weight = float(prior_weight)
         self.val_timesteps = [int(t) for t in val_timesteps]
         self.seed = int(seed)
@@ -90,7 +100,8 @@ class DiffusionSubjectTask(AdaptedTask):
             raise ValueError(
                 "model.train_text_encoder=true but the adapter made no text-encoder parameter trainable: add the "
                 "CLIP attention projections to its targets, e.g. adapter.target_modules=[to_q,to_k,to_v,to_out.0,"
-                "q_proj,k_proj,v_proj,out_proj].")
+                "q_proj,k_proj,v_proj,out_proj]."
+            )
         return super().configure_optimizers()
 
     # the objective -----------------------------------------------------------------------------
@@ -99,24 +110,29 @@ class DiffusionSubjectTask(AdaptedTask):
             return self.text_encoder(input_ids)[0]
 
     @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None,
-                      deterministic: bool = False) -> torch.Tensor:
+    def encode_images(
+        self, pixel_values: torch.Tensor, generator: torch.Generator | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         distribution = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
         latents = distribution.mode() if deterministic else distribution.sample(generator)
         return latents * self.vae.config.scaling_factor
 
-    def per_example_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                         hidden_states: torch.Tensor) -> torch.Tensor:
+    def per_example_loss(
+        self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = (
+            noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        )
         prediction = self.model(noisy, timesteps, hidden_states)
         return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         latents = self.encode_images(batch["pixel_values"])
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  device=latents.device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+        )
         losses = self.per_example_loss(latents, noise, timesteps, self.encode_prompts(batch["input_ids"]))
         prior = batch["is_prior"]
         instance_loss = losses[~prior].mean()
@@ -140,19 +156,32 @@ class DiffusionSubjectTask(AdaptedTask):
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
         timesteps = torch.tensor(self.val_timesteps * count, device=latents.device)
         hidden = self.encode_prompts(batch["input_ids"]).repeat_interleave(steps, dim=0)
-        self.log("val/loss", self.per_example_loss(latents, noise, timesteps, hidden).mean(), prog_bar=True,
-                 batch_size=count)
+        self.log(
+            "val/loss", self.per_example_loss(latents, noise, timesteps, hidden).mean(), prog_bar=True, batch_size=count
+        )
 
     # sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_images(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 25,
-                      guidance_scale: float = 7.5, scheduler: str = "dpm", height: int | None = None,
-                      width: int | None = None) -> list:
+    def sample_images(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        scheduler: str = "dpm",
+        height: int | None = None,
+        width: int | None = None,
+    ) -> list:
         """len(prompts) x len(seeds) PIL images (prompt-major), from the current adapted UNet."""
         unet, text_encoder = self.unet, self.text_encoder
         modes = [(module, module.training) for module in (unet, text_encoder)]
-        pipeline = make_pipeline(unet.eval(), self.vae, text_encoder.eval(), self.tokenizer,
-                                 sampling_scheduler(scheduler, self.noise_scheduler))
+        pipeline = make_pipeline(
+            unet.eval(),
+            self.vae,
+            text_encoder.eval(),
+            self.tokenizer,
+            sampling_scheduler(scheduler, self.noise_scheduler),
+        )
         context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
         images = []
         try:
@@ -160,9 +189,14 @@ class DiffusionSubjectTask(AdaptedTask):
                 for prompt in prompts:
                     # CPU generators: the same seed gives the same start noise on every device
                     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-                    images += pipeline([prompt] * len(seeds), num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale, generator=generators, height=height,
-                                       width=width).images
+                    images += pipeline(
+                        [prompt] * len(seeds),
+                        num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale,
+                        generator=generators,
+                        height=height,
+                        width=width,
+                    ).images
         finally:
             for module, training in modes:
                 module.train(training)
@@ -196,8 +230,16 @@ def default_class_dir(parts: SDParts, class_prompt: str, resolution: int) -> Pat
     return _cache_root() / "class_images" / f"{parts.folder.name}-{resolution}px-{key}" / _slug(class_prompt)
 
 
-def ensure_class_images(parts: SDParts, class_dir: Path, class_prompt: str, count: int, resolution: int,
-                        generation: Mapping[str, Any], batch_size: int = 4, seed: int = 0) -> list[Path]:
+def ensure_class_images(
+    parts: SDParts,
+    class_dir: Path,
+    class_prompt: str,
+    count: int,
+    resolution: int,
+    generation: Mapping[str, Any],
+    batch_size: int = 4,
+    seed: int = 0,
+) -> list[Path]:
     """Generate the missing class images once with the frozen pipeline; return `count` image paths."""
     class_dir.mkdir(parents=True, exist_ok=True)
     existing = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -205,8 +247,13 @@ def ensure_class_images(parts: SDParts, class_dir: Path, class_prompt: str, coun
     if missing > 0:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         log.info("Generating %d class images for %r into %s", missing, class_prompt, class_dir)
-        pipeline = make_pipeline(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
-                                 sampling_scheduler(generation.get("scheduler", "dpm"), parts.noise_scheduler))
+        pipeline = make_pipeline(
+            parts.unet,
+            parts.vae,
+            parts.text_encoder,
+            parts.tokenizer,
+            sampling_scheduler(generation.get("scheduler", "dpm"), parts.noise_scheduler),
+        )
         # the weights stay float32 (casting them to fp16 and back would round the base model that trains next);
         # autocast gives the fp16 speed on a GPU
         pipeline.to(device)
@@ -216,10 +263,14 @@ def ensure_class_images(parts: SDParts, class_dir: Path, class_prompt: str, coun
             indices = range(first, min(first + batch_size, count))
             generators = [torch.Generator().manual_seed(seed + i) for i in indices]
             with autocast, torch.no_grad():
-                images = pipeline([class_prompt] * len(indices), height=resolution, width=resolution,
-                                  num_inference_steps=int(generation.get("num_inference_steps", 25)),
-                                  guidance_scale=float(generation.get("guidance_scale", 7.5)),
-                                  generator=generators).images
+                images = pipeline(
+                    [class_prompt] * len(indices),
+                    height=resolution,
+                    width=resolution,
+                    num_inference_steps=int(generation.get("num_inference_steps", 25)),
+                    guidance_scale=float(generation.get("guidance_scale", 7.5)),
+                    generator=generators,
+                ).images
             for index, image in zip(indices, images, strict=True):
                 image.save(class_dir / f"class_{index:05d}.png")
         pipeline.to("cpu")
@@ -234,8 +285,9 @@ def _plain(node: Any) -> Any:
 def build_diffusion(cfg: DictConfig) -> tuple[DiffusionSubjectTask, SubjectDataModule]:
     """The `diffusion` task family: photos are checked first, then the model loads and targets are checked."""
     data, model_cfg = cfg.data, _plain(cfg.model)
-    instance_dir, class_name = resolve_subject(data.get("instance_dir"), data.get("root"), data.get("subject"),
-                                               data.get("class_name"))
+    instance_dir, class_name = resolve_subject(
+        data.get("instance_dir"), data.get("root"), data.get("subject"), data.get("class_name")
+    )
     instance_images = list_images(instance_dir, "instance (subject photo)", "data.instance_dir")
     check_images(instance_images)
     token = str(data.unique_token)
@@ -244,10 +296,16 @@ def build_diffusion(cfg: DictConfig) -> tuple[DiffusionSubjectTask, SubjectDataM
     resolution = int(data.resolution)
     sampling = _plain(cfg.sampling)
     if sampling.get("scheduler") not in SAMPLERS:
-        raise ValueError(f"sampling.scheduler={sampling.get('scheduler')!r} is not known; choose one of {list(SAMPLERS)}.")
-    generation = {"num_inference_steps": int(sampling["num_inference_steps"]),
-                  "guidance_scale": float(sampling["guidance_scale"]), "scheduler": sampling["scheduler"],
-                  "height": resolution, "width": resolution}
+        raise ValueError(
+            f"sampling.scheduler={sampling.get('scheduler')!r} is not known; choose one of {list(SAMPLERS)}."
+        )
+    generation = {
+        "num_inference_steps": int(sampling["num_inference_steps"]),
+        "guidance_scale": float(sampling["guidance_scale"]),
+        "scheduler": sampling["scheduler"],
+        "height": resolution,
+        "width": resolution,
+    }
     with_prior = bool(data.with_prior_preservation)
     if with_prior and data.get("class_dir"):
         existing_class = Path(str(data.class_dir)).expanduser()
@@ -261,33 +319,74 @@ def build_diffusion(cfg: DictConfig) -> tuple[DiffusionSubjectTask, SubjectDataM
         parts.unet.enable_gradient_checkpointing()
         if train_text_encoder:
             # transformers 5 renamed it (the old name warns)
-            enable = getattr(parts.text_encoder, "activation_checkpointing_enable", None) or \
-                parts.text_encoder.gradient_checkpointing_enable
+            enable = (
+                getattr(parts.text_encoder, "activation_checkpointing_enable", None)
+                or parts.text_encoder.gradient_checkpointing_enable
+            )
             enable()
 
     class_images: list[Path] = []
     if with_prior:
-        class_dir = Path(str(data.class_dir)).expanduser() if data.get("class_dir") else \
-            default_class_dir(parts, class_prompt, resolution)
-        class_images = ensure_class_images(parts, class_dir, class_prompt, int(data.num_class_images), resolution,
-                                           generation, batch_size=int(data.sample_batch_size), seed=cfg.seed)
+        class_dir = (
+            Path(str(data.class_dir)).expanduser()
+            if data.get("class_dir")
+            else default_class_dir(parts, class_prompt, resolution)
+        )
+        class_images = ensure_class_images(
+            parts,
+            class_dir,
+            class_prompt,
+            int(data.num_class_images),
+            resolution,
+            generation,
+            batch_size=int(data.sample_batch_size),
+            seed=cfg.seed,
+        )
 
     callbacks: list[L.Callback] = []
     if sampling.get("enabled", True):
         prompts = [format_prompt(p, token, class_name) for p in sampling["prompts"]]
-        callbacks.append(SamplingCallback(prompts, sampling["seeds"], int(sampling["every_n_steps"]),
-                                          at_start=bool(sampling.get("at_start", True)), **generation))
+        callbacks.append(
+            SamplingCallback(
+                prompts,
+                sampling["seeds"],
+                int(sampling["every_n_steps"]),
+                at_start=bool(sampling.get("at_start", True)),
+                **generation,
+            )
+        )
     export_info = {
-        "base_model": str(parts.folder), "vae": model_cfg.get("vae_name_or_path"), "instance_dir": str(instance_dir),
-        "class_name": class_name, "unique_token": token, "instance_prompt": instance_prompt,
-        "resolution": resolution, "generation": generation, "eval": _plain(cfg.get("eval")) or {},
+        "base_model": str(parts.folder),
+        "vae": model_cfg.get("vae_name_or_path"),
+        "instance_dir": str(instance_dir),
+        "class_name": class_name,
+        "unique_token": token,
+        "instance_prompt": instance_prompt,
+        "resolution": resolution,
+        "generation": generation,
+        "eval": _plain(cfg.get("eval")) or {},
     }
     callbacks.append(DiffusionExportCallback(export_info))
-    task = DiffusionSubjectTask(parts, train_text_encoder, cfg.optimizer, cfg.scheduler,
-                                prior_weight=float(cfg.loss.prior_weight), val_timesteps=cfg.loss.val_timesteps,
-                                seed=cfg.seed, callbacks=callbacks)
-    datamodule = SubjectDataModule(instance_images, instance_prompt, parts.tokenizer, resolution,
-                                   batch_size=data.batch_size, num_workers=data.num_workers,
-                                   center_crop=bool(data.center_crop), random_flip=bool(data.random_flip),
-                                   class_images=class_images, class_prompt=class_prompt)
+    task = DiffusionSubjectTask(
+        parts,
+        train_text_encoder,
+        cfg.optimizer,
+        cfg.scheduler,
+        prior_weight=float(cfg.loss.prior_weight),
+        val_timesteps=cfg.loss.val_timesteps,
+        seed=cfg.seed,
+        callbacks=callbacks,
+    )
+    datamodule = SubjectDataModule(
+        instance_images,
+        instance_prompt,
+        parts.tokenizer,
+        resolution,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        center_crop=bool(data.center_crop),
+        random_flip=bool(data.random_flip),
+        class_images=class_images,
+        class_prompt=class_prompt,
+    )
     return task, datamodule

@@ -33,13 +33,20 @@ def split_prefix(split: str) -> str:
 
 
 class GlueTask(AdaptedTask):
-    def __init__(self, model: nn.Module, info: GlueTaskInfo, head_modules: Sequence[str],
-                 optimizer: Mapping[str, Any], scheduler: Mapping[str, Any]):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: GlueTaskInfo,
+        head_modules: Sequence[str],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+    ):
         super().__init__(model, head_modules, optimizer, scheduler)
         self.info = info
         self.prefixes = [split_prefix(s) for s in info.val_splits]
         self.val_metrics = nn.ModuleList(
-            MetricCollection({m: _metric(m, info) for m in info.metrics}, prefix=f"{p}/") for p in self.prefixes)
+            MetricCollection({m: _metric(m, info) for m in info.metrics}, prefix=f"{p}/") for p in self.prefixes
+        )
         # The loss as a weighted mean metric, not `self.log(..., sync_dist=True)`: under DDP the ranks hold
         # different numbers of examples (data/distributed.py) and Lightning's sync_dist mean averages the
         # integer example counts with truncation (21 examples on 2 ranks: 10 instead of 10.5; measured
@@ -72,9 +79,18 @@ def build_glue(cfg) -> tuple[GlueTask, GlueDataModule]:
     data = cfg.data
     tokenizer = load_tokenizer(cfg.model)
     datamodule = GlueDataModule(
-        info.name, tokenizer, data_dir=data.data_dir, max_length=data.max_length, batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, train_limit=data.train_limit,
-        val_limit=data.val_limit, seed=cfg.seed, group_by_length=data.group_by_length)
+        info.name,
+        tokenizer,
+        data_dir=data.data_dir,
+        max_length=data.max_length,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        num_workers=data.num_workers,
+        train_limit=data.train_limit,
+        val_limit=data.val_limit,
+        seed=cfg.seed,
+        group_by_length=data.group_by_length,
+    )
     datamodule.check_data()  # fail on missing files before the model loads
     labels = {"num_labels": info.num_labels}
     if info.is_regression:

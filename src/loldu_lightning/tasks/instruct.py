@@ -41,9 +41,15 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def generate_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                   max_new_tokens: int = 64, batch_size: int = 8, add_special_tokens: bool = True,
-                   stop_strings: Sequence[str] | None = None) -> list[str]:
+def generate_texts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    add_special_tokens: bool = True,
+    stop_strings: Sequence[str] | None = None,
+) -> list[str]:
     """Greedy continuations of `prompts` (the new text only), batched with left padding.
 
     `stop_strings` end a sequence early (HumanEval's stop sequences save most of the generation time).
@@ -57,16 +63,24 @@ def generate_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
     outputs: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
+            chunk = list(prompts[start : start + batch_size])
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token_id = tokenizer.eos_token_id
             encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-            encoded = {key: value.to(device) for key, value in encoded.items() if key in ("input_ids", "attention_mask")}
+            encoded = {
+                key: value.to(device) for key, value in encoded.items() if key in ("input_ids", "attention_mask")
+            }
             stopping = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}
-            generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                       pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                                       **stopping)
-            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+            generated = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_token_id(tokenizer),
+                eos_token_id=tokenizer.eos_token_id,
+                **stopping,
+            )
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
@@ -80,8 +94,14 @@ class GenerationSamples(L.Callback):
     Losses say little about whether answers read well; a few samples per epoch do.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int = 64,
-                 add_special_tokens: bool = True, directory: str | Path | None = None):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        add_special_tokens: bool = True,
+        directory: str | Path | None = None,
+    ):
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
         self.max_new_tokens = int(max_new_tokens)
@@ -91,19 +111,39 @@ class GenerationSamples(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self.prompts:
             return
-        answers = generate_texts(pl_module.model, self.tokenizer, self.prompts, self.max_new_tokens,
-                                 add_special_tokens=self.add_special_tokens)
+        answers = generate_texts(
+            pl_module.model,
+            self.tokenizer,
+            self.prompts,
+            self.max_new_tokens,
+            add_special_tokens=self.add_special_tokens,
+        )
         directory = self.directory or Path(trainer.default_root_dir) / "generations"
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"epoch_{trainer.current_epoch}.md"
         loss = trainer.callback_metrics.get("val/loss")
         lines = [f"# Greedy generations after epoch {trainer.current_epoch} (step {trainer.global_step})", ""]
         if loss is not None:
-            lines += [f"val/loss {float(loss):.4f}, val/perplexity {math.exp(float(loss)):.2f}; "
-                      f"max_new_tokens {self.max_new_tokens}", ""]
+            lines += [
+                f"val/loss {float(loss):.4f}, val/perplexity {math.exp(float(loss)):.2f}; "
+                f"max_new_tokens {self.max_new_tokens}",
+                "",
+            ]
         for number, (prompt, answer) in enumerate(zip(self.prompts, answers), start=1):
-            lines += [f"## Prompt {number}", "", "```text", prompt.rstrip(), "```", "", "**Response:**", "",
-                      "```text", answer.strip(), "```", ""]
+            lines += [
+                f"## Prompt {number}",
+                "",
+                "```text",
+                prompt.rstrip(),
+                "```",
+                "",
+                "**Response:**",
+                "",
+                "```text",
+                answer.strip(),
+                "```",
+                "",
+            ]
         path.write_text("\n".join(lines))
         log.info("Wrote %d generations to %s", len(answers), path)
 
@@ -111,8 +151,14 @@ class GenerationSamples(L.Callback):
 class InstructTask(AdaptedTask):
     """Causal-LM fine-tuning on response tokens; val/loss (token-weighted) and val/perplexity."""
 
-    def __init__(self, model: nn.Module, head_modules: Sequence[str], optimizer: Mapping[str, Any],
-                 scheduler: Mapping[str, Any], callbacks: Sequence[L.Callback] = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        head_modules: Sequence[str],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        callbacks: Sequence[L.Callback] = (),
+    ):
         super().__init__(model, head_modules, optimizer, scheduler)
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
@@ -155,18 +201,23 @@ def check_model_files(model_cfg: Mapping) -> None:
     if gguf:
         if not (folder / gguf).is_file():
             found = sorted(p.name for p in folder.glob("*.gguf"))
-            raise FileNotFoundError(f"model.gguf_file={gguf} is not in {folder} (GGUF files there: {found}); set "
-                                    "model.gguf_file to one of them, or model.gguf_file=null for a transformers folder.")
+            raise FileNotFoundError(
+                f"model.gguf_file={gguf} is not in {folder} (GGUF files there: {found}); set "
+                "model.gguf_file to one of them, or model.gguf_file=null for a transformers folder."
+            )
         return
     if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
         raise FileNotFoundError(
             f"model.name_or_path={name} is a folder without model weights (no *.safetensors or pytorch_model*.bin; it "
             f"holds {sorted(p.name for p in folder.iterdir())[:10]}). Download the complete model (e.g. `huggingface-cli "
             f"download meta-llama/Llama-2-7b-hf --local-dir {folder}`) or convert Meta's checkpoint with transformers' "
-            "convert_llama_weights_to_hf.py, then point model.name_or_path at that folder.")
+            "convert_llama_weights_to_hf.py, then point model.name_or_path at that folder."
+        )
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"model.name_or_path={name} has weights but no config.json; a transformers model "
-                                "folder needs both (save it with save_pretrained, or download the full repository).")
+        raise FileNotFoundError(
+            f"model.name_or_path={name} has weights but no config.json; a transformers model "
+            "folder needs both (save it with save_pretrained, or download the full repository)."
+        )
 
 
 def load_causal_lm(model_cfg: Mapping) -> nn.Module:
@@ -179,18 +230,30 @@ def load_causal_lm(model_cfg: Mapping) -> nn.Module:
 def build_instruct_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> InstructDataModule:
     data = cfg.data
     return InstructDataModule(
-        tokenizer, path=data.get("path"), hf_dataset=data.get("hf_dataset"), prompt_format=data.prompt_format,
-        train_on_inputs=data.train_on_inputs, max_length=data.max_length, val_size=data.get("val_size"),
-        batch_size=data.batch_size, eval_batch_size=data.get("eval_batch_size"), num_workers=data.num_workers,
-        train_limit=data.get("train_limit"), val_limit=data.get("val_limit"), seed=cfg.seed,
-        group_by_length=data.group_by_length)
+        tokenizer,
+        path=data.get("path"),
+        hf_dataset=data.get("hf_dataset"),
+        prompt_format=data.prompt_format,
+        train_on_inputs=data.train_on_inputs,
+        max_length=data.max_length,
+        val_size=data.get("val_size"),
+        batch_size=data.batch_size,
+        eval_batch_size=data.get("eval_batch_size"),
+        num_workers=data.num_workers,
+        train_limit=data.get("train_limit"),
+        val_limit=data.get("val_limit"),
+        seed=cfg.seed,
+        group_by_length=data.group_by_length,
+    )
 
 
 def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_cfg: Mapping) -> None:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but model {model_cfg['name_or_path']} embeds only "
-                         f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer "
-                         "(model.tokenizer=null) or a tiny model with a larger vocab_size.")
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but model {model_cfg['name_or_path']} embeds only "
+            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer "
+            "(model.tokenizer=null) or a tiny model with a larger vocab_size."
+        )
 
 
 def build_instruct(cfg: DictConfig) -> tuple[InstructTask, InstructDataModule]:
@@ -205,7 +268,17 @@ def build_instruct(cfg: DictConfig) -> tuple[InstructTask, InstructDataModule]:
     check_vocabulary(model, tokenizer, cfg.model)
     generation = cfg.task.get("generation") or {}
     prompts = datamodule.validation_prompts(int(generation.get("num_prompts", 0)))
-    callbacks = [GenerationSamples(tokenizer, prompts, generation.get("max_new_tokens", 64),
-                                   add_special_tokens=datamodule.prompt_format == "alpaca")] if prompts else []
+    callbacks = (
+        [
+            GenerationSamples(
+                tokenizer,
+                prompts,
+                generation.get("max_new_tokens", 64),
+                add_special_tokens=datamodule.prompt_format == "alpaca",
+            )
+        ]
+        if prompts
+        else []
+    )
     module = InstructTask(model, cfg.model.head_modules, cfg.optimizer, cfg.scheduler, callbacks)
     return module, datamodule

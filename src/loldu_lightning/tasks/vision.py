@@ -25,8 +25,14 @@ from .base import AdaptedTask
 class VisionClassificationTask(AdaptedTask):
     """Cross-entropy training (the model computes it from ``labels``) and top-1 accuracy."""
 
-    def __init__(self, model: nn.Module, num_classes: int, head_modules: Sequence[str],
-                 optimizer: Mapping[str, Any], scheduler: Mapping[str, Any]):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        head_modules: Sequence[str],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+    ):
         super().__init__(model, head_modules, optimizer, scheduler)
         self.num_classes = num_classes
         self.train_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
