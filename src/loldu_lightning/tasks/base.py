@@ -31,6 +31,9 @@ class AdaptedTask(L.LightningModule):
     megabytes, not half a gigabyte.
     """
 
+    # Read by Lightning's ThroughputMonitor: None = report samples/s and tokens/s but no FLOP utilisation.
+    flops_per_batch: int | None = None
+
     def __init__(
         self, model: nn.Module, head_modules: Sequence[str], optimizer: Mapping[str, Any], scheduler: Mapping[str, Any]
     ):
