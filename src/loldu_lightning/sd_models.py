@@ -99,7 +99,7 @@ def _tiny_tokenizer_files(folder: Path) -> None:
 
 def build_tiny_sd(folder: Path, sizes: Mapping[str, Any]) -> None:
     """Write a random StableDiffusionPipeline (no safety checker) to `folder` with save_pretrained."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     s = {**TINY_SD_DEFAULTS, **dict(sizes)}
@@ -160,17 +160,7 @@ def build_tiny_sd(folder: Path, sizes: Mapping[str, Any]) -> None:
         steps_offset=1,
         prediction_type=s["prediction_type"],
     )
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(str(folder))
+    make_pipeline(unet, vae, text_encoder, tokenizer, scheduler).save_pretrained(str(folder))
 
 
 def tiny_sd_folder(sizes: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:

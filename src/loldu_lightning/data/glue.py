@@ -17,9 +17,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .distributed import eval_sampler
+from .loaders import training_loader
 
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)
@@ -285,20 +285,8 @@ class GlueDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         train = self.datasets["train"]
         # Batches of similar lengths (still shuffled) pad far less: SST-2 trains about twice as fast.
-        sampler = (
-            LengthGroupedSampler(self.batch_size, lengths=[len(ids) for ids in train.encodings["input_ids"]])
-            if self.group_by_length
-            else None
-        )
-        return DataLoader(
-            train,
-            batch_size=self.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        lengths = [len(ids) for ids in train.encodings["input_ids"]] if self.group_by_length else None
+        return training_loader(train, self.batch_size, self.collate, self.num_workers, lengths)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [

@@ -29,7 +29,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
-from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .distributed import eval_sampler
+from .loaders import training_loader
 
 log = logging.getLogger(__name__)
 
@@ -351,15 +353,8 @@ class InstructDataModule(L.LightningDataModule):
         train = self.datasets["train"]
         # Shuffled batches of similar lengths: Alpaca outputs range from one word to pages, so this
         # removes most of the padding.
-        sampler = LengthGroupedSampler(self.batch_size, lengths=train.lengths) if self.group_by_length else None
-        return DataLoader(
-            train,
-            batch_size=self.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        return training_loader(
+            train, self.batch_size, self.collate, self.num_workers, train.lengths if self.group_by_length else None
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -367,6 +362,8 @@ class InstructDataModule(L.LightningDataModule):
             self.datasets["validation"],
             batch_size=self.eval_batch_size,
             shuffle=False,
+            # each example once across DDP ranks; the summed NLL/token metrics then equal one process's
+            sampler=eval_sampler(self.datasets["validation"], self.trainer),
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
