@@ -19,6 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from .distributed import eval_sampler
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CLASSES_FILE = "prompts_and_classes.txt"
 LIVE_CLASSES = frozenset({"dog", "cat"})  # DreamBooth's live subjects use their own prompt list
@@ -248,6 +250,7 @@ class SubjectDataModule(L.LightningDataModule):
             self.val_set,
             batch_size=self.batch_size,
             shuffle=False,
+            sampler=eval_sampler(self.val_set, self.trainer),  # each photo once across DDP ranks
             num_workers=self.num_workers,
             collate_fn=collate_subject,
         )

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchmetrics import MeanMetric
 
 from ..adapters import unwrap_model
 from ..callbacks.sampling import DiffusionExportCallback, SamplingCallback
@@ -73,6 +74,8 @@ class DiffusionSubjectTask(AdaptedTask):
         self.tokenizer = parts.tokenizer
         self.noise_scheduler = parts.noise_scheduler
         self.prediction_type = parts.noise_scheduler.config.prediction_type
+        # per-example mean, reduced over DDP ranks at epoch end (a plain self.log would keep rank 0's)
+        self.val_loss = MeanMetric()
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(
                 f"The scheduler's prediction_type {self.prediction_type!r} is not supported; "
@@ -156,9 +159,8 @@ class DiffusionSubjectTask(AdaptedTask):
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
         timesteps = torch.tensor(self.val_timesteps * count, device=latents.device)
         hidden = self.encode_prompts(batch["input_ids"]).repeat_interleave(steps, dim=0)
-        self.log(
-            "val/loss", self.per_example_loss(latents, noise, timesteps, hidden).mean(), prog_bar=True, batch_size=count
-        )
+        self.val_loss.update(self.per_example_loss(latents, noise, timesteps, hidden))
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=count)
 
     # sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
