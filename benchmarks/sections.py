@@ -268,7 +268,7 @@ def initialisation_time(
 
         def factory() -> Callable[[], object]:
             # Own copies of the targeted weights: PiSSA rewrites them with its residual.
-            model = shared_copy(base, lambda name: is_target_weight(name, targets))
+            model = shared_copy(base, lambda name: is_target_weight(name, targets))  # noqa: F821 (`del base` runs after the last call)
             return lambda: apply(model)
 
         return factory
@@ -336,7 +336,7 @@ def merged_inference(
     targets, r = shapes.targets, shapes.full_rank
 
     def trained_loldu() -> nn.Module:
-        model = add_loldu(shared_copy(base, lambda name: is_target_weight(name, targets)), targets, r, "auto")
+        model = add_loldu(shared_copy(base, lambda name: is_target_weight(name, targets)), targets, r, "auto")  # noqa: F821 (`del base` runs after the last call)
         # Move z off its init so merging folds a non-zero update into the weights.
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():

@@ -160,7 +160,10 @@ def encoder_variants(
     variants = {}
     for key, (label, adapt, private_targets) in builders.items():
         model = shared_copy(
-            base, lambda name: name.startswith(HEAD_PREFIX) or (private_targets and is_target_weight(name, targets))
+            base,
+            lambda name, private=private_targets: (
+                name.startswith(HEAD_PREFIX) or (private and is_target_weight(name, targets))
+            ),
         )
         model = adapt(model)
         for name, param in model.named_parameters():
@@ -225,7 +228,7 @@ def projection_variants(shapes: BenchShapes, device: torch.device, seed: int) ->
 
     variants = {}
     for key, (label, adapt, private_targets) in builders.items():
-        model = shared_copy(base, lambda name: private_targets and is_target_weight(name, targets))
+        model = shared_copy(base, lambda name, private=private_targets: private and is_target_weight(name, targets))
         model = adapt(model)
         model.train()
         optimizer = _optimizer_for(model)

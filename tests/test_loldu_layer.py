@@ -86,7 +86,7 @@ def test_residual_authors_is_the_released_codes_per_init_split(init):
     model = inject(copy.deepcopy(base), LoLDUConfig(**config, residual="authors"))
     expected = "init" if init in {"ldu", "constant", "uniform", "normal"} else "ldu"
     twin = inject(copy.deepcopy(base), LoLDUConfig(**config, residual=expected))
-    for layer, twin_layer in zip(model.modules(), twin.modules()):
+    for layer, twin_layer in zip(model.modules(), twin.modules(), strict=True):
         if isinstance(layer, LoLDULinear):
             assert torch.equal(layer.c, twin_layer.c) and torch.equal(layer.z, twin_layer.z)
     x = torch.randn(5, 12)
@@ -170,7 +170,7 @@ def test_forward_paths_match_the_dense_definition_in_output_and_gradients(mode, 
     expected = _reference(layer, x)
     ((expected - target) ** 2).sum().backward()
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads, (x.grad, layer.z.grad, layer.sigma.grad)):
+    for got, want in zip(grads, (x.grad, layer.z.grad, layer.sigma.grad), strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
@@ -185,7 +185,7 @@ def test_every_merged_backward_formula_gives_the_same_gradients(monkeypatch, rec
     grads = (x.grad.clone(), layer.z.grad.clone(), layer.sigma.grad.clone())
     x.grad = layer.z.grad = layer.sigma.grad = None
     _reference(layer, x).sin().sum().backward()
-    for got, want in zip(grads, (x.grad, layer.z.grad, layer.sigma.grad)):
+    for got, want in zip(grads, (x.grad, layer.z.grad, layer.sigma.grad), strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 

@@ -197,7 +197,7 @@ def test_triangular_cost_counts_the_nonzeros():
     _, lower, upper = _packed((m, n))
     nonzeros = int((lower[:, :c] != 0).sum() + (upper[:c] != 0).sum())
     assert triangular_product_macs(m, n, c) == nonzeros
-    assert triangular_build_macs(m, n, c) == sum((m - l) * (n - l) for l in range(c))
+    assert triangular_build_macs(m, n, c) == sum((m - k) * (n - k) for k in range(c))
 
 
 def test_merged_lu_model_unloads_to_plain_layers_with_the_adapted_function():

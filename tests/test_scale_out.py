@@ -254,7 +254,7 @@ def test_fp16_autocast_with_grad_scaler_keeps_fp32_adapter(rte, tmp_path):
         scaler.update()
         optimizer.zero_grad()
     assert {(layer.z.dtype, layer.sigma.dtype, layer.c.dtype) for layer in layers} == {(torch.float32,) * 3}
-    assert any(not torch.equal(layer.z, before) for layer, before in zip(layers, z0))
+    assert any(not torch.equal(layer.z, before) for layer, before in zip(layers, z0, strict=True))
 
 
 def test_slurm_launcher_config_asks_one_task_per_device_on_every_node():

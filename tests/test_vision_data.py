@@ -46,7 +46,7 @@ def assert_batch_matches_labels(batch: dict[str, torch.Tensor], num_classes: int
     assert pixels.dtype == torch.float32 and pixels.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
     assert labels.dtype == torch.int64 and labels.shape == (pixels.shape[0],)
     assert int(labels.min()) >= 0 and int(labels.max()) < num_classes
-    for image, label in zip(pixels, labels.tolist()):
+    for image, label in zip(pixels, labels.tolist(), strict=True):
         assert image.mean().item() == pytest.approx(normalised(label), abs=0.03)
 
 

@@ -6,8 +6,9 @@ neither on disk nor reachable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoTokenizer

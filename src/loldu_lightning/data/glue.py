@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     generation_s = time.perf_counter() - start
     samples = []
-    for problem, completion in zip(problems, completions):
+    for problem, completion in zip(problems, completions, strict=True):
         outcome = run_program(
             build_program(problem, completion, instruct), timeout=args.timeout, memory_mb=args.memory_mb
         )

@@ -12,8 +12,9 @@ into the wrong base model (or on hardware that pivots differently) is refused wi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file

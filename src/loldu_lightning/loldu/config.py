@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, STORAGES, check_choice
 
-TargetSpec = Union[str, tuple[str, ...]]
+TargetSpec = str | tuple[str, ...]
 
 
 def _normalise_targets(name: str, value: Any, allow_none: bool) -> TargetSpec | None:

@@ -14,7 +14,7 @@ The chain from ``v = sigma * z - c`` to ``z`` and ``sigma`` is left to autograd.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
-def autocast_disabled(device_type: str) -> ContextManager[Any]:
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager[Any]:
     """Turn autocast off for ``device_type`` (a no-op where it is not on): our casts are explicit."""
     if autocast_dtype(device_type) is None:
         return contextlib.nullcontext()

@@ -55,7 +55,8 @@ def summary(model: nn.Module) -> str:
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
 
     counts = parameter_counts(model)

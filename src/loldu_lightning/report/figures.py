@@ -25,7 +25,7 @@ MAX_COLUMNS = 3
 def short_labels(keys: Sequence[str]) -> dict[str, str]:
     """`adapter.init` -> `init` unless two keys would share a short name."""
     shorts = [key.rsplit(".", 1)[-1] for key in keys]
-    return {key: short if shorts.count(short) == 1 else key for key, short in zip(keys, shorts)}
+    return {key: short if shorts.count(short) == 1 else key for key, short in zip(keys, shorts, strict=True)}
 
 
 def group_label(group: pd.Series, keys: Sequence[str]) -> str:
@@ -40,7 +40,7 @@ def _task_axes(tasks: Sequence[str]) -> tuple[Figure, list[Axes]]:
     figure = Figure(figsize=(5.5 * columns, 4.2 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = [figure.add_subplot(rows, columns, i + 1) for i in range(len(tasks))]
-    for ax, task in zip(axes, tasks):
+    for ax, task in zip(axes, tasks, strict=True):
         ax.set_title(str(task))
         ax.grid(True, which="major", alpha=0.3)
     return figure, axes
@@ -69,11 +69,11 @@ def params_vs_metric(groups: pd.DataFrame, by: list[str], notes: list[str]) -> F
         return None
     tasks = sorted(usable["task"].unique())
     figure, axes = _task_axes(tasks)
-    for ax, task in zip(axes, tasks):
+    for ax, task in zip(axes, tasks, strict=True):
         task_groups = usable[usable["task"] == task]
         x = task_groups["params.adapter"].to_numpy(float)
         _errorbar(ax, x, task_groups, fmt="o", markersize=6)
-        for x_value, (_, group) in zip(x, task_groups.iterrows()):
+        for x_value, (_, group) in zip(x, task_groups.iterrows(), strict=True):
             label = group_label(group, by)
             if label:
                 ax.annotate(label, (x_value, group["median"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
@@ -99,7 +99,7 @@ def axis_vs_metric(
         return None
     tasks = sorted(usable["task"].unique())
     figure, axes = _task_axes(tasks)
-    for ax, task in zip(axes, tasks):
+    for ax, task in zip(axes, tasks, strict=True):
         task_groups = usable[usable["task"] == task]
         series = task_groups.groupby(series_keys, sort=False, dropna=False) if series_keys else [((), task_groups)]
         for _, line in series:

@@ -200,7 +200,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         modes = list(dict.fromkeys(members["mode"].dropna()))
         records.append(
             {
-                **dict(zip(keys, group_values)),
+                **dict(zip(keys, group_values, strict=True)),
                 "metric_name": ", ".join(map(str, names)) or None,
                 "mode": modes[0] if len(modes) == 1 else None,
                 "n": len(usable),

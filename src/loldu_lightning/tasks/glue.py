@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,7 +68,7 @@ class GlueTask(AdaptedTask):
         self.val_losses[dataloader_idx].update(output.loss, weight=batch["labels"].shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        for prefix, collection, loss in zip(self.prefixes, self.val_metrics, self.val_losses):
+        for prefix, collection, loss in zip(self.prefixes, self.val_metrics, self.val_losses, strict=True):
             self.log_dict(collection.compute(), prog_bar=True)  # torchmetrics reduces over all ranks
             self.log(f"{prefix}/loss", loss.compute())
             collection.reset()

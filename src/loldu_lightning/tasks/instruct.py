@@ -129,7 +129,7 @@ class GenerationSamples(L.Callback):
                 f"max_new_tokens {self.max_new_tokens}",
                 "",
             ]
-        for number, (prompt, answer) in enumerate(zip(self.prompts, answers), start=1):
+        for number, (prompt, answer) in enumerate(zip(self.prompts, answers, strict=True), start=1):
             lines += [
                 f"## Prompt {number}",
                 "",
