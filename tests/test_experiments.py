@@ -307,7 +307,7 @@ GAP_ARMS = list_config_options("experiment/minilm_gap_arm")
 
 @pytest.mark.parametrize("arm", GAP_ARMS)
 def test_minilm_gap_arms_compose_per_task(arm):
-    for task, budget in (("sst2", (2000, 1, 64)), ("rte", (500, 2, 128))):
+    for task, budget in (("sst2", (2000, 1, 64)), ("mrpc", (None, 3, 128)), ("rte", (500, 2, 128))):
         cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}", f"task=glue/{task}"])
         validate_config(cfg)
         assert (cfg.data.train_limit, cfg.trainer.max_epochs, cfg.data.max_length) == budget
@@ -316,7 +316,7 @@ def test_minilm_gap_arms_compose_per_task(arm):
 
 def test_minilm_gap_loldu_arms_stay_under_5_percent_of_lora_r16():
     counts = {}
-    for arm in ("lora_r16", "loldu_qkv_lr3e-3", "loldu_tuned"):
+    for arm in ("lora_r16", "lora_r1", "loldu_qkv_lr3e-3", "loldu_tuned", "loldu_lr1e-3", "loldu_tuned_all_linear"):
         cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}"])
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
         model = adapter.apply(
@@ -325,4 +325,7 @@ def test_minilm_gap_loldu_arms_stay_under_5_percent_of_lora_r16():
         counts[arm] = count_parameters(model, list(cfg.model.head_modules))["adapter"]
     assert counts["lora_r16"] == 6 * 2 * 16 * (384 + 384)
     assert counts["loldu_qkv_lr3e-3"] == 6 * 3 * (384 + 1) < 0.05 * counts["lora_r16"]
-    assert counts["loldu_tuned"] < 0.05 * counts["lora_r16"]
+    assert counts["loldu_tuned"] == counts["loldu_lr1e-3"] == 6 * 2 * (384 + 1) < 0.05 * counts["lora_r16"]
+    assert counts["lora_r1"] == 6 * 2 * (384 + 384)
+    # query, key, value, attention output, FFN in (384 x 1536) and out: every one has rank 384
+    assert counts["loldu_tuned_all_linear"] == 6 * 6 * (384 + 1)
