@@ -36,7 +36,8 @@ class LoLDUAdapter(Adapter):
         """Nothing to do: `_save_adapter` already stored the heads as modules_to_save."""
 
     def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
-        return loldu.load_adapter(model, directory)
+        # The configured decomposition must be the file's: a z trained on one means nothing in another.
+        return loldu.load_adapter(model, directory, decomposition=self.options.decomposition)
 
     def _load_heads(self, model: nn.Module, directory: Path) -> tuple[str, ...]:
         # load_adapter restored the head weights; only their names are needed to unfreeze them.

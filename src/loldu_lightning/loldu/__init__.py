@@ -4,7 +4,7 @@
     model = inject(model, LoLDUConfig(rank=768, alpha=768, target_modules=["query", "value"]))
     print(summary(model))
 
-No Lightning, no Hydra: decomposition, the LoLDU layer, injection by target names/regex,
+No Lightning, no Hydra: decompositions (lu, svd, qr), the LoLDU layer with its storage strategies, injection by target names/regex,
 merge/unmerge/unload, adapter save/load and the parameter report.
 """
 
@@ -19,10 +19,12 @@ from .adapter_io import (
 )
 from .config import LoLDUConfig
 from .decomposition import LDUFactors, PackedLDU, ldu_decompose, ldu_decompose_packed
+from .decompositions import DECOMPOSITIONS, Decomposition, qr_decompose, svd_decompose
 from .forward_cost import choose_forward_path
 from .layer import LoLDULinear, module_seed
 from .model_ops import disable, enable, inject, loldu_modules, merge, unload, unmerge
 from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, STORAGES
+from .storages import STORAGE_TYPES, FactorStorage
 from .summary import parameter_counts, summary, trainable_parameters
 from .targeting import resolve_target_modules
 
@@ -30,7 +32,10 @@ __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "DECOMPOSE_DTYPES",
+    "DECOMPOSITIONS",
     "DTYPES",
+    "Decomposition",
+    "FactorStorage",
     "FORWARD_MODES",
     "INITS",
     "LDUFactors",
@@ -40,6 +45,7 @@ __all__ = [
     "RESIDUALS",
     "SCALINGS",
     "STORAGES",
+    "STORAGE_TYPES",
     "adapter_state_dict",
     "choose_forward_path",
     "disable",
@@ -52,10 +58,12 @@ __all__ = [
     "merge",
     "module_seed",
     "parameter_counts",
+    "qr_decompose",
     "read_adapter_config",
     "resolve_target_modules",
     "save_adapter",
     "summary",
+    "svd_decompose",
     "trainable_parameters",
     "unload",
     "unmerge",

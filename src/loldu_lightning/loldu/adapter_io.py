@@ -4,9 +4,10 @@ The safetensors file holds, per adapted module ``<name>``, the tensors ``<name>.
 ``<name>.sigma`` and ``<name>.c`` (plus the frozen factors with ``save_factors``: ``<name>.lower/.upper/.perm``, or
 ``.packed/.perm`` and ``.diag`` for the packed storages), and
 the full state of each module in ``modules_to_save`` under ``modules_to_save.<module>.<key>``.
-The JSON is data only (never a class name): the config fields, the resolved module list, the base
-model name and, per module, a fingerprint of the base weight and of the pivot order, so loading
-into the wrong base model (or on hardware that pivots differently) is refused with a clear message.
+The JSON is data only (never a class name): the config fields (``decomposition`` among them; files
+written before it existed are ``lu``), the resolved module list, the base model name and, per
+module, a fingerprint of the base weight and of the pivot order, so loading into the wrong base
+model (or on hardware that pivots differently) is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapter's tensors keyed ``<module>.z/.sigma/.c`` (and the factors when the config says so)."""
     state: dict[str, Tensor] = {}
     for name, layer in _adapted(model, "build an adapter state dict"):
-        keys = _VECTOR_KEYS + (layer.factor_names() if layer.loldu_config.save_factors else ())
-        for key in keys:
-            state[f"{name}.{key}"] = getattr(layer, key).detach().cpu().contiguous()
+        tensors = {key: getattr(layer, key) for key in _VECTOR_KEYS}
+        if layer.loldu_config.save_factors:
+            tensors.update(layer.factor_tensors())
+        for key, tensor in tensors.items():
+            state[f"{name}.{key}"] = tensor.detach().cpu().contiguous()
     return state
 
 
@@ -109,9 +112,11 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+def load_adapter(model: nn.Module, directory: str | Path, decomposition: str | None = None) -> nn.Module:
     """Inject LoLDU into ``model`` as saved in ``directory`` and load the adapter's values.
 
+    ``decomposition``: the one the caller expects (None: whatever the file says). The trained z
+    belongs to the decomposition it was trained on, so a different one is refused, never converted.
     Every base weight is checked against its fingerprint before anything changes; the pivot order
     is checked after the decomposition (skipped when the factors themselves were saved). On any
     mismatch the model is left without adapters and a ValueError names the module.
@@ -121,6 +126,13 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     if not weights_path.is_file():
         raise FileNotFoundError(f"LoLDU adapter weights not found: {weights_path}")
     config = LoLDUConfig.from_dict({key: document[key] for key in LoLDUConfig.field_names() if key in document})
+    if decomposition is not None and decomposition != config.decomposition:
+        raise ValueError(
+            f"{Path(directory) / ADAPTER_CONFIG_NAME}: the adapter was trained with decomposition "
+            f"{config.decomposition!r}, but decomposition {decomposition!r} was asked for; its z values are the "
+            f"diagonal of that decomposition and mean nothing in another. Load it with decomposition="
+            f"{config.decomposition!r} (adapter.decomposition={config.decomposition})."
+        )
     names: list[str] = list(document["target_modules_resolved"])
     fingerprints: dict[str, dict[str, Any]] = document["fingerprints"]
     tensors = load_file(str(weights_path))
@@ -202,7 +214,10 @@ def _check_weight(name: str, weight: Tensor, fingerprint: dict[str, Any]) -> Non
 def _load_layer(
     name: str, layer: LoLDULinear, tensors: dict[str, Tensor], fingerprint: dict[str, Any], with_factors: bool
 ) -> None:
-    keys = _VECTOR_KEYS + (layer.factor_names() if with_factors else ())
+    targets = {key: getattr(layer, key) for key in _VECTOR_KEYS}
+    if with_factors:
+        targets.update(layer.factor_tensors())
+    keys = tuple(targets)
     missing = [f"{name}.{key}" for key in keys if f"{name}.{key}" not in tensors]
     if missing:
         raise ValueError(f"LoLDU adapter file lacks {missing}; it does not match its adapter_config.json")
@@ -211,8 +226,7 @@ def _load_layer(
         if found != fingerprint["perm"]:
             raise _mismatch(name, "pivot order (perm sha256)", fingerprint["perm"], found)
     with torch.no_grad():
-        for key in keys:
-            target: Tensor = getattr(layer, key)
+        for key, target in targets.items():
             value = tensors[f"{name}.{key}"]
             if value.shape != target.shape:
                 raise ValueError(

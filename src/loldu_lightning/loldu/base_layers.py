@@ -36,3 +36,12 @@ def out_in_weight(module: nn.Module) -> Tensor:
     if is_conv1d(module):
         return module.weight.t()
     raise ValueError(f"LoLDU supports nn.Linear and transformers Conv1D layers, got {type(module).__name__}")
+
+
+def set_out_in_weight(module: nn.Module, weight: Tensor | None) -> None:
+    """Give ``module`` a frozen weight from an (out, in) matrix, or none (its storage is released)."""
+    if weight is None:
+        module.weight = None
+        return
+    layout = weight if isinstance(module, nn.Linear) else weight.t()  # Conv1D stores (in, out)
+    module.weight = nn.Parameter(layout.contiguous(), requires_grad=False)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .decompositions import DECOMPOSITIONS
 from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, STORAGES, check_choice
 
 TargetSpec = str | tuple[str, ...]
@@ -48,6 +49,8 @@ class LoLDUConfig:
     save_factors: also store L, U and the permutation in adapter files (bit-exact portability).
     storage: how the frozen factors are kept (``registries.STORAGES``): ``dense`` (default),
         ``packed`` (one m x n LU-packed matrix, full rank only) or ``lu`` (the packed LU replaces W0).
+    decomposition: whose diagonal is trained (``decompositions.DECOMPOSITIONS``): ``lu`` (default,
+        the paper's), ``svd`` (top-r singular values) or ``qr`` (diagonal of R); docs/decompositions.md.
     """
 
     rank: int | str
@@ -63,6 +66,7 @@ class LoLDUConfig:
     decompose_dtype: str = "float32"
     save_factors: bool = False
     storage: str = "dense"
+    decomposition: str = "lu"
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not (isinstance(self.rank, int) or self.rank == "full"):
@@ -83,6 +87,14 @@ class LoLDUConfig:
         check_choice("forward_mode", self.forward_mode, FORWARD_MODES)
         check_choice("decompose_dtype", self.decompose_dtype, DECOMPOSE_DTYPES)
         check_choice("storage", self.storage, STORAGES)
+        check_choice("decomposition", self.decomposition, DECOMPOSITIONS)
+        fitting = DECOMPOSITIONS[self.decomposition].storages
+        if self.storage not in fitting:
+            raise ValueError(
+                f"LoLDU config: storage {self.storage!r} keeps the factors in LAPACK's packed LU layout, which only "
+                f"decomposition 'lu' produces, got decomposition {self.decomposition!r}; use storage "
+                f"{' or '.join(repr(name) for name in sorted(fitting))} with it"
+            )
         if self.storage == "lu" and self.dtype in ("float16", "bfloat16"):
             # Measured (benchmarks/RESULTS.md, section 5): a 4096 x 4096 W0 rebuilt from bfloat16 LU
             # factors is off by 30% (relative Frobenius), from float32 ones by 1e-5.

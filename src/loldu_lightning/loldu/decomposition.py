@@ -24,7 +24,9 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class LDUFactors:
-    """The kept LDU components of one matrix, in the decomposition dtype.
+    """The kept components ``lower diag(d) upper`` of one matrix, in the decomposition dtype.
+
+    The LU's are described here; ``decompositions`` gives the SVD's and QR's the same shape.
 
     lower: ``(P L)[:, :r]``, m x r. diag: ``d[:r]``. upper: ``U1[:r]``, r x n (unit diagonal
     except at tiny pivots). perm: int64, length m, ``(P @ M) == M[perm]``.
@@ -65,11 +67,13 @@ def tiny_pivot_mask(diag: Tensor, shape: tuple[int, int]) -> Tensor:
 
 # Measured (benchmarks/RESULTS.md, section 3): a 768 x 768 CPU LU ran 7x slower on 2 threads than on
 # 1 when other processes shared the cores; at 4096 the two were equal. Larger ones keep all threads.
+# The SVD and QR paths (``decompositions``) use the same rule: their LAPACK calls share the cores the same way.
 _SINGLE_THREAD_LU_MAX_SIDE = 2048
 
 
 @contextlib.contextmanager
-def _single_thread_for_small_cpu_lu(matrix: Tensor):
+def single_thread_for_small_cpu_matrix(matrix: Tensor):
+    """Run a small CPU factorisation on one thread (see the measurement above)."""
     if matrix.device.type != "cpu" or max(matrix.shape) > _SINGLE_THREAD_LU_MAX_SIDE or torch.get_num_threads() == 1:
         yield
         return
@@ -81,23 +85,28 @@ def _single_thread_for_small_cpu_lu(matrix: Tensor):
         torch.set_num_threads(threads)
 
 
-def _checked_lu(weight: Tensor, rank: int | None, dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
-    """``(packed, pivots, r)`` from ``lu_factor_ex`` after validating the weight, rank and dtype."""
+def checked_matrix(weight: Tensor, rank: int | None, dtype: torch.dtype, caller: str) -> tuple[Tensor, int]:
+    """``(weight as a finite (m, n) matrix in dtype, r)`` after validating the weight, rank and dtype."""
     if weight.dim() != 2:
-        raise ValueError(f"ldu_decompose: expected a 2-D weight (out x in), got shape {tuple(weight.shape)}")
+        raise ValueError(f"{caller}: expected a 2-D weight (out x in), got shape {tuple(weight.shape)}")
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"ldu_decompose: decomposition dtype must be float32 or float64, got {dtype}")
+        raise ValueError(f"{caller}: decomposition dtype must be float32 or float64, got {dtype}")
     m, n = weight.shape
     k = min(m, n)
     r = k if rank is None else rank
     if not 1 <= r <= k:
-        raise ValueError(f"ldu_decompose: rank must be in [1, {k}] for a {m} x {n} matrix, got {r}")
-
+        raise ValueError(f"{caller}: rank must be in [1, {k}] for a {m} x {n} matrix, got {r}")
     matrix = weight.detach().to(dtype)
     if not torch.isfinite(matrix).all():
-        raise ValueError(f"ldu_decompose: the {m} x {n} weight contains inf or NaN; it cannot be decomposed")
+        raise ValueError(f"{caller}: the {m} x {n} weight contains inf or NaN; it cannot be decomposed")
+    return matrix, r
+
+
+def _checked_lu(weight: Tensor, rank: int | None, dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
+    """``(packed, pivots, r)`` from ``lu_factor_ex`` after validating the weight, rank and dtype."""
+    matrix, r = checked_matrix(weight, rank, dtype, "ldu_decompose")
     # lu_factor_ex: singular matrices are valid input here (lu_factor raises on a zero pivot).
-    with _single_thread_for_small_cpu_lu(matrix):
+    with single_thread_for_small_cpu_matrix(matrix):
         packed, pivots, _ = torch.linalg.lu_factor_ex(matrix)
     return packed, pivots, r
 
