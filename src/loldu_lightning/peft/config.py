@@ -1,0 +1,114 @@
+"""``LoLDUPeftConfig``: the PEFT configuration of a LoLDU adapter.
+
+Field names follow PEFT's conventions (``r``, ``<method>_alpha``, ``init_<method>_weights``,
+``target_modules``, ``exclude_modules``, ``modules_to_save``, ``layers_to_transform``); every other
+option of ``loldu_lightning.loldu.LoLDUConfig`` has a field of the same name and meaning. The layer
+is built from ``to_loldu_config()``, which copies the fields over generically, so the PEFT path
+and ``loldu.inject`` build the very same layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft.config import PeftConfig
+
+from loldu_lightning.loldu import LoLDUConfig
+
+from .peft_type import loldu_peft_type
+
+# LoLDUConfig field -> the PEFT config field that carries it (fields not listed keep their name).
+PEFT_FIELD_NAMES: dict[str, str] = {"rank": "r", "alpha": "loldu_alpha", "init": "init_loldu_weights"}
+
+# PEFT matches target_modules itself (before any LoLDU layer exists); the LoLDU config only needs a
+# valid value, and one that says where the module list lives.
+_TARGETS_MATCHED_BY_PEFT = "matched-by-peft"
+
+
+@dataclass
+class LoLDUPeftConfig(PeftConfig):
+    """Configuration of a LoLDU adapter for ``peft.get_peft_model``.
+
+    Each targeted Linear/Conv1D weight ``W0 = P L diag(d) U1`` gets the update
+    ``P L_r diag(sigma * z - c) U_r`` with only ``z`` (``r`` numbers) and ``sigma`` trained
+    (docs/design.md section 1). The LoLDU options mean what they mean in ``loldu.LoLDUConfig``.
+    """
+
+    r: int | str = field(default=8, metadata={"help": "components kept per matrix: an int >= 1 or 'full' (min(out, in))"})
+    loldu_alpha: float | None = field(default=None, metadata={"help": "sigma0 = loldu_alpha / r; None means r"})
+    init_loldu_weights: str = field(
+        default="uniform", metadata={"help": "init of z: ldu|constant|uniform|uniform_unit|normal|normal_unit|zeros|ones"}
+    )
+    scaling: str = field(default="learned", metadata={"help": "sigma: learned | fixed | none"})
+    residual: str = field(default="init", metadata={"help": "c from the initial z (init), from d_r (ldu) or authors"})
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "module names (exact or '.'-suffix), a regex (full match) or 'all-linear'"},
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "modules never adapted"})
+    dtype: str | None = field(default=None, metadata={"help": "storage dtype of the factors; None = the weight's"})
+    forward_mode: str = field(default="auto", metadata={"help": "auto | factored | merged"})
+    seed: int = field(default=0, metadata={"help": "base of the per-module seeds of the random inits"})
+    decompose_dtype: str = field(default="float32", metadata={"help": "float32 | float64"})
+    save_factors: bool = field(default=False, metadata={"help": "also save P, L_r, U_r (bit-exact portability)"})
+    storage: str = field(default="dense", metadata={"help": "dense | packed | lu (see docs/factor_storage.md)"})
+    decomposition: str = field(default="lu", metadata={"help": "whose diagonal is trained: lu | svd | qr"})
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "modules trained fully and saved with the adapter (e.g. a classifier head)"}
+    )
+    layers_to_transform: list[int] | int | None = field(
+        default=None, metadata={"help": "only adapt the layers with these indices"}
+    )
+    layers_pattern: list[str] | str | None = field(
+        default=None, metadata={"help": "name of the layer list layers_to_transform indexes (e.g. 'layers')"}
+    )
+    bias: str = field(default="none", metadata={"help": "only 'none': LoLDU trains no bias"})
+    fingerprints: dict[str, dict[str, Any]] | None = field(
+        default=None,
+        metadata={
+            "help": "per adapted module: sha256 of W0 and of the pivot order, and the shape; recorded when the adapter "
+            "is created and checked when it is loaded"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = loldu_peft_type()
+        if self.bias != "none":
+            raise ValueError(
+                f"LoLDUPeftConfig: bias={self.bias!r} is not supported; LoLDU trains no bias (use bias='none', or put "
+                "the module in modules_to_save to train it fully)"
+            )
+        if isinstance(self.target_modules, (list, tuple)):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, (list, tuple)):
+            self.exclude_modules = set(self.exclude_modules)
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("LoLDUPeftConfig: layers_pattern needs layers_to_transform (the indices it selects)")
+        self.to_loldu_config()  # runs every check of the LoLDU options now, before any model is touched
+
+    def to_loldu_config(self) -> LoLDUConfig:
+        """The ``loldu.LoLDUConfig`` of the layers this config builds (target matching stays PEFT's)."""
+        values: dict[str, Any] = {}
+        for name in LoLDUConfig.field_names():
+            peft_name = PEFT_FIELD_NAMES.get(name, name)
+            if hasattr(self, peft_name):
+                values[name] = getattr(self, peft_name)
+        values["target_modules"] = _TARGETS_MATCHED_BY_PEFT
+        values["exclude_modules"] = None
+        try:
+            return LoLDUConfig(**values)
+        except ValueError as error:
+            renamed = ", ".join(f"{peft} = {loldu}" for loldu, peft in PEFT_FIELD_NAMES.items())
+            raise ValueError(f"LoLDUPeftConfig: {error} (PEFT field names: {renamed})") from None
+
+    @classmethod
+    def from_loldu_config(cls, config: LoLDUConfig, **peft_fields: Any) -> LoLDUPeftConfig:
+        """The PEFT config equivalent to a native ``LoLDUConfig`` (``peft_fields`` add e.g. modules_to_save)."""
+        values = {PEFT_FIELD_NAMES.get(name, name): value for name, value in dataclasses.asdict(config).items()}
+        for key in ("target_modules", "exclude_modules"):
+            if isinstance(values[key], tuple):
+                values[key] = list(values[key])
+        return cls(**{**values, **peft_fields})
