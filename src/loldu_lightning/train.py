@@ -23,6 +23,7 @@ from .callbacks.adapter import AdapterCallback, CheckpointOnException, RNGStateC
 from .callbacks.metrics import MetricsHistory
 from .callbacks.throughput import Throughput
 from .config import validate_config
+from .loggers import build_loggers, build_tracking, check_logger_packages
 from .models import model_label
 from .tasks import build_task
 
@@ -143,12 +144,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     sweeper optimises).
     """
     adapter = validate_config(cfg)
+    check_logger_packages(cfg.logger)  # a missing tracker package fails here, before any model loads
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     task = cfg.task
     history = MetricsHistory()
     adapter_callback = AdapterCallback(adapter, output_dir / "adapter", base_model_name=model_label(cfg.model))
+    tracking = build_tracking(cfg)
     payload: dict[str, Any] = {
         "status": "running",
         "error": None,
@@ -170,8 +173,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir / "checkpoints")
         module, datamodule = build_task(cfg)
-        callbacks = _callbacks(cfg, output_dir, adapter_callback, history)
-        loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+        callbacks = [*_callbacks(cfg, output_dir, adapter_callback, history), tracking]
+        loggers = build_loggers(cfg)
         trainer = L.Trainer(
             **trainer_options(cfg.trainer),
             callbacks=callbacks,
@@ -207,6 +210,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if rank_zero_only.rank == 0:
             _write_metrics(output_dir / "metrics.json", payload)
             log.info("Wrote %s", output_dir / "metrics.json")
+            tracking.finish(payload)  # metrics.json values and artifacts to the trackers; ends their runs
         _end_distributed(group_opened_before, launcher_environment)
     if rank_zero_only.rank == 0:
         log.info(
