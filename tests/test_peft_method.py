@@ -1,0 +1,222 @@
+"""LoLDU as a PEFT method: same numbers as loldu.inject, registration, fingerprints, every option."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import transformers
+from peft import PeftModel, get_peft_model
+from peft.utils import PeftType
+from safetensors.torch import load_file
+
+import loldu_lightning.peft as loldu_peft
+from loldu_lightning import loldu
+from loldu_lightning.peft import PEFT_FIELD_NAMES, LoLDULayer, LoLDUPeftConfig
+from loldu_lightning.peft.registration import check_peft_version
+
+
+def tiny_roberta(seed: int = 0) -> transformers.RobertaForSequenceClassification:
+    torch.manual_seed(seed)
+    config = transformers.RobertaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=40,
+        num_labels=2,
+    )
+    return transformers.RobertaForSequenceClassification(config).eval()
+
+
+IDS = torch.randint(3, 100, (3, 9), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rank": 8, "alpha": 16, "init": "uniform"},
+        {"rank": "full", "init": "normal", "scaling": "fixed", "residual": "ldu", "forward_mode": "merged"},
+        {"rank": 5, "init": "ldu", "decomposition": "svd", "storage": "dense"},
+        {"rank": "full", "storage": "packed", "forward_mode": "factored"},
+    ],
+    ids=["uniform", "fixed-ldu-merged", "svd", "packed"],
+)
+def test_peft_path_and_native_inject_agree_on_outputs_and_gradients(options):
+    native_config = loldu.LoLDUConfig(target_modules=["query", "value"], seed=11, **options)
+    native = loldu.inject(tiny_roberta(), native_config)
+    peft_model = get_peft_model(tiny_roberta(), LoLDUPeftConfig.from_loldu_config(native_config))
+
+    outputs = []
+    for model in (native, peft_model):
+        logits = model(input_ids=IDS).logits
+        (logits**2).sum().backward()
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+
+    native_layers = dict(loldu.loldu_modules(native))
+    peft_layers = {
+        name: module.loldu_adapter["default"]
+        for name, module in peft_model.base_model.model.named_modules()
+        if isinstance(module, LoLDULayer)
+    }
+    assert set(peft_layers) == set(native_layers) and len(native_layers) == 4
+    for name, layer in native_layers.items():
+        twin = peft_layers[name]
+        assert torch.equal(twin.z, layer.z) and torch.equal(twin.c, layer.c)
+        assert torch.equal(twin.z.grad, layer.z.grad)
+        if isinstance(layer.sigma, torch.nn.Parameter):
+            assert torch.equal(twin.sigma.grad, layer.sigma.grad)
+        else:
+            assert not isinstance(twin.sigma, torch.nn.Parameter)
+
+
+def test_every_loldu_option_has_a_peft_field():
+    peft_fields = {field.name for field in dataclasses.fields(LoLDUPeftConfig)}
+    missing = [
+        name for name in loldu.LoLDUConfig.field_names() if PEFT_FIELD_NAMES.get(name, name) not in peft_fields
+    ]
+    assert not missing, f"add these loldu.LoLDUConfig options to LoLDUPeftConfig: {missing}"
+    config = LoLDUPeftConfig(r="full", loldu_alpha=3.0, init_loldu_weights="zeros", decomposition="qr", seed=4)
+    native = config.to_loldu_config()
+    assert (native.rank, native.alpha, native.init, native.decomposition, native.seed) == ("full", 3.0, "zeros", "qr", 4)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"init_loldu_weights": "gaussian"}, "unknown init 'gaussian'.*init_loldu_weights = init"),
+        ({"r": 0}, "rank must be >= 1"),
+        ({"bias": "all"}, "bias='all' is not supported"),
+        ({"storage": "lu", "dtype": "bfloat16"}, "storage 'lu'"),
+    ],
+)
+def test_bad_options_fail_when_the_config_is_built(fields, message):
+    with pytest.raises(ValueError, match=message):
+        LoLDUPeftConfig(target_modules=["query"], **fields)
+
+
+def test_registration_is_idempotent_and_survives_a_reimport():
+    loldu_peft.register()
+    reloaded = importlib.reload(loldu_peft.registration)
+    reloaded.register()
+    assert PeftType("LOLDU") is PeftType.LOLDU and list(PeftType).count(PeftType.LOLDU) == 1
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=2, target_modules=["query"]))
+    assert model.peft_type == PeftType.LOLDU
+
+
+def test_an_unsupported_peft_version_gets_one_clear_error():
+    with pytest.raises(ImportError, match=r"supports PEFT >= 0\.21\.0, < 0\.22\.0; found PEFT 0\.20\.0.*pip install"):
+        check_peft_version("0.20.0")
+    check_peft_version("0.21.2")
+
+
+def test_loading_onto_another_base_model_names_the_module(tmp_path):
+    model = get_peft_model(tiny_roberta(0), LoLDUPeftConfig(r=4, target_modules=["query", "value"]))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"module 'roberta\.encoder\.layer\.0\.attention\.self\.query' weight sha256"):
+        PeftModel.from_pretrained(tiny_roberta(1), tmp_path)
+    # one layer, with the first layer's weights of the original: the second layer's modules are missing
+    small = transformers.RobertaForSequenceClassification(
+        transformers.RobertaConfig(**{**tiny_roberta(0).config.to_dict(), "num_hidden_layers": 1})
+    )
+    small.load_state_dict(tiny_roberta(0).state_dict(), strict=False)
+    with pytest.raises(ValueError, match=r"it was made for modules this model lacks.*layer\.1\.attention\.self\.query"):
+        PeftModel.from_pretrained(small, tmp_path)
+
+
+def test_a_fresh_process_loads_the_adapter_after_the_import(tmp_path):
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query", "value"], seed=5))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.1)
+        torch.save(model(input_ids=IDS).logits, tmp_path / "expected.pt")
+    model.save_pretrained(tmp_path / "adapter")
+    script = textwrap.dedent(
+        f"""
+        import torch, transformers
+        from peft import PeftModel
+        import loldu_lightning.peft
+        torch.manual_seed(0)
+        config = transformers.RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            intermediate_size=48, max_position_embeddings=40, num_labels=2)
+        model = PeftModel.from_pretrained(transformers.RobertaForSequenceClassification(config).eval(), r"{tmp_path / "adapter"}")
+        ids = torch.randint(3, 100, (3, 9), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).logits, torch.load(r"{tmp_path / "expected.pt"}"))
+        print("same logits")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same logits" in result.stdout
+
+
+@pytest.mark.parametrize("storage", ["dense", "packed"])
+def test_saved_factors_travel_with_the_adapter_and_load_under_another_name(storage, tmp_path):
+    rank = "full" if storage == "packed" else 4
+    config = LoLDUPeftConfig(r=rank, target_modules=["query"], save_factors=True, storage=storage)
+    model = get_peft_model(tiny_roberta(), config)
+    layer = model.base_model.model.roberta.encoder.layer[0].attention.self.query.loldu_adapter["default"]
+    with torch.no_grad():
+        layer.z.add_(0.5)
+        expected = model(input_ids=IDS).logits
+    model.save_pretrained(tmp_path)
+    keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))
+    prefix = "base_model.model.roberta.encoder.layer.0.attention.self.query.loldu_adapter."
+    assert {prefix + f"factor_storage.{name}" for name in layer.factor_names()} <= keys
+    assert not any(".default." in key for key in keys)
+
+    loaded = PeftModel.from_pretrained(tiny_roberta(), tmp_path, adapter_name="other")
+    twin = loaded.base_model.model.roberta.encoder.layer[0].attention.self.query.loldu_adapter["other"]
+    for name, tensor in layer.factor_tensors().items():
+        assert torch.equal(twin.factor_tensors()[name], tensor)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=IDS).logits, expected, rtol=0, atol=0)
+
+
+def test_storage_lu_releases_w0_and_gives_it_back(tmp_path):
+    base = tiny_roberta()
+    expected = base(input_ids=IDS).logits.detach()
+    model = get_peft_model(copy.deepcopy(base), LoLDUPeftConfig(r=4, target_modules=["query"], storage="lu"))
+    query = model.base_model.model.roberta.encoder.layer[0].attention.self.query
+    assert query.base_layer.weight is None
+    torch.testing.assert_close(model(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        query.loldu_adapter["default"].z.add_(1.0)
+        with model.disable_adapter():
+            torch.testing.assert_close(model(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot hold several adapters when one uses storage 'lu'"):
+        model.add_adapter("second", LoLDUPeftConfig(r=2, target_modules=["query"]))
+    unloaded = model.unload()
+    assert unloaded.roberta.encoder.layer[0].attention.self.query.weight is not None
+    torch.testing.assert_close(unloaded(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_update_is_refused_by_safe_merge():
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query"]))
+    with torch.no_grad():
+        model.base_model.model.roberta.encoder.layer[1].attention.self.query.loldu_adapter["default"].z[0] = float("nan")
+    with pytest.raises(ValueError, match=r"merging adapter 'default' into module '.*layer\.1\.attention\.self\.query'"):
+        model.merge_and_unload(safe_merge=True)
+
+
+def test_default_targets_come_from_the_model_type():
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=2))
+    assert model.peft_config["default"].target_modules == {"query", "value"}
+    with pytest.raises(ValueError, match="no default for model type"):
+        torch.manual_seed(0)
+        gpt = transformers.GPTNeoXForCausalLM(
+            transformers.GPTNeoXConfig(
+                vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+            )
+        )
+        get_peft_model(gpt, LoLDUPeftConfig(r=2))
