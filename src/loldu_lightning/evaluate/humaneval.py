@@ -5,8 +5,9 @@
 
 Each problem's prompt (a signature and docstring) is completed greedily; the completion is cut at
 the first top-level statement after the function (Codex's stop sequences), then the problem's
-tests run against it in the sandbox (`sandbox.py`: separate process, timeout, memory limit, no
-network, temporary directory). With greedy decoding pass@1 is the fraction of problems passed.
+tests run against it in the sandbox (`sandbox.py`: bubblewrap isolation, timeout, memory limit, no
+network; docs/sandbox.md). Without a working bubblewrap the evaluation stops before generating,
+unless `--unsafe-no-sandbox` is given. With greedy decoding pass@1 is the fraction of problems passed.
 `--prompt-format instruct` wraps the prompt in the run's instruction template instead (the code
 block of the answer is taken as the solution). Per-problem completions and outcomes go to
 `humaneval_samples.jsonl` beside eval.json.
@@ -25,7 +26,7 @@ from typing import Any
 
 from . import write_eval_results
 from .causal_lm import add_model_arguments, load_for_evaluation
-from .sandbox import network_namespace_prefix, run_program
+from .sandbox import UNSAFE_OPTION, SandboxUnavailable, require_sandbox, run_program
 
 log = logging.getLogger(__name__)
 NAME = "humaneval"
@@ -94,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program")
+    parser.add_argument(
+        UNSAFE_OPTION,
+        dest="unsafe_no_sandbox",
+        action="store_true",
+        help="run the generated programs even where bubblewrap isolation is unavailable (UNSAFE: they "
+        "can then read and write whatever this process can)",
+    )
 
 
 def _prompts(problems: list[dict[str, Any]], prompt_format: str, loaded) -> list[str]:
@@ -108,6 +116,12 @@ def _prompts(problems: list[dict[str, Any]], prompt_format: str, loaded) -> list
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    try:  # before the model loads: refusing after an hour of generation would waste it
+        sandbox = require_sandbox(args.unsafe_no_sandbox)
+    except SandboxUnavailable as error:
+        raise SystemExit(f"humaneval: {error}") from None
+    if sandbox != "bubblewrap":
+        log.warning("running generated code WITHOUT isolation: %s", sandbox)
     from ..tasks.instruct import generate_texts
 
     problems = all_problems = read_problems()
@@ -132,7 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples = []
     for problem, completion in zip(problems, completions, strict=True):
         outcome = run_program(
-            build_program(problem, completion, instruct), timeout=args.timeout, memory_mb=args.memory_mb
+            build_program(problem, completion, instruct),
+            timeout=args.timeout,
+            memory_mb=args.memory_mb,
+            unsafe_no_sandbox=args.unsafe_no_sandbox,
         )
         samples.append(
             {
@@ -154,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": args.max_new_tokens,
         "decoding": "greedy",
         "generation_s": round(generation_s, 1),
-        "network_namespace": bool(network_namespace_prefix()),
+        "sandbox": sandbox,
     }
     loaded.output_dir.mkdir(parents=True, exist_ok=True)
     with open(loaded.output_dir / "humaneval_samples.jsonl", "w", encoding="utf-8") as handle:
