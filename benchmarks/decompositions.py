@@ -97,7 +97,9 @@ def decomposition_cost(
     """Section 7: init time and training step per decomposition, ratios against LU."""
     base = build_encoder(shapes, device, seed)
     targets, r = shapes.targets, shapes.full_rank
-    count = sum(1 for name, _ in base.named_parameters() if is_target_weight(name, targets) and name.endswith(".weight"))
+    count = sum(
+        1 for name, _ in base.named_parameters() if is_target_weight(name, targets) and name.endswith(".weight")
+    )
     width = shapes.encoder_overrides.get("hidden_size", 768)
     timings = interleaved_timings(
         _init_cases(base, targets, r), warmup=min(warmup, 1), steps=steps, device=device, fresh=True, progress="7. init"
@@ -149,10 +151,12 @@ def decomposition_cost(
     gc.collect()
     return table, [
         Target(
-            f"decompositions: training step svd / lu at {width}, r={r}", step_times["svd"] / step_times["lu"], "<=", 1.25
+            f"decompositions: training step svd / lu at {width}, r={r}",
+            step_times["svd"] / step_times["lu"],
+            "<=",
+            1.25,
         ),
         Target(
             f"decompositions: training step qr / lu at {width}, r={r}", step_times["qr"] / step_times["lu"], "<=", 1.25
         ),
     ]
-

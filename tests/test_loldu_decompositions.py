@@ -71,7 +71,9 @@ def test_factors_are_finite_reconstruct_the_weight_and_count_tiny_pivots_like_lu
     if kind == "rank_deficient":
         # The SVD's tolerance is matrix_rank's, so it finds the rank exactly; QR's diagonal at a
         # dependent column is rounding-sized and may land on either side of the tolerance.
-        assert factors.zero_pivots == min(shape) - 3 if decomposition == "svd" else factors.zero_pivots <= min(shape) - 3
+        assert (
+            factors.zero_pivots == min(shape) - 3 if decomposition == "svd" else factors.zero_pivots <= min(shape) - 3
+        )
     if kind == "zero":
         assert factors.zero_pivots == lu.zero_pivots == min(shape)
     assert torch.equal(factors.perm, torch.arange(shape[0]))  # no row permutation
@@ -232,7 +234,9 @@ def _saved(tmp_path, decomposition: str):
 
 def test_loading_with_a_different_decomposition_is_refused_and_names_the_fix(tmp_path):
     base = _saved(tmp_path, "svd")
-    with pytest.raises(ValueError, match=r"trained with decomposition 'svd'.*'qr' was asked.*adapter.decomposition=svd"):
+    with pytest.raises(
+        ValueError, match=r"trained with decomposition 'svd'.*'qr' was asked.*adapter.decomposition=svd"
+    ):
         load_adapter(copy.deepcopy(base), tmp_path, decomposition="qr")
     adapter = build_adapter({"name": "loldu", "rank": 3, "target_modules": ["0"]})  # decomposition lu
     untouched = copy.deepcopy(base)

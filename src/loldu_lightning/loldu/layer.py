@@ -69,7 +69,12 @@ class LoLDULinear(nn.Module):
 
         storage_dtype = DTYPES[config.dtype] if config.dtype is not None else weight.dtype
         storage = STORAGE_TYPES[config.storage](
-            weight, rank, DECOMPOSITIONS[config.decomposition], DECOMPOSE_DTYPES[config.decompose_dtype], storage_dtype, name
+            weight,
+            rank,
+            DECOMPOSITIONS[config.decomposition],
+            DECOMPOSE_DTYPES[config.decompose_dtype],
+            storage_dtype,
+            name,
         )
         self.zero_pivots = storage.zero_pivots
 
