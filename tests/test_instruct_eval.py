@@ -12,38 +12,46 @@ from helpers import compose_config
 
 from loldu_lightning.evaluate.__main__ import main as evaluate_main
 from loldu_lightning.evaluate.humaneval import build_program, read_problems, truncate_completion
-from loldu_lightning.evaluate.sandbox import run_program
+from loldu_lightning.evaluate.sandbox import run_program, sandbox_problem
 from loldu_lightning.train import train
 
 GOOD = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
+SANDBOX_PROBLEM = sandbox_problem()  # run_program refuses without bubblewrap (docs/sandbox.md)
+requires_bwrap = pytest.mark.skipif(SANDBOX_PROBLEM is not None, reason=f"no sandbox: {SANDBOX_PROBLEM}")
 
 
+@requires_bwrap
 def test_sandbox_passes_a_correct_program_and_fails_a_wrong_one() -> None:
     assert run_program(GOOD).passed
     assert run_program(GOOD.replace("a + b", "a - b")).status == "failed"
 
 
+@requires_bwrap
 def test_sandbox_contains_an_infinite_loop() -> None:
     outcome = run_program("while True:\n    pass\n", timeout=2)
     assert (outcome.passed, outcome.status) == (False, "timeout")
 
 
+@requires_bwrap
 def test_sandbox_contains_a_crash() -> None:
     outcome = run_program("import faulthandler\nfaulthandler._sigsegv()\n")  # a real segmentation fault
     assert not outcome.passed and outcome.status == "failed"
 
 
+@requires_bwrap
 def test_sandbox_blocks_os_system(tmp_path: Path) -> None:
     marker = tmp_path / "escaped"
     outcome = run_program(f"import os\nos.system('touch {marker}')\n")
     assert not outcome.passed and not marker.exists()
 
 
+@requires_bwrap
 def test_sandbox_contains_a_huge_allocation() -> None:
     outcome = run_program("block = bytearray(64 * 2**30)\n", memory_mb=512)
     assert not outcome.passed and "MemoryError" in outcome.detail
 
 
+@requires_bwrap
 def test_sandbox_blocks_the_network_and_early_exits() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(3)
@@ -71,6 +79,7 @@ def _accept(server: socket.socket) -> bool:
         return False
 
 
+@requires_bwrap
 def test_humaneval_scoring_on_real_problems() -> None:
     problems = read_problems()
     assert len(problems) == 164
@@ -141,7 +150,8 @@ def test_humaneval_and_lm_eval_on_the_adapted_tiny_llama(tiny_run: Path, tmp_pat
         "--output-dir",
         str(tmp_path),
     ]
-    assert evaluate_main(["humaneval", *adapter, "--limit", "2", "--max-new-tokens", "4"]) == 0
+    unsafe = [] if SANDBOX_PROBLEM is None else ["--unsafe-no-sandbox"]  # 4 tokens of a random tiny model
+    assert evaluate_main(["humaneval", *adapter, "--limit", "2", "--max-new-tokens", "4", *unsafe]) == 0
     humaneval = json.loads((tmp_path / "eval.json").read_text())["humaneval"]
     assert (humaneval["problems"], humaneval["of_total"], humaneval["pass@1"]) == (2, 164, 0.0)
     assert len((tmp_path / "humaneval_samples.jsonl").read_text().splitlines()) == 2

@@ -26,7 +26,9 @@ from loldu_lightning.evaluate import sandbox
 from loldu_lightning.evaluate.sandbox import SANDBOX_UID, SandboxUnavailable, run_program, sandbox_problem
 
 PROBLEM = sandbox_problem()
-requires_bwrap = pytest.mark.skipif(PROBLEM is not None, reason=f"bubblewrap isolation unavailable: {PROBLEM}")
+requires_bwrap = pytest.mark.skipif(
+    PROBLEM is not None, reason=f"bubblewrap isolation unavailable: {PROBLEM}; {sandbox.INSTALL_HINT}"
+)
 AS_ROOT = os.geteuid() == 0
 GOOD = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
 UNGUARDED = "import sys\ndel sys.modules['posix']\nimport posix, os, signal\n"  # a fresh posix, no guard
@@ -273,6 +275,10 @@ def test_without_bubblewrap_run_program_refuses_in_one_line(monkeypatch: pytest.
     assert "\n" not in message
     assert "apt-get install bubblewrap" in message and "--unsafe-no-sandbox" in message
     assert "loldu-no-such-bwrap" in message
+    # a bwrap that is there but cannot build the sandbox (here: a program that always fails) is refused too
+    monkeypatch.setattr(sandbox, "BWRAP", "false")
+    with pytest.raises(SandboxUnavailable, match="does not work here: exit code 1"):
+        run_program(GOOD)
 
 
 def test_the_unsafe_opt_in_runs_without_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> None:
