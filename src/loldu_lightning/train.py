@@ -9,6 +9,7 @@ import math
 import os
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.adapter import AdapterCallback, CheckpointOnException, RNGStateCallback
+from .callbacks.fault_tolerance import (
+    GracefulStop,
+    RestoreLoaderPosition,
+    RunInterrupted,
+    RunRecord,
+    StepCheckpoint,
+)
 from .callbacks.metrics import MetricsHistory
 from .callbacks.throughput import Throughput
+from .checkpoints import AtomicCheckpointIO, check_resume, defining_config, resolve_ckpt_path
 from .config import validate_config
 from .loggers import build_loggers, build_tracking, check_logger_packages
 from .models import model_label
@@ -30,41 +39,48 @@ from .tasks import build_task
 log = logging.getLogger(__name__)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
-    """`last` means this run directory's checkpoints/last.ckpt; anything else is a file path."""
-    if ckpt_path in (None, "", "null"):
-        return None
-    if ckpt_path == "last":
-        last = checkpoint_dir / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last but {last} does not exist. To resume an earlier run, run in its directory "
-                "(hydra.run.dir=<that run's folder> ckpt_path=last) or give the file: ckpt_path=<path>/last.ckpt."
-            )
-        return str(last)
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} is not a checkpoint file.")
-    return str(path)
+def step_checkpoints(checkpoint_cfg: DictConfig, checkpoint_dir: Path) -> list[StepCheckpoint]:
+    """`last.ckpt` inside epochs too: every N optimizer steps and/or every N minutes (each null = off).
+
+    Lightning takes one trigger per ModelCheckpoint, so each trigger is its own callback; both keep
+    only `last.ckpt` (save_top_k=0), the file `ckpt_path=last` resumes.
+    """
+    steps = checkpoint_cfg.get("every_n_train_steps")
+    minutes = checkpoint_cfg.get("every_n_minutes")
+    triggers = []
+    if steps:
+        triggers.append({"every_n_train_steps": int(steps)})
+    if minutes:
+        triggers.append({"train_time_interval": timedelta(minutes=float(minutes))})
+    return [StepCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True, **trigger) for trigger in triggers]
 
 
 def _callbacks(
-    cfg: DictConfig, output_dir: Path, adapter_callback: AdapterCallback, history: MetricsHistory
+    cfg: DictConfig,
+    output_dir: Path,
+    adapter_callback: AdapterCallback,
+    history: MetricsHistory,
+    run_config: dict[str, Any],
 ) -> list[L.Callback]:
     task = cfg.task
+    checkpoint_dir = output_dir / "checkpoints"
     callbacks: list[L.Callback] = [
         adapter_callback,
         history,
         RNGStateCallback(),
         ModelCheckpoint(
-            dirpath=output_dir / "checkpoints",
+            dirpath=checkpoint_dir,
             filename="best-{epoch}",
             monitor=task.monitor,
             mode=task.mode,
             save_last=True,
             save_top_k=cfg.checkpoint.save_top_k,
         ),
-        CheckpointOnException(output_dir / "checkpoints"),
+        *step_checkpoints(cfg.checkpoint, checkpoint_dir),
+        CheckpointOnException(checkpoint_dir),
+        GracefulStop(checkpoint_dir),
+        RestoreLoaderPosition(),
+        RunRecord(run_config),
     ]
     if cfg.callbacks.throughput:
         callbacks.append(Throughput(window_size=int(cfg.callbacks.throughput)))
@@ -171,15 +187,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     group_opened_before = torch.distributed.is_available() and torch.distributed.is_initialized()
     launcher_environment = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
     try:
+        run_config = defining_config(OmegaConf.to_container(cfg, resolve=True))
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir / "checkpoints")
+        if ckpt_path is not None:
+            allowed = OmegaConf.select(cfg, "resume.allow_changes", default=None) or []
+            for key, (old, new) in check_resume(ckpt_path, run_config, allowed).items():
+                log.warning("Resuming with %s changed on purpose: %r -> %r", key, old, new)
+            payload["resumed_from"] = str(ckpt_path)
         module, datamodule = build_task(cfg)
-        callbacks = [*_callbacks(cfg, output_dir, adapter_callback, history), tracking]
+        callbacks = [*_callbacks(cfg, output_dir, adapter_callback, history, run_config), tracking]
         loggers = build_loggers(cfg)
         trainer = L.Trainer(
             **trainer_options(cfg.trainer),
             callbacks=callbacks,
             logger=loggers or False,
             default_root_dir=str(output_dir),
+            plugins=[AtomicCheckpointIO()],
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
@@ -190,6 +213,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             payload["test"] = evaluate_test_split(trainer, module, datamodule, history.best.get("epoch"))
             history.load_state_dict(kept)
         payload["status"] = "completed"
+    except RunInterrupted as interruption:
+        payload["status"] = "requeued" if interruption.requeued else "interrupted"
+        payload["error"] = str(interruption)
+        raise
     except BaseException as error:
         payload["status"] = "failed"
         payload["error"] = f"{type(error).__name__}: {error}"

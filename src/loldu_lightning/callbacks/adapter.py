@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..adapters import Adapter, count_parameters
+from .fault_tolerance import RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,25 @@ class AdapterCallback(L.Callback):
 
 
 class RNGStateCallback(L.Callback):
-    """Stores the RNG states in checkpoints so a resumed run shuffles and drops out like an uninterrupted one.
+    """Stores the RNG states in checkpoints so a resumed run drops out and draws noise like an uninterrupted one.
 
+    The states are applied when the first training batch after a restore starts, not when the
+    checkpoint loads: between the two, Lightning builds loaders and may validate, and whatever they
+    draw would otherwise shift every later random number of the resumed run.
     Everything is kept as tensors and plain tuples so the checkpoint loads with `weights_only=True`.
     """
 
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self._pending is not None:
+            self._apply(self._pending)
+            self._pending = None
+
     def state_dict(self) -> dict:
+        if self._pending is not None:  # restored, not yet applied: the states the run will continue from
+            return self._pending
         kind, keys, position, has_gauss, cached = np.random.get_state()
         return {
             "torch": torch.get_rng_state(),
@@ -125,6 +139,10 @@ class RNGStateCallback(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    @staticmethod
+    def _apply(state_dict: dict) -> None:
         torch.set_rng_state(state_dict["torch"])
         random.setstate(state_dict["python"])
         kind, keys, position, has_gauss, cached = state_dict["numpy"]
@@ -145,5 +163,7 @@ class CheckpointOnException(L.Callback):
         self.path = Path(dirpath) / "on_exception.ckpt"
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, RunInterrupted):
+            return  # it saved interrupted.ckpt at a step boundary already
         if trainer.global_step > 0:
             trainer.save_checkpoint(self.path)

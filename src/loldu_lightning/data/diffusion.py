@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from .distributed import eval_sampler
+from .loaders import trainer_epoch, training_loader
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CLASSES_FILE = "prompts_and_classes.txt"
@@ -235,14 +236,13 @@ class SubjectDataModule(L.LightningDataModule):
         self.val_set = SubjectDataset(self.instance_images, instance_ids, image_transform(self.resolution, True, False))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return training_loader(
             self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            collate_fn=collate_subject,
-            drop_last=False,
-            persistent_workers=self.num_workers > 0,
+            self.batch_size,
+            collate_subject,
+            self.num_workers,
+            epoch_source=trainer_epoch(self),
+            random_items=True,
         )
 
     def val_dataloader(self) -> DataLoader:

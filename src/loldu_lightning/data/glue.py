@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .distributed import eval_sampler
-from .loaders import training_loader
+from .loaders import trainer_epoch, training_loader
 
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)
@@ -286,7 +286,9 @@ class GlueDataModule(L.LightningDataModule):
         train = self.datasets["train"]
         # Batches of similar lengths (still shuffled) pad far less: SST-2 trains about twice as fast.
         lengths = [len(ids) for ids in train.encodings["input_ids"]] if self.group_by_length else None
-        return training_loader(train, self.batch_size, self.collate, self.num_workers, lengths)
+        return training_loader(
+            train, self.batch_size, self.collate, self.num_workers, lengths, epoch_source=trainer_epoch(self)
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         return [

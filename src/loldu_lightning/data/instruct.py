@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from .distributed import eval_sampler
-from .loaders import training_loader
+from .loaders import trainer_epoch, training_loader
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,12 @@ class InstructDataModule(L.LightningDataModule):
         # Shuffled batches of similar lengths: Alpaca outputs range from one word to pages, so this
         # removes most of the padding.
         return training_loader(
-            train, self.batch_size, self.collate, self.num_workers, train.lengths if self.group_by_length else None
+            train,
+            self.batch_size,
+            self.collate,
+            self.num_workers,
+            train.lengths if self.group_by_length else None,
+            epoch_source=trainer_epoch(self),
         )
 
     def val_dataloader(self) -> DataLoader:

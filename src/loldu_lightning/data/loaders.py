@@ -1,29 +1,145 @@
-"""The training DataLoader every text family uses: shuffled, optionally grouped by length."""
+"""The training DataLoader every task family uses: resumable mid-epoch, shuffled, optionally grouped by length.
+
+Exact resume needs two things from the loader. Its position: `torchdata`'s StatefulDataLoader
+saves how many batches it has yielded, and Lightning stores that in every checkpoint and restores
+it (no "dataloader is not resumable" warning). And the order it replays: the sampler below draws
+each epoch's order from `(seed, epoch)` alone, never from the global RNG, so a resumed process
+rebuilds the interrupted epoch's order and fast-forwards through it to the same batch. The
+loader's own generator is private for the same reason: creating an iterator must not consume the
+global RNG that dropout and diffusion noise draw from. Random augmentation (vision, DreamBooth)
+is drawn per example from `(seed, epoch, index)` (`SeededItems`), so it too is the same after a
+resume, and the same whatever the number of loader workers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from torch.utils.data import DataLoader, Dataset
-from transformers.trainer_pt_utils import LengthGroupedSampler
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation that is a function of `(seed, epoch)`; with `lengths`, batches of similar lengths
+    (transformers' length grouping, the same examples with less padding).
+
+    `epoch` is read when an epoch's iteration starts: from `epoch_source` (the trainer's current epoch,
+    restored from a checkpoint before the loader is iterated) when given, else from `set_epoch`,
+    which Lightning calls on a loader's sampler. The source is needed under DDP, where Lightning
+    wraps this sampler and `set_epoch` reaches only the wrapper.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        seed: int,
+        lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        epoch_source: Callable[[], int] | None = None,
+        epoch_keys: bool = False,
+    ):
+        if lengths is not None and (batch_size is None or len(lengths) != num_examples):
+            raise ValueError("length grouping needs one length per example and the batch size")
+        self.num_examples = num_examples
+        self.seed = int(seed)
+        self.lengths = list(lengths) if lengths is not None else None
+        self.batch_size = batch_size
+        self.epoch_source = epoch_source
+        # yield `epoch * num_examples + index` for a `SeededItems` dataset, which reads the epoch from it
+        self.epoch_keys = epoch_keys
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def current_epoch(self) -> int:
+        return int(self.epoch_source()) if self.epoch_source is not None else self.epoch
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.lengths is not None:
+            return list(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.current_epoch()
+        offset = epoch * self.num_examples if self.epoch_keys else 0
+        return iter([offset + index for index in self.order(epoch)])
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+
+class SeededItems(Dataset):
+    """`dataset[index]` computed with the global RNG seeded from `(seed, epoch, index)`, then restored.
+
+    Keys are `epoch * len(dataset) + index` (what `EpochShuffleSampler(epoch_keys=True)` yields), so
+    each example's random crop or flip is a function of the run's seed, the epoch and the example,
+    not of how many random numbers were drawn before it.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int):
+        epoch, index = divmod(int(key), len(self))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
+            return self.dataset[index]
 
 
 def training_loader(
     dataset: Dataset,
     batch_size: int,
-    collate_fn: Callable,
+    collate_fn: Callable | None = None,
     num_workers: int = 0,
     lengths: Sequence[int] | None = None,
-) -> DataLoader:
-    """Shuffled batches; given `lengths`, shuffled batches of similar lengths (the same examples with
-    less padding, transformers' LengthGroupedSampler)."""
-    sampler = LengthGroupedSampler(batch_size, lengths=list(lengths)) if lengths is not None else None
-    return DataLoader(
+    *,
+    seed: int | None = None,
+    epoch_source: Callable[[], int] | None = None,
+    pin_memory: bool = False,
+    random_items: bool = False,
+) -> StatefulDataLoader:
+    """Shuffled batches that a checkpoint can resume in the middle of an epoch.
+
+    `seed` defaults to the process's initial seed, which `seed_everything(cfg.seed)` set, so the
+    order follows the run's seed and is the same in an interrupted and a resumed process.
+    `random_items`: the dataset draws random numbers per example (augmentation); seed each one.
+    """
+    seed = torch.initial_seed() if seed is None else seed
+    if random_items:
+        dataset = SeededItems(dataset, seed)
+    sampler = EpochShuffleSampler(
+        len(dataset),  # type: ignore[arg-type]
+        seed,
+        lengths=lengths,
+        batch_size=batch_size if lengths is not None else None,
+        epoch_source=epoch_source,
+        epoch_keys=random_items,
+    )
+    return StatefulDataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
         collate_fn=collate_fn,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed % (2**63)),
     )
+
+
+def trainer_epoch(datamodule) -> Callable[[], int]:
+    """The epoch source for a DataModule's training sampler: its trainer's current epoch (0 before fit)."""
+
+    def epoch() -> int:
+        trainer = getattr(datamodule, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    return epoch

@@ -24,6 +24,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from .distributed import eval_sampler
+from .loaders import trainer_epoch, training_loader
 
 VIT_DEFAULT_MEAN = (0.5, 0.5, 0.5)
 VIT_DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -501,26 +502,35 @@ class VisionDataModule(L.LightningDataModule):
             test = _random_subset(self._combined(self.test_splits), self.val_limit, self.limit_seed)
             self.test_set = TransformedImages(test, eval_transform)
 
-    def _loader(self, dataset: Dataset | None, *, shuffle: bool, batch_size: int) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("VisionDataModule.setup() must run before asking for a dataloader")
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=None if shuffle else eval_sampler(dataset, self.trainer),  # each example once under DDP
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            sampler=eval_sampler(dataset, self.trainer),  # each example once under DDP
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)
+        if self.train_set is None:
+            raise RuntimeError("VisionDataModule.setup() must run before asking for a dataloader")
+        return training_loader(
+            self.train_set,
+            self.batch_size,
+            num_workers=self.num_workers,
+            epoch_source=trainer_epoch(self),
+            pin_memory=torch.cuda.is_available(),
+            random_items=True,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False, batch_size=self.eval_batch_size)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_splits is None:
             raise RuntimeError("no test split: set task.test_split to evaluate one after training")
-        return self._loader(self.test_set, shuffle=False, batch_size=self.eval_batch_size)
+        return self._eval_loader(self.test_set)
