@@ -225,7 +225,7 @@ def test_table4_matches_the_per_dataset_vit_configs(dataset):
 def test_minilm_table1_loldu_trains_under_5_percent_of_loras_parameters():
     counts = {}
     for method in ("loldu", "lora"):
-        cfg = compose_full(["experiment=minilm_table1", f"experiment/minilm_table1_arm={method}"])
+        cfg = compose_full(["experiment=minilm_table1", f"experiment/studies/minilm_table1_arm={method}"])
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
         model = load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2)
         model = adapter.apply(model, list(cfg.model.head_modules))
@@ -264,7 +264,7 @@ def test_cli_multirun_with_joblib_runs_each_method(glue_root, tmp_path):
     args = [
         "-m",
         "experiment=minilm_table1",
-        "experiment/minilm_table1_arm=loldu,lora",
+        "experiment/studies/minilm_table1_arm=loldu,lora",
         "task=glue/rte",
         "seed=0",
         "model=tiny-roberta",
@@ -302,13 +302,13 @@ def test_command_line_values_narrow_a_table():
     assert len(jobs) == 6 * 2
 
 
-GAP_ARMS = list_config_options("experiment/minilm_gap_arm")
+GAP_ARMS = list_config_options("experiment/studies/minilm_gap_arm")
 
 
 @pytest.mark.parametrize("arm", GAP_ARMS)
 def test_minilm_gap_arms_compose_per_task(arm):
     for task, budget in (("sst2", (2000, 1, 64)), ("mrpc", (None, 3, 128)), ("rte", (500, 2, 128))):
-        cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}", f"task=glue/{task}"])
+        cfg = compose_full(["experiment=minilm_gap", f"experiment/studies/minilm_gap_arm={arm}", f"task=glue/{task}"])
         validate_config(cfg)
         assert (cfg.data.train_limit, cfg.trainer.max_epochs, cfg.data.max_length) == budget
         assert cfg.model.name_or_path == "minilm" and cfg.data.batch_size == 16
@@ -317,7 +317,7 @@ def test_minilm_gap_arms_compose_per_task(arm):
 def test_minilm_gap_loldu_arms_stay_under_5_percent_of_lora_r16():
     counts = {}
     for arm in ("lora_r16", "lora_r1", "loldu_qkv_lr3e-3", "loldu_tuned", "loldu_lr1e-3", "loldu_tuned_all_linear"):
-        cfg = compose_full(["experiment=minilm_gap", f"experiment/minilm_gap_arm={arm}"])
+        cfg = compose_full(["experiment=minilm_gap", f"experiment/studies/minilm_gap_arm={arm}"])
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
         model = adapter.apply(
             load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2), list(cfg.model.head_modules)

@@ -1,19 +1,59 @@
-"""`python -m loldu_lightning` / `loldu`: parse the Hydra config and call train(cfg)."""
+"""`python -m loldu_lightning` / `loldu`: parse the Hydra config and call train(cfg).
+
+A user error (errors.py) is printed as one line, `error: ...`, with exit status 2; a bug keeps its
+traceback. A single run's config is checked before Hydra starts the job, so a bad value, a missing
+folder, an unreachable hub or a rank the model cannot take is reported within seconds and before
+any run folder, weights or data. In a sweep, each job checks its own config; a failed job records
+its message in its metrics.json and the sweep goes on.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import config_dir, register_resolvers
+from .config import config_dir, register_resolvers, validate_config
+from .errors import exit_on_user_error, full_error_requested, user_error_message
 from .hydra_ddp import child_arguments, export_current_job
-from .overrides import check_override_keys
+from .interrupts import RunInterrupted
+from .overrides import check_override_keys, compose_single_run
+from .resume_hint import resume_command
+
+log = logging.getLogger(__name__)
+
+
+def _record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """A metrics.json for a job that failed before train() wrote one (its config was refused)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    path = Path(cfg.output_dir) / "metrics.json"
+    if path.exists() or rank_zero_only.rank != 0:
+        return
+    payload = {
+        "status": "failed",
+        "error": f"{type(error).__name__}: {user_error_message(error)}",
+        "task": f"{cfg.task.family}/{cfg.task.name}",
+        "adapter": cfg.adapter.get("name"),
+        "seed": cfg.get("seed"),
+        "monitor": cfg.task.monitor,
+        "mode": cfg.task.mode,
+        "objective": None,
+        "best": {},
+        "final": {},
+        "params": {},
+        "time_s": None,
+        "output_dir": str(cfg.output_dir),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -24,23 +64,49 @@ def _run(cfg: DictConfig) -> float | None:
     export_current_job()  # DDP ranks 1..N-1 re-run exactly this job (hydra_ddp.py)
     try:
         result = train(cfg)
-    except Exception:
+    except RunInterrupted as interruption:
+        interruption.resume_command = resume_command(multirun)
+        raise
+    except Exception as error:
+        message = user_error_message(error)
+        if message is not None:
+            _record_failure(cfg, error)
         if not multirun:
+            exit_on_user_error(error)
             raise
-        logging.getLogger(__name__).exception("job failed; the sweep goes on (see its metrics.json)")
         # One failed job must not end a sweep: its metrics.json records the error for the report.
+        if message is not None and not full_error_requested():
+            log.error("error: %s", message)
+        else:
+            log.exception("job failed; the sweep goes on (see its metrics.json)")
         return math.nan
     return result["objective"]
+
+
+def check_command_line(args: list[str]) -> None:
+    """Everything about a command line that can be refused before Hydra starts a job."""
+    check_override_keys(args)
+    cfg = compose_single_run(args)
+    if cfg is not None:
+        validate_config(cfg)
 
 
 def main() -> None:
     register_resolvers()
     sys.argv[1:] = child_arguments(sys.argv[1:])
     try:
-        check_override_keys(sys.argv[1:])
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    _run()
+        check_command_line(sys.argv[1:])
+    except Exception as error:
+        exit_on_user_error(error)
+        raise
+    try:
+        _run()
+    except RunInterrupted as interruption:
+        # a signal, not an error: the checkpoint is saved; say how to continue, exit 128 + signal number
+        print(f"interrupted: {interruption}", file=sys.stderr)
+        if getattr(interruption, "resume_command", None):
+            print(f"resume with: {interruption.resume_command}", file=sys.stderr)
+        sys.exit(interruption.exit_code)
 
 
 if __name__ == "__main__":

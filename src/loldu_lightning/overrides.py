@@ -1,6 +1,10 @@
-"""Name the allowed keys when a command-line override has a typo (`adapter.rnak=8`).
+"""Check a command line's overrides before Hydra starts a run.
 
-Hydra already refuses unknown keys; this check runs first so the message also lists what exists.
+- `check_override_keys`: name the allowed keys when an override has a typo (`adapter.rnak=8`).
+  Hydra already refuses unknown keys; this check runs first so the message also lists what exists.
+- `compose_single_run`: the config one run of this command line would get, composed without
+  creating a run folder, so its values can be checked (and refused in one line) before Hydra
+  starts the job. Sweeps are composed per job by Hydra and checked there.
 """
 
 from __future__ import annotations
@@ -53,3 +57,48 @@ def check_override_keys(args: list[str]) -> None:
                 f"Unknown config key '{key}'. Keys {where}: {', '.join(map(str, allowed))}. "
                 f"(To add a new key on purpose use +{key}=...)"
             )
+
+
+# flags after which Hydra prints something instead of running the app (or reads a different config)
+_NO_RUN_FLAGS = frozenset(
+    {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version"}
+)
+_CONFIG_SOURCE_FLAGS = frozenset({"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"})
+
+
+def compose_single_run(args: list[str]) -> DictConfig | None:
+    """The composed config of a single run of `args`; None for sweeps and for commands that run nothing.
+
+    Raises Hydra's own exceptions for an override that does not compose (unknown option, bad syntax).
+    """
+    flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
+    if flags & (_NO_RUN_FLAGS | _CONFIG_SOURCE_FLAGS) or flags & {"--multirun", "-m"}:
+        return None
+    parsed = _parse_each([a for a in args if not a.startswith("-")])
+    if any(o.is_sweep_override() for o in parsed):
+        return None
+    # hydra.* settings (run folder, launcher) do not change the app's config
+    app_overrides = [o.input_line for o in parsed if not o.key_or_group.lstrip("+~").startswith("hydra")]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=app_overrides)
+
+
+def _parse_each(overrides: list[str]) -> list:
+    """Hydra's parsed overrides; a malformed one is refused naming it (Hydra's message does not)."""
+    from hydra.errors import OverrideParseException
+
+    from .errors import UserError
+
+    parser = OverridesParser.create()
+    parsed = []
+    for line in overrides:
+        try:
+            parsed += parser.parse_overrides([line])
+        except OverrideParseException as error:
+            reason = str(error).splitlines()[0]
+            raise UserError(
+                f"cannot parse the override {line!r} ({reason}). Quote values holding [ ] , = or spaces, "
+                "e.g. 'adapter.target_modules=[query,value]'; grammar: "
+                "https://hydra.cc/docs/advanced/override_grammar/basic/"
+            ) from error
+    return parsed

@@ -24,5 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_cli(argv: list[str] | None = None) -> int:
+    """main() with user errors (a missing folder, an adapter for another model) as one `error:` line, exit 2."""
+    from ..errors import exit_on_user_error
+
+    try:
+        return main(argv)
+    except Exception as error:
+        exit_on_user_error(error)
+        raise
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())

@@ -130,6 +130,7 @@ def _find_adapter(run_dir: Path) -> Path:
 
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     from ..adapters import build_adapter
+    from ..errors import UserError, raised_on_purpose
     from ..models import load_tokenizer, model_label
     from ..tasks.instruct import load_causal_lm
 
@@ -169,7 +170,12 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
         name = adapter_name_from_files(adapter_dir)
         options = OmegaConf.to_container(cfg.adapter, resolve=True) if cfg.adapter.name == name else {"name": name}
         adapter = build_adapter(options)
-        model = adapter.load(model, adapter_dir)
+        try:
+            model = adapter.load(model, adapter_dir)
+        except ValueError as error:  # an adapter that does not fit this base model: name the folder
+            if not raised_on_purpose(error):
+                raise
+            raise UserError(f"--adapter {adapter_dir}: {error}") from error
         if not args.no_merge:
             model = adapter.merge(model)
             description["merged"] = True

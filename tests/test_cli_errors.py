@@ -1,0 +1,290 @@
+"""The command line's contract: a user error is one `error:` line and exit status 2, a bug keeps its traceback.
+
+Every bad input runs through the real entry points (`loldu_lightning.__main__.main` and the
+evaluate CLI's `run_cli`) with its own argv, inside one child process (importing Lightning once
+instead of once per input keeps the file fast), as does a run whose task module has a bug
+injected; a second child process runs the headline command exactly as a user types it. All of
+them run offline (HF_HUB_OFFLINE=1), in an empty working folder, each run's folder inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# Runs inside the child: make the fixture files, then each case with its own argv, stderr captured.
+RUNNER = textwrap.dedent(
+    """
+    import contextlib, io, json, os, sys, time
+    from pathlib import Path
+
+    spec = json.loads(sys.argv[1])
+    inputs = Path(spec["inputs"])
+
+    def make_foreign_adapter(folder):
+        # a LoLDU adapter saved from a tiny Llama whose matrices are 48 wide; tiny-llama's are 32
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from loldu_lightning.adapters import build_adapter
+
+        config = AutoConfig.for_model("llama", vocab_size=260, hidden_size=48, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        adapter = build_adapter({"name": "loldu", "rank": 4, "target_modules": ["q_proj", "v_proj"]})
+        model = adapter.apply(AutoModelForCausalLM.from_config(config), [])
+        adapter.save(model, folder, [], base_model_name="tiny-llama-48")
+
+    make_foreign_adapter(inputs / "foreign_adapter")
+
+    from hydra.core.global_hydra import GlobalHydra
+    from loldu_lightning.__main__ import main
+    from loldu_lightning.evaluate.__main__ import run_cli
+
+    from loldu_lightning.tasks import glue
+
+    def broken_training_step(self, batch, batch_idx):
+        raise RuntimeError("injected bug in GlueTask.training_step")
+
+    training_step = glue.GlueTask.training_step
+    results = {}
+    for name, case in spec["cases"].items():
+        glue.GlueTask.training_step = broken_training_step if case.get("bug") else training_step
+        stderr = io.StringIO()
+        started = time.perf_counter()
+        environment = dict(os.environ)
+        os.environ.update(case.get("env", {}))
+        code = 0
+        try:
+            with contextlib.redirect_stderr(stderr):
+                if case.get("evaluate"):
+                    code = run_cli(case["args"])
+                else:
+                    sys.argv = ["loldu_lightning", *case["args"]]
+                    main()
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        except BaseException as error:
+            import traceback
+            stderr.write(traceback.format_exc())
+            code = "raised " + type(error).__name__
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
+            GlobalHydra.instance().clear()
+        results[name] = {"code": code, "stderr": stderr.getvalue(), "seconds": round(time.perf_counter() - started, 2)}
+    print("RESULTS " + json.dumps(results))
+    """
+)
+
+# small enough that the injected bug is reached within seconds
+TINY_QUICKSTART = [
+    "model=tiny-roberta",
+    "trainer=cpu",
+    "adapter.rank=4",
+    "adapter.alpha=4",
+    "data.train_limit=16",
+    "data.val_limit=8",
+    "data.batch_size=8",
+    "logger=none",
+    "callbacks.throughput=0",
+    "callbacks.lr_monitor=false",
+]
+
+
+def _glue_folder(root: Path, task_dir: str) -> Path:
+    folder = root / "glue" / task_dir
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_text("sentence1\tsentence2\tlabel\n")
+    (folder / "dev.tsv").write_text("sentence1\tsentence2\tlabel\n")
+    return folder
+
+
+def _cases(inputs: Path, runs: Path) -> dict[str, dict]:
+    """name -> {args, what the error line must name}; each case runs in its own run folder under `runs`."""
+    sst2 = _glue_folder(inputs, "SST-2")
+    data_file = inputs / "alpaca.json"
+    data_file.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}] * 8))
+    glue_root = str(sst2.parent)
+    cases = {
+        "rank_768_on_minilm": (
+            ["task=glue/sst2", "adapter.rank=768", "model=minilm", f"data.glue_root={glue_root}"],
+            ["adapter.rank=768", "384 x 384", "adapter.rank=full", "model=roberta-base"],
+        ),
+        "glue_offline_without_data": (["task=glue/rte", "model=minilm"], ["glue/rte", "data.data_dir="]),
+        "missing_data_dir": (
+            ["task=glue/rte", "model=minilm", f"data.data_dir={inputs / 'no_such_folder'}"],
+            ["data.data_dir", "no_such_folder"],
+        ),
+        "missing_model_folder": (
+            ["task=glue/sst2", f"model.name_or_path={inputs / 'no_such_model'}", f"data.data_dir={sst2}"],
+            ["model.name_or_path", "no_such_model"],
+        ),
+        "unknown_init": (["adapter.init=bogus"], ["init", "bogus", "uniform"]),
+        "missing_checkpoint": (
+            [*TINY_QUICKSTART, f"ckpt_path={inputs / 'missing.ckpt'}"],
+            ["ckpt_path", "missing.ckpt"],
+        ),
+        "negative_learning_rate": (["optimizer.lr=-0.001"], ["optimizer.lr", "> 0"]),
+        "batch_size_zero": (["data.batch_size=0"], ["data.batch_size", ">= 1"]),
+        "train_limit_zero": (["data.train_limit=0"], ["data.train_limit"]),
+        "warmup_ratio_above_one": (["scheduler.warmup_ratio=1.5"], ["scheduler.warmup_ratio", "<= 1"]),
+        "max_epochs_not_a_number": (["trainer.max_epochs=three"], ["trainer.max_epochs", "integer"]),
+        "rank_zero": (["adapter.rank=0"], ["rank", ">= 1"]),
+        "unknown_optimizer": (["optimizer.name=adamx"], ["optimizer.name", "adamw"]),
+        "unknown_model_config": (["model=no_such_model"], ["model/no_such_model", "minilm"]),
+        "unknown_adapter_config": (["adapter=no_such_adapter"], ["adapter/no_such_adapter", "loldu"]),
+        "key_typo": (["adapter.rnak=8"], ["adapter.rnak", "rank"]),
+        "override_syntax": (["adapter.rank=[8"], ["adapter.rank=[8"]),
+        "instruct_offline_without_data": (
+            ["task=instruct/alpaca", "model=tiny-llama"],
+            ["yahma/alpaca-cleaned", "data.path="],
+        ),
+        "missing_instruct_file": (
+            ["task=instruct/alpaca", "model=tiny-llama", f"data.path={inputs / 'no_such.json'}"],
+            ["data.path", "no_such.json"],
+        ),
+    }
+    spec = {
+        name: {"args": [*args, f"hydra.run.dir={runs / name}"], "names": names}
+        for name, (args, names) in cases.items()
+    }
+    spec["adapter_for_another_model"] = {
+        "evaluate": True,
+        "args": [
+            "perplexity",
+            "--adapter",
+            str(inputs / "foreign_adapter"),
+            "--model",
+            "tiny-llama",
+            "--output-dir",
+            str(runs / "adapter_for_another_model"),
+            "--override",
+            f"data.path={data_file}",
+        ],
+        "names": ["foreign_adapter", "does not fit"],
+    }
+    # a sweep goes on past refused jobs; each records its message in its metrics.json
+    spec["sweep_of_refused_jobs"] = {"args": ["-m", "optimizer.lr=-1,-2", f"hydra.sweep.dir={runs / 'sweep'}"], "names": []}
+    # a bug inside a task module (the training step raises) keeps its traceback
+    spec["bug"] = {"args": [*TINY_QUICKSTART, "trainer.max_epochs=1", f"hydra.run.dir={runs / 'bug'}"], "bug": True, "names": []}
+    # HYDRA_FULL_ERROR=1 asks for the traceback of a user error too
+    spec["full_error"] = {
+        "args": ["optimizer.lr=-0.001", f"hydra.run.dir={runs / 'full_error'}"],
+        "env": {"HYDRA_FULL_ERROR": "1"},
+        "names": [],
+    }
+    return spec
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Start the two child processes together (they mostly import), then collect their results."""
+    root = tmp_path_factory.mktemp("cli")
+    inputs, cwd = root / "inputs", root / "cwd"
+    inputs.mkdir()
+    cwd.mkdir()
+    runs = cwd / "runs"
+    cases = _cases(inputs, runs)
+    spec = {"inputs": str(inputs), "cases": {k: {"args": v["args"], **{x: v[x] for x in ("evaluate", "env", "bug") if x in v}} for k, v in cases.items()}}
+
+    def start(args):
+        return subprocess.Popen(args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    runner = start([sys.executable, "-c", RUNNER, json.dumps(spec)])
+    headline = start(
+        [sys.executable, "-m", "loldu_lightning", "task=glue/sst2", "adapter.rank=768", f"hydra.run.dir={runs / 'headline'}"]
+    )
+    outputs = {name: process.communicate(timeout=900) for name, process in (("runner", runner), ("headline", headline))}
+    stdout, stderr = outputs["runner"]
+    assert runner.returncode == 0, stderr[-4000:]
+    line = next(line for line in stdout.splitlines() if line.startswith("RESULTS "))
+    results = json.loads(line[len("RESULTS ") :])
+    results["headline"] = {"code": headline.returncode, "stderr": outputs["headline"][1]}
+    return {"results": results, "cases": cases, "cwd": cwd, "runs": runs}
+
+
+USER_ERRORS = [
+    "rank_768_on_minilm",
+    "glue_offline_without_data",
+    "missing_data_dir",
+    "missing_model_folder",
+    "unknown_init",
+    "missing_checkpoint",
+    "negative_learning_rate",
+    "batch_size_zero",
+    "train_limit_zero",
+    "warmup_ratio_above_one",
+    "max_epochs_not_a_number",
+    "rank_zero",
+    "unknown_optimizer",
+    "unknown_model_config",
+    "unknown_adapter_config",
+    "key_typo",
+    "override_syntax",
+    "instruct_offline_without_data",
+    "missing_instruct_file",
+    "adapter_for_another_model",
+]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("name", USER_ERRORS)
+def test_a_user_error_is_one_line_and_exit_status_2(cli, name):
+    result, names = cli["results"][name], cli["cases"][name]["names"]
+    assert result["code"] == 2, result["stderr"][-3000:]
+    assert "Traceback" not in result["stderr"], result["stderr"][-3000:]
+    (line,) = _error_lines(result["stderr"])
+    for expected in names:
+        assert expected in line, line
+
+
+def test_the_headline_command_offline_names_the_offline_choices(cli):
+    result = cli["results"]["headline"]
+    assert result["code"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
+    (line,) = _error_lines(result["stderr"])
+    for expected in ("FacebookAI/roberta-base", "glue/sst2", "model=minilm", "model.name_or_path=", "data.data_dir="):
+        assert expected in line, line
+
+
+def test_hydra_full_error_shows_the_traceback_of_a_user_error(cli):
+    result = cli["results"]["full_error"]
+    assert result["code"] != 0 and "Traceback" in result["stderr"] and "optimizer.lr" in result["stderr"]
+    assert not _error_lines(result["stderr"])
+
+
+def test_a_bug_keeps_its_traceback(cli):
+    result = cli["results"]["bug"]
+    assert result["code"] not in (0, 2), result["stderr"][-3000:]
+    assert "Traceback" in result["stderr"] and "injected bug in GlueTask.training_step" in result["stderr"]
+    assert not _error_lines(result["stderr"])
+
+
+def test_nothing_is_written_outside_the_run_folders(cli):
+    assert [p.name for p in cli["cwd"].iterdir()] == ["runs"]
+    # refused before Hydra started the job: not even a run folder
+    assert not (cli["runs"] / "negative_learning_rate").exists()
+    assert not (cli["runs"] / "headline").exists()
+
+
+def test_a_run_that_fails_inside_train_records_the_message(cli):
+    metrics = json.loads((cli["runs"] / "missing_checkpoint" / "metrics.json").read_text())
+    (line,) = _error_lines(cli["results"]["missing_checkpoint"]["stderr"])
+    assert metrics["status"] == "failed" and line[len("error: ") :] in metrics["error"]
+
+
+def test_a_sweep_records_each_refused_job_in_its_metrics_json(cli):
+    assert cli["results"]["sweep_of_refused_jobs"]["code"] == 0
+    for job, value in (("0", "-1"), ("1", "-2")):
+        metrics = json.loads((cli["runs"] / "sweep" / job / "metrics.json").read_text())
+        assert metrics["status"] == "failed" and f"optimizer.lr={value} is not allowed" in metrics["error"]
