@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import compose_config
 
-from loldu_lightning import model_packages
+from loldu_lightning import model_packages, models
 from loldu_lightning.config import validate_config
 from loldu_lightning.model_packages import (
     MARKER,
@@ -176,6 +176,14 @@ def test_installed_parts_are_found_through_their_distributions(tmp_path, site):
     folder = Path(packaged_model_path(MODEL, tmp_path / "cache"))
     assert folder == tmp_path / "cache" / "tiny-split"
     assert (folder / "model.safetensors").read_bytes() == _model_files()["model.safetensors"]
+
+
+def test_model_name_resolves_to_the_folder_unpacked_in_cache_dir(tmp_path, site, monkeypatch):
+    _install(site, _split_zip(tmp_path / "parts"))
+    monkeypatch.setitem(models.PACKAGED_MODELS, MODEL.key, MODEL)
+    folder = tmp_path / "cache" / MODEL.key
+    assert models.resolve_name_or_path(MODEL.key, str(tmp_path / "cache")) == str(folder)
+    assert (folder / "config.json").is_file()
 
 
 def test_missing_packages_give_one_line_with_the_install_command(tmp_path, site):
