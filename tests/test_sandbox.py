@@ -291,22 +291,24 @@ def test_the_unsafe_opt_in_runs_without_bubblewrap(monkeypatch: pytest.MonkeyPat
     assert stopped.status == "timeout"
 
 
-def test_humaneval_refuses_before_loading_a_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import argparse
-
+def test_humaneval_refuses_before_loading_a_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     from loldu_lightning.evaluate import humaneval
+    from loldu_lightning.evaluate.__main__ import run_cli
 
     def no_model(args):
         raise AssertionError("the model was loaded although the evaluation was refused")
 
-    parser = argparse.ArgumentParser()
-    humaneval.add_arguments(parser)
-    command = ["--model", "tiny-llama", "--output-dir", str(tmp_path), "--limit", "1"]
+    command = ["humaneval", "--model", "tiny-llama", "--output-dir", str(tmp_path), "--limit", "1"]
     monkeypatch.setattr(sandbox, "BWRAP", "loldu-no-such-bwrap")
     monkeypatch.setattr(humaneval, "load_for_evaluation", no_model)
-    with pytest.raises(SystemExit, match="apt-get install bubblewrap") as refused:
-        humaneval.run(parser.parse_args(command))
-    assert "\n" not in str(refused.value.code)
+    with pytest.raises(SystemExit) as refused:
+        run_cli(command)
+    assert refused.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("error: Refusing to run generated code"), printed
+    assert "apt-get install bubblewrap" in printed[0] and "--unsafe-no-sandbox" in printed[0]
     # with the opt-in it goes on to load the model
     with pytest.raises(AssertionError, match="the model was loaded"):
-        humaneval.run(parser.parse_args([*command, "--unsafe-no-sandbox"]))
+        run_cli([*command, "--unsafe-no-sandbox"])

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 BWRAP = "bwrap"
 SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup
 OUTPUT_LIMIT = 64 * 1024  # bytes kept from the end of stdout and of stderr
@@ -83,8 +85,9 @@ class Outcome:
     detail: str = ""
 
 
-class SandboxUnavailable(RuntimeError):
-    """Generated code would run without OS isolation; raised instead of running it."""
+class SandboxUnavailable(UserError):
+    """Generated code would run without OS isolation; raised instead of running it (the CLI prints
+    the message as one `error:` line)."""
 
 
 def _interpreter() -> tuple[str, list[Path]]:
