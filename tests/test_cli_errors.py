@@ -89,7 +89,6 @@ TINY_QUICKSTART = [
     "data.train_limit=16",
     "data.val_limit=8",
     "data.batch_size=8",
-    "logger=none",
     "callbacks.throughput=0",
     "callbacks.lr_monitor=false",
 ]
@@ -208,6 +207,7 @@ def cli(tmp_path_factory):
     line = next(line for line in stdout.splitlines() if line.startswith("RESULTS "))
     results = json.loads(line[len("RESULTS ") :])
     results["headline"] = {"code": headline.returncode, "stderr": outputs["headline"][1]}
+    print({name: result.get("seconds") for name, result in results.items()})  # shown with pytest -s
     return {"results": results, "cases": cases, "cwd": cwd, "runs": runs}
 
 

@@ -23,9 +23,8 @@ from omegaconf import DictConfig
 from .config import config_dir, register_resolvers, validate_config
 from .errors import exit_on_user_error, full_error_requested, user_error_message
 from .hydra_ddp import child_arguments, export_current_job
-from .interrupts import RunInterrupted
 from .overrides import check_override_keys, compose_single_run
-from .resume_hint import resume_command
+from .preflight import preflight
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,10 @@ def _run(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     export_current_job()  # DDP ranks 1..N-1 re-run exactly this job (hydra_ddp.py)
     try:
+        # per job: a sweep's jobs differ (a single run's config was checked in main() already)
+        validate_config(cfg)
+        preflight(cfg)
         result = train(cfg)
-    except RunInterrupted as interruption:
-        interruption.resume_command = resume_command(multirun)
-        raise
     except Exception as error:
         message = user_error_message(error)
         if message is not None:
@@ -85,10 +84,16 @@ def _run(cfg: DictConfig) -> float | None:
 
 def check_command_line(args: list[str]) -> None:
     """Everything about a command line that can be refused before Hydra starts a job."""
-    check_override_keys(args)
-    cfg = compose_single_run(args)
-    if cfg is not None:
-        validate_config(cfg)
+    try:
+        cfg = compose_single_run(args)
+    except Exception:
+        check_override_keys(args)  # a misspelt key: name the keys that exist, rather than Hydra's message
+        raise
+    if cfg is None:  # a sweep: its jobs are checked one by one in _run; a misspelt key fails them all
+        check_override_keys(args)
+        return
+    validate_config(cfg)
+    preflight(cfg)
 
 
 def main() -> None:
@@ -99,14 +104,7 @@ def main() -> None:
     except Exception as error:
         exit_on_user_error(error)
         raise
-    try:
-        _run()
-    except RunInterrupted as interruption:
-        # a signal, not an error: the checkpoint is saved; say how to continue, exit 128 + signal number
-        print(f"interrupted: {interruption}", file=sys.stderr)
-        if getattr(interruption, "resume_command", None):
-            print(f"resume with: {interruption.resume_command}", file=sys.stderr)
-        sys.exit(interruption.exit_code)
+    _run()
 
 
 if __name__ == "__main__":

@@ -167,12 +167,21 @@ def _choice(value: Any, allowed, key: str) -> None:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}.")
 
 
-def validate_config(cfg: DictConfig) -> Adapter:
-    """Check the values that Hydra's composition cannot (registry names, Trainer options, adapter
-    options) and return the adapter the config describes, so a run validates and builds it once."""
-    from .adapters import build_adapter
-    from .preflight import preflight
+def adapter_options(cfg: DictConfig) -> dict[str, Any]:
+    """The adapter's options as plain values, module names translated by the model's aliases."""
     from .models import alias_target_modules
+
+    return alias_target_modules(OmegaConf.to_container(cfg.adapter, resolve=True), cfg.model.get("target_module_aliases"))
+
+
+def validate_config(cfg: DictConfig) -> Adapter:
+    """Check the values that Hydra's composition cannot (registry names, value bounds, Trainer options,
+    adapter options) and return the adapter the config describes, so a run validates and builds it once.
+
+    Only the config is read here; what the config points at (paths, the hub, the model's shapes) is
+    checked by preflight.preflight, which the CLI runs next.
+    """
+    from .adapters import build_adapter
     from .tasks import TASK_FAMILIES
     from .tasks.base import OPTIMIZERS, SCHEDULES
 
@@ -181,16 +190,10 @@ def validate_config(cfg: DictConfig) -> Adapter:
     _choice(cfg.scheduler.name, set(SCHEDULES) | {"none"}, "scheduler.name")
     _choice(cfg.task.mode, {"max", "min"}, "task.mode")
     check_values(cfg)
-    check_paths(cfg)
     unknown = set(cfg.trainer) - _TRAINER_KEYS
     if unknown:
         raise ValueError(
             f"Unknown trainer option(s) {sorted(unknown)}; lightning.Trainer accepts: "
             f"{', '.join(sorted(_TRAINER_KEYS))}."
         )
-    adapter_cfg = alias_target_modules(
-        OmegaConf.to_container(cfg.adapter, resolve=True), cfg.model.get("target_module_aliases")
-    )
-    adapter = build_adapter(adapter_cfg)
-    preflight(cfg, adapter_cfg)  # the hub and the rank, before any weights or data load
-    return adapter
+    return build_adapter(adapter_options(cfg))

@@ -1,5 +1,6 @@
 """Checks against the world outside the config, made before any weights or data load.
 
+- Paths: the files and folders the config names exist (config.PATH_OPTIONS).
 - The hub: a model or dataset named by a hub id needs the Hugging Face hub or a copy in the local
   cache. When the hub cannot be reached (HF_HUB_OFFLINE=1, or no connection within a few seconds)
   and there is no cached copy, the run stops at once with the offline choices; with a cached copy,
@@ -262,7 +263,11 @@ def _model_config_exists(name: str) -> bool:
     return (Path(config_dir()) / "model" / f"{name}.yaml").is_file()
 
 
-def preflight(cfg: Mapping, adapter_cfg: Mapping) -> None:
-    """Everything that can be known about a run's inputs before loading them: the hub, then the rank."""
+def preflight(cfg) -> None:
+    """Everything that can be known about a run's inputs before loading them: the paths it names,
+    the hub, then the rank. `cfg` is a config that validate_config accepted."""
+    from .config import adapter_options, check_paths
+
+    check_paths(cfg)
     check_hub(cfg)
-    check_rank(cfg, adapter_cfg)
+    check_rank(cfg, adapter_options(cfg))
