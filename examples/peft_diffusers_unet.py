@@ -37,7 +37,9 @@ DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "drea
 def load_photos(folder: Path, resolution: int) -> torch.Tensor:
     paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if not paths:
-        raise FileNotFoundError(f"no .jpg/.png photos in {folder}; pass --photos pointing at a DreamBooth subject folder")
+        raise FileNotFoundError(
+            f"no .jpg/.png photos in {folder}; pass --photos pointing at a DreamBooth subject folder"
+        )
     images = []
     for path in paths:
         image = Image.open(path).convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
@@ -48,7 +50,9 @@ def load_photos(folder: Path, resolution: int) -> torch.Tensor:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-sd", help="a conf/model/ file name (tiny-sd, sd-v1-5)")
-    parser.add_argument("--model-path", default=None, help="a local diffusers Stable Diffusion folder (overrides the file)")
+    parser.add_argument(
+        "--model-path", default=None, help="a local diffusers Stable Diffusion folder (overrides the file)"
+    )
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
     parser.add_argument("--prompt", default="a photo of sks dog")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/peft_diffusers_unet"))

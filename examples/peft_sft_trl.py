@@ -33,14 +33,14 @@ DEFAULT_ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpa
 def read_alpaca(path: Path, limit: int | None) -> Dataset:
     """Alpaca records (instruction, input, output) as chat conversations, the format SFTTrainer templates."""
     if not path.is_file():
-        raise FileNotFoundError(f"Alpaca file not found: {path}; pass --data pointing at an alpaca_data.json-style file")
+        raise FileNotFoundError(
+            f"Alpaca file not found: {path}; pass --data pointing at an alpaca_data.json-style file"
+        )
     records = json.loads(path.read_text(encoding="utf-8"))[:limit]
     conversations = []
     for record in records:
         prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        conversations.append(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
-        )
+        conversations.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}])
     return Dataset.from_dict({"messages": conversations})
 
 

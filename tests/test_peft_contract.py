@@ -58,7 +58,9 @@ CASES = {
     "mlp": Case(_mlp, {"input": torch.randn(4, 10, generator=torch.Generator().manual_seed(2))}, ["0", "2"], ["4"]),
     "gpt2-conv1d": Case(_gpt2, {"input_ids": _IDS}, ["c_attn", "c_fc"]),
     "tiny-roberta": Case(
-        lambda seed: _tiny_from_conf("tiny-roberta", transformers.AutoModelForSequenceClassification, seed, num_labels=2),
+        lambda seed: _tiny_from_conf(
+            "tiny-roberta", transformers.AutoModelForSequenceClassification, seed, num_labels=2
+        ),
         {"input_ids": _IDS, "attention_mask": torch.ones_like(_IDS)},
         ["query", "value"],
         ["classifier"],
@@ -133,7 +135,9 @@ def test_merge_unmerge_disable_merge_and_unload_and_unload(case):
     model.eval()
     with torch.no_grad():
         adapted = run(model, case)
-        assert (adapted - base_out).abs().max() > 1e-3, "training did not move the adapter; the checks below prove nothing"
+        assert (adapted - base_out).abs().max() > 1e-3, (
+            "training did not move the adapter; the checks below prove nothing"
+        )
 
         model.merge_adapter()
         assert all(layer.merged for layer in model.modules() if isinstance(layer, LoLDULayer))
@@ -171,7 +175,9 @@ def test_safetensors_round_trip_keeps_only_z_sigma_c_and_heads(case, tmp_path):
     adapter_keys = {f"base_model.model.{name}.loldu_adapter.{key}" for name in layers for key in ("z", "sigma", "c")}
     assert adapter_keys <= set(saved)
     others = set(saved) - adapter_keys
-    assert all(any(key.startswith(f"base_model.model.{head}.") for head in case.modules_to_save or []) for key in others)
+    assert all(
+        any(key.startswith(f"base_model.model.{head}.") for head in case.modules_to_save or []) for key in others
+    )
     assert bool(others) == bool(case.modules_to_save)
     document = json.loads((tmp_path / "adapter_config.json").read_text())
     assert document["peft_type"] == "LOLDU" and set(document["fingerprints"]) == set(layers)
@@ -227,9 +233,7 @@ def test_two_active_adapters_add_their_updates(tmp_path):
     with torch.no_grad():
         layer.set_adapter(["default", "second"])
         both = layer(x)
-        expected = layer.base_layer(x) + sum(
-            x @ layer.get_delta_weight(name).t() for name in ("default", "second")
-        )
+        expected = layer.base_layer(x) + sum(x @ layer.get_delta_weight(name).t() for name in ("default", "second"))
         torch.testing.assert_close(both, expected, rtol=1e-5, atol=1e-5)
         model.base_model.merge_adapter(["default", "second"])
         torch.testing.assert_close(layer(x), both, rtol=1e-5, atol=1e-5)

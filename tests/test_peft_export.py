@@ -72,9 +72,10 @@ def test_framework_adapter_converted_to_peft_gives_the_same_logits(trained_run, 
     # and back: the native folder written from the PEFT one loads in the framework with the same logits
     assert export_main(["native", str(tmp_path / "peft"), str(tmp_path / "native")]) == 0
     torch.testing.assert_close(_framework_logits(cfg, tmp_path / "native", batch), expected, rtol=0, atol=0)
-    assert load_file(str(tmp_path / "native" / "adapter_model.safetensors")).keys() == load_file(
-        str(native_dir / "adapter_model.safetensors")
-    ).keys()
+    assert (
+        load_file(str(tmp_path / "native" / "adapter_model.safetensors")).keys()
+        == load_file(str(native_dir / "adapter_model.safetensors")).keys()
+    )
 
 
 def test_round_trip_keeps_saved_factors(tmp_path):

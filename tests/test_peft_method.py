@@ -80,13 +80,17 @@ def test_peft_path_and_native_inject_agree_on_outputs_and_gradients(options):
 
 def test_every_loldu_option_has_a_peft_field():
     peft_fields = {field.name for field in dataclasses.fields(LoLDUPeftConfig)}
-    missing = [
-        name for name in loldu.LoLDUConfig.field_names() if PEFT_FIELD_NAMES.get(name, name) not in peft_fields
-    ]
+    missing = [name for name in loldu.LoLDUConfig.field_names() if PEFT_FIELD_NAMES.get(name, name) not in peft_fields]
     assert not missing, f"add these loldu.LoLDUConfig options to LoLDUPeftConfig: {missing}"
     config = LoLDUPeftConfig(r="full", loldu_alpha=3.0, init_loldu_weights="zeros", decomposition="qr", seed=4)
     native = config.to_loldu_config()
-    assert (native.rank, native.alpha, native.init, native.decomposition, native.seed) == ("full", 3.0, "zeros", "qr", 4)
+    assert (native.rank, native.alpha, native.init, native.decomposition, native.seed) == (
+        "full",
+        3.0,
+        "zeros",
+        "qr",
+        4,
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,7 +208,9 @@ def test_storage_lu_releases_w0_and_gives_it_back(tmp_path):
 def test_non_finite_update_is_refused_by_safe_merge():
     model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query"]))
     with torch.no_grad():
-        model.base_model.model.roberta.encoder.layer[1].attention.self.query.loldu_adapter["default"].z[0] = float("nan")
+        model.base_model.model.roberta.encoder.layer[1].attention.self.query.loldu_adapter["default"].z[0] = float(
+            "nan"
+        )
     with pytest.raises(ValueError, match=r"merging adapter 'default' into module '.*layer\.1\.attention\.self\.query'"):
         model.merge_and_unload(safe_merge=True)
 

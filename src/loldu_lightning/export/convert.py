@@ -79,8 +79,11 @@ def peft_to_native(peft_dir: str | Path, out_dir: str | Path) -> Path:
     fingerprints: dict[str, Any] = document["fingerprints"]
     modules = list(fingerprints)
     heads = list(document.get("modules_to_save") or [])
-    values = {name: document[PEFT_FIELD_NAMES.get(name, name)] for name in LoLDUConfig.field_names()
-              if PEFT_FIELD_NAMES.get(name, name) in document}
+    values = {
+        name: document[PEFT_FIELD_NAMES.get(name, name)]
+        for name in LoLDUConfig.field_names()
+        if PEFT_FIELD_NAMES.get(name, name) in document
+    }
     config = LoLDUConfig.from_dict({**values, "target_modules": modules, "exclude_modules": None})
 
     converted: dict[str, Tensor] = {}
@@ -129,7 +132,9 @@ def _read_peft_config(folder: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"PEFT adapter config not found: {path}")
     document = json.loads(path.read_text(encoding="utf-8"))
     if document.get("peft_type") != loldu_peft_type().value:
-        raise ValueError(f"{path}: peft_type is {document.get('peft_type')!r}, not 'LOLDU'; this is not a LoLDU adapter")
+        raise ValueError(
+            f"{path}: peft_type is {document.get('peft_type')!r}, not 'LOLDU'; this is not a LoLDU adapter"
+        )
     if not document.get("fingerprints"):
         raise ValueError(
             f"{path}: no fingerprints; the native format identifies the base model by them. Save the adapter with "

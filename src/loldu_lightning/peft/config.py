@@ -36,10 +36,13 @@ class LoLDUPeftConfig(PeftConfig):
     (docs/design.md section 1). The LoLDU options mean what they mean in ``loldu.LoLDUConfig``.
     """
 
-    r: int | str = field(default=8, metadata={"help": "components kept per matrix: an int >= 1 or 'full' (min(out, in))"})
+    r: int | str = field(
+        default=8, metadata={"help": "components kept per matrix: an int >= 1 or 'full' (min(out, in))"}
+    )
     loldu_alpha: float | None = field(default=None, metadata={"help": "sigma0 = loldu_alpha / r; None means r"})
     init_loldu_weights: str = field(
-        default="uniform", metadata={"help": "init of z: ldu|constant|uniform|uniform_unit|normal|normal_unit|zeros|ones"}
+        default="uniform",
+        metadata={"help": "init of z: ldu|constant|uniform|uniform_unit|normal|normal_unit|zeros|ones"},
     )
     scaling: str = field(default="learned", metadata={"help": "sigma: learned | fixed | none"})
     residual: str = field(default="init", metadata={"help": "c from the initial z (init), from d_r (ldu) or authors"})

@@ -55,4 +55,6 @@ def register() -> None:
             mapping.PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
         ):
             table.pop(peft_type, None)
-    peft.utils.register_peft_method(name=peft_type.value.lower(), config_cls=LoLDUPeftConfig, model_cls=LoLDUModel, prefix=PREFIX)
+    peft.utils.register_peft_method(
+        name=peft_type.value.lower(), config_cls=LoLDUPeftConfig, model_cls=LoLDUModel, prefix=PREFIX
+    )
