@@ -107,7 +107,9 @@ class TrackingCallback(L.Callback):
             if self._texts_seen.get(path) == stamp:
                 continue
             self._texts_seen[path] = stamp
-            log_text(self.loggers, self.text_folder, path.read_text(), self.global_step, f"{self.text_folder}/{path.name}")
+            log_text(
+                self.loggers, self.text_folder, path.read_text(), self.global_step, f"{self.text_folder}/{path.name}"
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.global_step = trainer.global_step
