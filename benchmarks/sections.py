@@ -52,9 +52,11 @@ def training_table(
     warmup: int,
     steps: int,
     device: torch.device,
+    timer: Callable[..., dict[str, CaseTimes]] = interleaved_timings,
 ) -> tuple[Table, dict[str, float], dict[str, StepMemory]]:
-    """Interleaved step times of every variant, then one instrumented step each for memory."""
-    timings = interleaved_timings(
+    """Interleaved step times of every variant (``timer``: wall clock, or CUDA events in gpu_sections.py),
+    then one instrumented step each for memory."""
+    timings = timer(
         {key: v.step for key, v in variants.items()},
         warmup=warmup,
         steps=steps,
