@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import struct
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import TINY_GLUE, compose_config
+from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
 from loldu_lightning.train import train
@@ -31,6 +33,23 @@ def tracker_env(monkeypatch, tmp_path):
     for key in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(key, str(tmp_path / "wandb-home" / key.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, made once: creating one runs every schema migration (seconds on 2 cores)."""
+    from mlflow.tracking import MlflowClient
+
+    database = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{database}").search_experiments()
+    return database
+
+
+def seed_mlflow_store(folder: Path, template: Path) -> None:
+    """Put the empty store where the run's default MLflow store will be (a copy opens in a fraction of a second);
+    a run that looked elsewhere would leave this one without runs, so the checks below still hold the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, folder / "mlflow.db")
 
 
 # --- readers -----------------------------------------------------------------------------------
@@ -90,6 +109,7 @@ def wandb_records(run_folder: Path) -> list:
 
 def wandb_run(run_folder: Path) -> dict:
     """The parts of an offline W&B run a test checks: run record, config, history rows, summary, artifacts, exit."""
+
     def items(updates) -> dict:
         return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in updates}
 
@@ -132,11 +152,14 @@ def mlflow_runs(client, experiment_name: str) -> list:
 def test_missing_tracker_package_stops_before_the_model_loads(monkeypatch, tmp_path, logger, package):
     import importlib.util
 
-    from loldu_lightning import loggers, train as train_module
+    from loldu_lightning import loggers
+    from loldu_lightning import train as train_module
 
     real_find_spec = importlib.util.find_spec
     missing = {package, "tensorboardX"}
-    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        loggers.importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name, *a)
+    )
 
     def model_loads(cfg):
         raise AssertionError("the model was built before the missing package was reported")
@@ -145,10 +168,13 @@ def test_missing_tracker_package_stops_before_the_model_loads(monkeypatch, tmp_p
     with pytest.raises(ModuleNotFoundError) as error:
         train(compose_config([*FAST, f"logger={logger}"], tmp_path))
     message = str(error.value)
-    assert "\n" not in message and f"logger={logger}" in message and "pip install 'loldu-lightning[tracking]'" in message
+    assert (
+        "\n" not in message and f"logger={logger}" in message and "pip install 'loldu-lightning[tracking]'" in message
+    )
 
 
-def test_one_run_lands_in_every_tracker(tracker_env, tmp_path):
+def test_one_run_lands_in_every_tracker(tracker_env, mlflow_template, tmp_path):
+    seed_mlflow_store(tmp_path, mlflow_template)
     result = train(compose_config([*FAST, "logger=[csv,tensorboard,mlflow,wandb]"], tmp_path))
     assert result["status"] == "completed"
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -220,13 +246,15 @@ def _run_cli_in_process(monkeypatch, arguments: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def test_sweep_jobs_are_separate_runs_in_one_group(tracker_env, monkeypatch, tmp_path):
+def test_sweep_jobs_are_separate_runs_in_one_group(tracker_env, mlflow_template, monkeypatch, tmp_path):
     sweep = tmp_path / "sweep"
+    seed_mlflow_store(sweep, mlflow_template)
     _run_cli_in_process(
         monkeypatch, ["-m", "seed=1,2", "logger=[tensorboard,mlflow,wandb]", *FAST, f"hydra.sweep.dir={sweep}"]
     )
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
+    assert not HydraConfig.initialized()  # a later train(cfg) in this process is no sweep job
 
     # MLflow: one store for the sweep, one experiment named after it, one finished run per job
     client = mlflow_client(sweep)
@@ -251,7 +279,7 @@ def test_sweep_jobs_are_separate_runs_in_one_group(tracker_env, monkeypatch, tmp
         assert len(tensorboard_events(sweep / job / "tensorboard").Scalars("val/accuracy")) == 1
 
 
-def test_sample_grids_reach_every_tracker_that_takes_images(tracker_env, tmp_path):
+def test_sample_grids_reach_every_tracker_that_takes_images(tracker_env, mlflow_template, tmp_path):
     """callbacks/sampling.py's `log_image` (diffusion sampling grids) against real loggers."""
     from types import SimpleNamespace
 
@@ -259,11 +287,14 @@ def test_sample_grids_reach_every_tracker_that_takes_images(tracker_env, tmp_pat
 
     from loldu_lightning.callbacks.sampling import log_image
 
+    seed_mlflow_store(tmp_path, mlflow_template)
     grid = Image.new("RGB", (64, 32), (200, 30, 30))
     loggers = [
         CSVLogger(tmp_path),  # takes no images: skipped
         TensorBoardLogger(tmp_path, name="tensorboard", version=""),
-        MLFlowLogger("samples", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=(tmp_path / "a").as_uri()),
+        MLFlowLogger(
+            "samples", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=(tmp_path / "a").as_uri()
+        ),
         WandbLogger(save_dir=str(tmp_path), project="samples", mode="offline"),
     ]
     log_image(SimpleNamespace(loggers=loggers), "samples", grid, step=4)
@@ -283,7 +314,7 @@ def test_sample_grids_reach_every_tracker_that_takes_images(tracker_env, tmp_pat
     assert list((folder / "files" / "media" / "images").glob("samples_*.png"))
 
 
-def test_instruct_generations_reach_the_trackers_as_text(tracker_env, tmp_path):
+def test_instruct_generations_reach_the_trackers_as_text(tracker_env, mlflow_template, tmp_path):
     """tasks/instruct.py's GenerationSamples files, as TensorBoard text, a W&B table and an MLflow artifact."""
     records = [
         {"instruction": f"Say the number {i} in words.", "input": "", "output": f"The number is {i}."}
@@ -311,6 +342,7 @@ def test_instruct_generations_reach_the_trackers_as_text(tracker_env, tmp_path):
         "logger=[tensorboard,mlflow,wandb]",
     ]
     run_dir = tmp_path / "run"
+    seed_mlflow_store(run_dir, mlflow_template)
     assert train(compose_config(overrides, run_dir))["status"] == "completed"
     written = (run_dir / "generations" / "epoch_0.md").read_text()
     assert "## Prompt 1" in written
