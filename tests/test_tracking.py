@@ -15,6 +15,7 @@ from helpers import TINY_GLUE, compose_config
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
+from loldu_lightning.errors import user_error_message
 from loldu_lightning.train import train
 
 pytest.importorskip("tensorboard", reason="the tracking extra: pip install -e '.[tracking]'")
@@ -168,6 +169,7 @@ def test_missing_tracker_package_stops_before_the_model_loads(monkeypatch, tmp_p
     with pytest.raises(ModuleNotFoundError) as error:
         train(compose_config([*FAST, f"logger={logger}"], tmp_path))
     message = str(error.value)
+    assert user_error_message(error.value) == message  # the CLI prints it as one `error:` line, exit status 2
     assert (
         "\n" not in message and f"logger={logger}" in message and "pip install 'loldu-lightning[tracking]'" in message
     )

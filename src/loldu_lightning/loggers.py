@@ -28,6 +28,12 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.tracking import TrackingCallback
+from .errors import UserError
+
+
+class MissingTrackerPackage(UserError, ModuleNotFoundError):
+    """A configured logger's package is not installed (the CLI prints it as one `error:` line)."""
+
 
 # Logger class name (the end of `_target_`) -> modules of which one must import, and the extra that installs it.
 REQUIRED_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -43,7 +49,7 @@ def check_logger_packages(logger_cfg: DictConfig | None) -> None:
         target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
         modules, extra = REQUIRED_PACKAGES.get(target.rsplit(".", 1)[-1], ((), ""))
         if modules and not any(importlib.util.find_spec(module) is not None for module in modules):
-            raise ModuleNotFoundError(
+            raise MissingTrackerPackage(
                 f"logger={key} needs the `{modules[0]}` package, which is not installed: "
                 f"pip install 'loldu-lightning[{extra}]' (or choose another logger, e.g. logger=csv)."
             )
