@@ -226,3 +226,29 @@ def test_default_targets_come_from_the_model_type():
             )
         )
         get_peft_model(gpt, LoLDUPeftConfig(r=2))
+
+
+def test_a_pickled_peft_model_loads_in_a_process_that_never_imported_the_integration(tmp_path):
+    """What a spawned DDP worker does: unpickle the model before anything imports loldu_lightning.peft."""
+    import pickle
+
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query"], seed=2))
+    with torch.no_grad():
+        model.base_model.model.roberta.encoder.layer[0].attention.self.query.loldu_adapter["default"].z.add_(0.3)
+        torch.save(model(input_ids=IDS).logits, tmp_path / "expected.pt")
+    # the PEFT type first: unpickling meets PeftType.LOLDU before any class of the integration
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps((model.peft_type, model)))
+    script = textwrap.dedent(
+        f"""
+        import pickle, sys, torch
+        peft_type, model = pickle.loads(open(r"{tmp_path / "model.pkl"}", "rb").read())
+        assert "loldu_lightning.peft" in sys.modules
+        ids = torch.randint(3, 100, (3, 9), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).logits, torch.load(r"{tmp_path / "expected.pt"}"))
+        print("same logits", peft_type, peft_type is model.peft_type)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same logits PeftType.LOLDU True" in result.stdout

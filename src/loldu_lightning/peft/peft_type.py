@@ -38,11 +38,18 @@ def _add_member(enum_cls: type[enum.Enum], name: str, value: str) -> enum.Enum:
     return member
 
 
+def _reduce_member(protocol: int) -> tuple:
+    return loldu_peft_type, ()
+
+
 def loldu_peft_type() -> PeftType:
     """``PeftType.LOLDU``, added on first use; the same member on every later call (and import)."""
     if NAME in PeftType.__members__:
         return PeftType[NAME]
     member = _add_member(PeftType, NAME, NAME)
+    # Pickled by reference to this function rather than as PeftType("LOLDU"), so a process that
+    # unpickles a LoLDU config (a spawned DDP worker) adds the member before looking it up.
+    member.__reduce_ex__ = _reduce_member
     if not (PeftType(NAME) is member and PeftType[NAME] is member and member in list(PeftType) and member == NAME):
         raise RuntimeError(
             f"loldu_lightning.peft could not add {NAME} to peft.utils.PeftType on Python "
