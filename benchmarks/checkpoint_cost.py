@@ -14,8 +14,8 @@ optimizer state and the rest (loops, callbacks, configuration).
 
 LLaMA-shaped cases keep every layer full width (hidden 4096, 32 heads: q_proj/v_proj are the
 paper's 4096 x 4096) but may shrink the MLP and the vocabulary: those weights are frozen and never
-saved, so the checkpoint is the same as the full model's with the same layer count. The 32-layer
-size is then computed from the measured per-layer growth, checked against a third layer count.
+saved, so the checkpoint holds the same tensors as the full model's with the same layer count. The
+32-layer size is then computed from the measured per-layer growth, checked against a third layer count.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def roberta_case(overrides: dict[str, Any] | None = None, rank: int = 768) -> Ca
     """The paper's GLUE setting: roberta-base, LoLDU r=768 alpha 768 on query/value, the classifier trained fully."""
     return Case(
         key="roberta",
-        label="roberta-base, LoLDU r={rank} on query,value + classifier".format(rank=rank),
+        label=f"roberta-base, LoLDU r={rank} on query,value + classifier",
         family="glue",
         model={"model_type": "roberta", **(overrides or {})},
         adapter={"name": "loldu", "rank": rank, "alpha": rank, "target_modules": ["query", "value"]},
@@ -384,8 +384,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--quick", action="store_true", help="toy shapes: a smoke run; the numbers mean nothing")
     parser.add_argument("--note", default=None, help="free text recorded under Machine (e.g. what else was running)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where checkpoints are written (default: a temp dir)")
-    parser.add_argument("--out", type=Path, default=None, help=f"Markdown output (default {DEFAULT_OUT}; none with --quick)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where checkpoints are written (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"Markdown output (default {DEFAULT_OUT}; none with --quick)"
+    )
     args = parser.parse_args(argv)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else MIN_REPEATS)
     if args.repeats < 1 or (not args.quick and args.repeats < MIN_REPEATS):
@@ -468,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine["total wall time"] = f"{time.perf_counter() - started:.0f} s"
     if hasattr(os, "getloadavg"):
         machine["load average at end (1/5/15 min)"] = " / ".join(f"{value:.2f}" for value in os.getloadavg())
-    machine["checkpoint directory"] = str(args.workdir) if args.workdir else f"a temporary directory under {tempfile.gettempdir()}"
+    machine["checkpoint directory"] = (
+        str(args.workdir) if args.workdir else f"a temporary directory under {tempfile.gettempdir()}"
+    )
     if args.note:
         machine["note"] = args.note
     text = render(command, machine, measurements, args.repeats, args.quick)

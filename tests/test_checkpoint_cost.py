@@ -22,7 +22,9 @@ def _table_rows(text: str, title: str) -> list[list[str]]:
 def quick_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("checkpoint_cost")
     out, workdir = tmp / "checkpoint_cost.md", tmp / "work"
-    assert bench.main(["--quick", "--threads", "1", "--repeats", "2", "--out", str(out), "--workdir", str(workdir)]) == 0
+    assert (
+        bench.main(["--quick", "--threads", "1", "--repeats", "2", "--out", str(out), "--workdir", str(workdir)]) == 0
+    )
     return out.read_text(), workdir
 
 
