@@ -23,8 +23,10 @@ from omegaconf import DictConfig
 from .config import config_dir, register_resolvers, validate_config
 from .errors import exit_on_user_error, full_error_requested, user_error_message
 from .hydra_ddp import child_arguments, export_current_job
+from .interrupts import RunInterrupted
 from .overrides import check_override_keys, compose_single_run
 from .preflight import preflight
+from .resume_hint import resume_command
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ def _run(cfg: DictConfig) -> float | None:
         validate_config(cfg)
         preflight(cfg)
         result = train(cfg)
+    except RunInterrupted as interruption:
+        interruption.resume_command = resume_command(multirun)
+        raise
     except Exception as error:
         message = user_error_message(error)
         if message is not None:
@@ -104,7 +109,14 @@ def main() -> None:
     except Exception as error:
         exit_on_user_error(error)
         raise
-    _run()
+    try:
+        _run()
+    except RunInterrupted as interruption:
+        # a signal, not an error: the checkpoint is saved; say how to continue, exit 128 + signal number
+        print(f"interrupted: {interruption}", file=sys.stderr)
+        if getattr(interruption, "resume_command", None):
+            print(f"resume with: {interruption.resume_command}", file=sys.stderr)
+        sys.exit(interruption.exit_code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ configuration stored in the checkpoint with the one asked to resume it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -125,6 +126,12 @@ def defining_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if any(key == root or key.startswith(root + ".") for root in DEFINING)
         and not any(key == skip or key.startswith(skip + ".") for skip in NOT_DEFINING)
     }
+
+
+def config_fingerprint(run_config: Mapping[str, Any]) -> str:
+    """A short, stable digest of a defining configuration (metrics.json keeps it to recognise a finished job)."""
+    encoded = json.dumps(dict(run_config), sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
 
 
 def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:

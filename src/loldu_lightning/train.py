@@ -24,14 +24,21 @@ from .callbacks.adapter import AdapterCallback, CheckpointOnException, RNGStateC
 from .callbacks.fault_tolerance import (
     GracefulStop,
     RestoreLoaderPosition,
-    RunInterrupted,
     RunRecord,
     StepCheckpoint,
 )
 from .callbacks.metrics import MetricsHistory
 from .callbacks.throughput import Throughput
-from .checkpoints import AtomicCheckpointIO, check_resume, defining_config, resolve_ckpt_path
+from .checkpoints import (
+    AtomicCheckpointIO,
+    check_resume,
+    config_fingerprint,
+    defining_config,
+    newest_resumable,
+    resolve_ckpt_path,
+)
 from .config import validate_config
+from .interrupts import RunInterrupted
 from .loggers import build_loggers, build_tracking, check_logger_packages
 from .models import model_label
 from .tasks import build_task
@@ -153,6 +160,32 @@ def evaluate_test_split(
     }
 
 
+def auto_resume(cfg: DictConfig) -> bool:
+    """`resume.auto`: null means on for the jobs of a sweep (-m) and for a SLURM job that was requeued."""
+    auto = OmegaConf.select(cfg, "resume.auto", default=None)
+    if auto is not None:
+        return bool(auto)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return in_sweep or int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def completed_run(output_dir: Path, run_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics.json of a run in `output_dir` that completed with this same defining configuration."""
+    path = output_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if previous.get("status") == "completed" and previous.get("run_fingerprint") == config_fingerprint(run_config):
+        return previous
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit one configuration; writes checkpoints/, adapter/, logs and metrics.json under cfg.output_dir.
 
@@ -162,6 +195,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     adapter = validate_config(cfg)
     check_logger_packages(cfg.logger)  # a missing tracker package fails here, before any model loads
     output_dir = Path(cfg.output_dir)
+    run_config = defining_config(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_request = cfg.ckpt_path
+    if auto_resume(cfg):
+        finished = completed_run(output_dir, run_config)
+        if finished is not None:
+            log.info("%s already completed with this configuration; skipped (resume.auto)", output_dir)
+            return finished
+        if ckpt_request is None and newest_resumable(output_dir / "checkpoints") is not None:
+            ckpt_request = "last"
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     task = cfg.task
@@ -182,13 +224,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params": {},
         "time_s": None,
         "output_dir": str(output_dir),
+        "run_fingerprint": config_fingerprint(run_config),
     }
     start = time.perf_counter()
     group_opened_before = torch.distributed.is_available() and torch.distributed.is_initialized()
     launcher_environment = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
     try:
-        run_config = defining_config(OmegaConf.to_container(cfg, resolve=True))
-        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir / "checkpoints")
+        ckpt_path = resolve_ckpt_path(ckpt_request, output_dir / "checkpoints")
         if ckpt_path is not None:
             allowed = OmegaConf.select(cfg, "resume.allow_changes", default=None) or []
             for key, (old, new) in check_resume(ckpt_path, run_config, allowed).items():

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..adapters import Adapter, count_parameters
-from .fault_tolerance import RunInterrupted
+from ..interrupts import RunInterrupted
 
 log = logging.getLogger(__name__)
 

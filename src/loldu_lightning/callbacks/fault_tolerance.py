@@ -24,32 +24,13 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ..checkpoints import CONFIG_KEY
+from ..interrupts import RunInterrupted
 
 log = logging.getLogger(__name__)
 
 # SLURM's warning before a time limit or preemption: SIGUSR1 for `sbatch --signal=USR1@<s>` (Lightning's
 # convention), SIGUSR2 for Hydra's submitit launcher (submitit's default).
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-
-
-class RunInterrupted(BaseException):
-    """A run stopped by a signal after saving a resumable checkpoint.
-
-    A BaseException, like KeyboardInterrupt: a sweep must stop with its job instead of treating
-    the interruption as one failed job and starting the next.
-    """
-
-    def __init__(self, signum: int, checkpoint: Path | None, requeued: bool):
-        self.signum = signum
-        self.checkpoint = checkpoint
-        self.requeued = requeued
-        name = signal.Signals(signum).name
-        where = f"; resumable checkpoint {checkpoint}" if checkpoint else ""
-        super().__init__(f"{name} received{where}{'; the SLURM job was requeued' if requeued else ''}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + int(self.signum)
 
 
 def in_slurm_job() -> bool:
@@ -70,21 +51,24 @@ def requeue_slurm_job() -> bool:
     return result.returncode == 0
 
 
-def at_last_batch(trainer: L.Trainer) -> bool:
-    """Whether the training batch that just ran is the last of its epoch.
+def resumable_here(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the end of training batch `batch_idx` is a point a checkpoint resumes exactly.
 
-    A checkpoint saved there resumes badly in Lightning (2.6): the resumed run takes the epoch for
-    finished without validating it and skips the next one. The epoch's end, after validation, is
-    saved anyway, so step-triggered saves leave that one batch out.
+    Not inside a gradient-accumulation window: the partial gradients are not saved. Not on the
+    epoch's last batch: Lightning (2.6) resumes a checkpoint saved there badly (it takes the epoch
+    for finished without validating it and skips the next one); the epoch's end, after validation,
+    is saved anyway.
     """
-    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return False
+    return (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1) == 0
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """`last.ckpt` every N steps or minutes, except on an epoch's last batch (see `at_last_batch`)."""
+    """`last.ckpt` every N steps or minutes, at the next point that resumes exactly (`resumable_here`)."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if not at_last_batch(trainer):
+        if resumable_here(trainer, batch_idx):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
@@ -124,9 +108,8 @@ class GracefulStop(L.Callback):
         self._previous = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if at_last_batch(trainer):
-            return  # the epoch's end (below) is the resumable point; see StepCheckpoint
-        self._stop_if_asked(trainer)
+        if resumable_here(trainer, batch_idx):
+            self._stop_if_asked(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_if_asked(trainer)

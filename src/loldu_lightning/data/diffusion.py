@@ -242,7 +242,6 @@ class SubjectDataModule(L.LightningDataModule):
             collate_subject,
             self.num_workers,
             epoch_source=trainer_epoch(self),
-            random_items=True,
         )
 
     def val_dataloader(self) -> DataLoader:

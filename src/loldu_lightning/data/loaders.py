@@ -6,9 +6,7 @@ it (no "dataloader is not resumable" warning). And the order it replays: the sam
 each epoch's order from `(seed, epoch)` alone, never from the global RNG, so a resumed process
 rebuilds the interrupted epoch's order and fast-forwards through it to the same batch. The
 loader's own generator is private for the same reason: creating an iterator must not consume the
-global RNG that dropout and diffusion noise draw from. Random augmentation (vision, DreamBooth)
-is drawn per example from `(seed, epoch, index)` (`SeededItems`), so it too is the same after a
-resume, and the same whatever the number of loader workers.
+global RNG that dropout and diffusion noise draw from.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ class EpochShuffleSampler(Sampler[int]):
         lengths: Sequence[int] | None = None,
         batch_size: int | None = None,
         epoch_source: Callable[[], int] | None = None,
-        epoch_keys: bool = False,
     ):
         if lengths is not None and (batch_size is None or len(lengths) != num_examples):
             raise ValueError("length grouping needs one length per example and the batch size")
@@ -47,8 +44,6 @@ class EpochShuffleSampler(Sampler[int]):
         self.lengths = list(lengths) if lengths is not None else None
         self.batch_size = batch_size
         self.epoch_source = epoch_source
-        # yield `epoch * num_examples + index` for a `SeededItems` dataset, which reads the epoch from it
-        self.epoch_keys = epoch_keys
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -64,34 +59,10 @@ class EpochShuffleSampler(Sampler[int]):
         return torch.randperm(self.num_examples, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.current_epoch()
-        offset = epoch * self.num_examples if self.epoch_keys else 0
-        return iter([offset + index for index in self.order(epoch)])
+        return iter(self.order(self.current_epoch()))
 
     def __len__(self) -> int:
         return self.num_examples
-
-
-class SeededItems(Dataset):
-    """`dataset[index]` computed with the global RNG seeded from `(seed, epoch, index)`, then restored.
-
-    Keys are `epoch * len(dataset) + index` (what `EpochShuffleSampler(epoch_keys=True)` yields), so
-    each example's random crop or flip is a function of the run's seed, the epoch and the example,
-    not of how many random numbers were drawn before it.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: int):
-        epoch, index = divmod(int(key), len(self))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
-            return self.dataset[index]
 
 
 def training_loader(
@@ -104,24 +75,19 @@ def training_loader(
     seed: int | None = None,
     epoch_source: Callable[[], int] | None = None,
     pin_memory: bool = False,
-    random_items: bool = False,
 ) -> StatefulDataLoader:
     """Shuffled batches that a checkpoint can resume in the middle of an epoch.
 
     `seed` defaults to the process's initial seed, which `seed_everything(cfg.seed)` set, so the
     order follows the run's seed and is the same in an interrupted and a resumed process.
-    `random_items`: the dataset draws random numbers per example (augmentation); seed each one.
     """
     seed = torch.initial_seed() if seed is None else seed
-    if random_items:
-        dataset = SeededItems(dataset, seed)
     sampler = EpochShuffleSampler(
         len(dataset),  # type: ignore[arg-type]
         seed,
         lengths=lengths,
         batch_size=batch_size if lengths is not None else None,
         epoch_source=epoch_source,
-        epoch_keys=random_items,
     )
     return StatefulDataLoader(
         dataset,

@@ -524,7 +524,6 @@ class VisionDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             epoch_source=trainer_epoch(self),
             pin_memory=torch.cuda.is_available(),
-            random_items=True,
         )
 
     def val_dataloader(self) -> DataLoader:
