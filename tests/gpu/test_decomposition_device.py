@@ -18,9 +18,11 @@ pytestmark = pytest.mark.gpu
 
 GPU_SHAPES = [(768, 768), (4096, 4096), (1024, 4096), (4096, 1024)]
 DRY_SHAPES = [(48, 48), (32, 64), (64, 32)]
-# Relative Frobenius gap allowed between the device's and the CPU's factors (float32 LU of a random
-# n x n matrix: both backward stable, their factors agree to roughly sqrt(n) * eps * growth).
-FACTOR_TOLERANCE = 1e-3
+# Relative Frobenius gap allowed between the device's and the CPU's factors. Both LUs are backward
+# stable, but the factors themselves are only as well determined as their conditioning allows:
+# measured against a float64 LU on the CPU, float32 factors differ by 1e-5 to 3e-5 (1024^2, 2048^2)
+# and U of a wide 512 x 2048 bf16 weight by 9e-4. A wrong permutation or scaling gives gaps of order 1.
+FACTOR_TOLERANCE = 1e-2
 RECONSTRUCTION_TOLERANCE = 1e-4
 
 
