@@ -82,15 +82,18 @@ def _probes(run_dir: Path) -> list[dict]:
     return sorted(records, key=lambda record: record["global_rank"])
 
 
-def _check_saved_adapter(run_dir: Path, glue_root: Path, device: torch.device, world_size: int, tmp_path: Path) -> None:
+def _check_saved_adapter(
+    run_dir: Path, glue_root: Path, device: torch.device, world_size: int, tmp_path: Path, sharded: bool = False
+) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed", metrics
     ranks = _probes(run_dir)
     assert [record["global_rank"] for record in ranks] == list(range(world_size))
-    # every rank decomposed its own copy to the same factors, and training moved the trainables alike
+    # every rank decomposed its own copy to the same factors (buffers: FSDP does not shard them)
     assert len({record["factors"] for record in ranks}) == 1
-    assert len({record["trainable_at_end"] for record in ranks}) == 1
-    assert ranks[0]["trainable_at_end"] != ranks[0]["trainable_at_setup"]
+    if not (sharded and world_size > 1):  # FSDP ranks hold different shards of the trainables
+        assert len({record["trainable_at_end"] for record in ranks}) == 1
+        assert ranks[0]["trainable_at_end"] != ranks[0]["trainable_at_setup"]
 
     cfg = compose_config([*_run(glue_root), "trainer=cpu"], tmp_path / "plain")
     L.seed_everything(cfg.seed, workers=True)  # train() does the same: the tiny model's base weights match
@@ -127,7 +130,7 @@ def test_fsdp_adapter_loads_into_a_plain_model(glue_root, device, tmp_path):
     require_cuda(device, "Lightning's FSDPStrategy and torch's FSDP refuse the CPU (docs/scaling_out.md)")
     run_dir, gpus = tmp_path / "run", torch.cuda.device_count()
     _cli([*_run(glue_root), "trainer=fsdp", f"trainer.devices={gpus}", PROBE, f"hydra.run.dir={run_dir}"], tmp_path)
-    _check_saved_adapter(run_dir, glue_root, device, gpus, tmp_path)
+    _check_saved_adapter(run_dir, glue_root, device, gpus, tmp_path, sharded=True)
 
 
 def test_ddp_on_every_gpu_adapter_loads_into_a_plain_model(glue_root, device, tmp_path):
