@@ -86,6 +86,9 @@ class TrackingCallback(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.loggers = list(trainer.loggers)
         self.root = Path(trainer.default_root_dir)
+        # a resumed run's folder already holds the earlier texts; those are in the earlier run's trackers
+        for path in (self.root / self.text_folder).glob("*.md"):
+            self._texts_seen.setdefault(path, path.stat().st_mtime)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from .adapter import AdapterCallback  # it counts the parameters of the model it adapted
