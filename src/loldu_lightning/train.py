@@ -38,7 +38,6 @@ from .checkpoints import (
     resolve_ckpt_path,
 )
 from .config import validate_config
-from .loggers import build_loggers, build_tracking, check_logger_packages
 from .interrupts import RunInterrupted
 from .loggers import build_loggers, build_tracking, check_logger_packages
 from .models import model_label
