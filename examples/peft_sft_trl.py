@@ -44,6 +44,26 @@ def read_alpaca(path: Path, limit: int | None) -> Dataset:
     return Dataset.from_dict({"messages": conversations})
 
 
+def forget_dequantized_gguf(model: torch.nn.Module) -> None:
+    """Let Trainer train a model read from a GGUF file whose weights were dequantised at load.
+
+    transformers keeps its GGUF quantizer on such a model, and Trainer refuses to fine-tune any
+    model with a quantizer that is not trainable; the weights (what LoLDU decomposes) are plain
+    float tensors in ordinary nn.Linear layers, so the marker is dropped.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or str(getattr(quantizer.quantization_config, "quant_method", "")).lower() not in (
+        "gguf",
+        "quantizationmethod.gguf",
+    ):
+        return
+    if not all(parameter.is_floating_point() for parameter in model.parameters()):
+        raise ValueError("the GGUF model kept packed (non-float) weights; load it dequantised to fine-tune it")
+    model.hf_quantizer = None
+    if "is_quantized" in vars(model):
+        model.is_quantized = False
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="a conf/model/ file name (smollm2-135m, tiny-llama)")
@@ -69,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(args.seed)
     model = load_model(model_cfg, AutoModelForCausalLM)
     tokenizer = load_tokenizer(model_cfg)
+    forget_dequantized_gguf(model)
 
     rank = args.rank if args.rank == "full" else int(args.rank)
     peft_config = LoLDUPeftConfig(task_type="CAUSAL_LM", r=rank, target_modules=list(model_cfg.target_modules))
