@@ -279,8 +279,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if rank_zero_only.rank == 0:
             _write_metrics(output_dir / "metrics.json", payload)
             log.info("Wrote %s", output_dir / "metrics.json")
-            tracking.finish(payload)  # metrics.json values and artifacts to the trackers; ends their runs
         _end_distributed(group_opened_before, launcher_environment)
+        if rank_zero_only.rank == 0:  # after the cleanup above: a tracker error must not skip it
+            tracking.finish(payload)  # metrics.json values and artifacts to the trackers; ends their runs
     if rank_zero_only.rank == 0:
         log.info(
             "Finished: %s = %s (best epoch %s); outputs in %s",
