@@ -136,34 +136,6 @@ def test_loading_onto_another_base_model_names_the_module(tmp_path):
         PeftModel.from_pretrained(small, tmp_path)
 
 
-def test_a_fresh_process_loads_the_adapter_after_the_import(tmp_path):
-    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query", "value"], seed=5))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.1)
-        torch.save(model(input_ids=IDS).logits, tmp_path / "expected.pt")
-    model.save_pretrained(tmp_path / "adapter")
-    script = textwrap.dedent(
-        f"""
-        import torch, transformers
-        from peft import PeftModel
-        import loldu_lightning.peft
-        torch.manual_seed(0)
-        config = transformers.RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                            intermediate_size=48, max_position_embeddings=40, num_labels=2)
-        model = PeftModel.from_pretrained(transformers.RobertaForSequenceClassification(config).eval(), r"{tmp_path / "adapter"}")
-        ids = torch.randint(3, 100, (3, 9), generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            assert torch.equal(model(input_ids=ids).logits, torch.load(r"{tmp_path / "expected.pt"}"))
-        print("same logits")
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "same logits" in result.stdout
-
-
 @pytest.mark.parametrize("storage", ["dense", "packed"])
 def test_saved_factors_travel_with_the_adapter_and_load_under_another_name(storage, tmp_path):
     rank = "full" if storage == "packed" else 4
@@ -228,27 +200,42 @@ def test_default_targets_come_from_the_model_type():
         get_peft_model(gpt, LoLDUPeftConfig(r=2))
 
 
-def test_a_pickled_peft_model_loads_in_a_process_that_never_imported_the_integration(tmp_path):
-    """What a spawned DDP worker does: unpickle the model before anything imports loldu_lightning.peft."""
+def test_fresh_processes_load_a_saved_adapter_and_unpickle_a_model(tmp_path):
+    """One fresh interpreter (what a spawned DDP worker is) does both: it unpickles a LoLDU model before
+    anything imports the integration, then loads a saved adapter with PeftModel.from_pretrained after it."""
     import pickle
 
-    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query"], seed=2))
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query", "value"], seed=5))
     with torch.no_grad():
-        model.base_model.model.roberta.encoder.layer[0].attention.self.query.loldu_adapter["default"].z.add_(0.3)
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.1)
         torch.save(model(input_ids=IDS).logits, tmp_path / "expected.pt")
+    model.save_pretrained(tmp_path / "adapter")
     # the PEFT type first: unpickling meets PeftType.LOLDU before any class of the integration
     (tmp_path / "model.pkl").write_bytes(pickle.dumps((model.peft_type, model)))
     script = textwrap.dedent(
         f"""
-        import pickle, sys, torch
-        peft_type, model = pickle.loads(open(r"{tmp_path / "model.pkl"}", "rb").read())
-        assert "loldu_lightning.peft" in sys.modules
+        import pickle, sys, torch, transformers
         ids = torch.randint(3, 100, (3, 9), generator=torch.Generator().manual_seed(0))
+        expected = torch.load(r"{tmp_path / "expected.pt"}")
+        peft_type, model = pickle.loads(open(r"{tmp_path / "model.pkl"}", "rb").read())
         with torch.no_grad():
-            assert torch.equal(model(input_ids=ids).logits, torch.load(r"{tmp_path / "expected.pt"}"))
-        print("same logits", peft_type, peft_type is model.peft_type)
+            assert torch.equal(model(input_ids=ids).logits, expected)
+        print("unpickled", peft_type, peft_type is model.peft_type)
+
+        from peft import PeftModel
+        import loldu_lightning.peft
+        torch.manual_seed(0)
+        config = transformers.RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            intermediate_size=48, max_position_embeddings=40, num_labels=2)
+        base = transformers.RobertaForSequenceClassification(config).eval()
+        loaded = PeftModel.from_pretrained(base, r"{tmp_path / "adapter"}")
+        with torch.no_grad():
+            assert torch.equal(loaded(input_ids=ids).logits, expected)
+        print("loaded, same logits")
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "same logits PeftType.LOLDU True" in result.stdout
+    assert "unpickled PeftType.LOLDU True" in result.stdout and "loaded, same logits" in result.stdout
