@@ -53,13 +53,13 @@ RUNNER = textwrap.dedent(
     results = {}
     for name, case in spec["cases"].items():
         glue.GlueTask.training_step = broken_training_step if case.get("bug") else training_step
-        stderr = io.StringIO()
+        stderr, stdout = io.StringIO(), io.StringIO()
         started = time.perf_counter()
         environment = dict(os.environ)
         os.environ.update(case.get("env", {}))
         code = 0
         try:
-            with contextlib.redirect_stderr(stderr):
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
                 if case.get("evaluate"):
                     code = run_cli(case["args"])
                 else:
@@ -75,7 +75,7 @@ RUNNER = textwrap.dedent(
             os.environ.clear()
             os.environ.update(environment)
             GlobalHydra.instance().clear()
-        results[name] = {"code": code, "stderr": stderr.getvalue(), "seconds": round(time.perf_counter() - started, 2)}
+        results[name] = {"code": code, "stderr": stderr.getvalue(), "stdout": stdout.getvalue(), "seconds": round(time.perf_counter() - started, 2)}
     print("RESULTS " + json.dumps(results))
     """
 )
@@ -148,8 +148,7 @@ def _cases(inputs: Path, runs: Path) -> dict[str, dict]:
         ),
     }
     spec = {
-        name: {"args": [*args, f"hydra.run.dir={runs / name}"], "names": names}
-        for name, (args, names) in cases.items()
+        name: {"args": [*args, f"hydra.run.dir={runs / name}"], "names": names} for name, (args, names) in cases.items()
     }
     spec["adapter_for_another_model"] = {
         "evaluate": True,
@@ -167,9 +166,17 @@ def _cases(inputs: Path, runs: Path) -> dict[str, dict]:
         "names": ["foreign_adapter", "does not fit"],
     }
     # a sweep goes on past refused jobs; each records its message in its metrics.json
-    spec["sweep_of_refused_jobs"] = {"args": ["-m", "optimizer.lr=-1,-2", f"hydra.sweep.dir={runs / 'sweep'}"], "names": []}
+    spec["sweep_of_refused_jobs"] = {
+        "args": ["-m", "optimizer.lr=-1,-2", f"hydra.sweep.dir={runs / 'sweep'}"],
+        "names": [],
+    }
+    spec["help"] = {"args": ["--help"], "names": []}
     # a bug inside a task module (the training step raises) keeps its traceback
-    spec["bug"] = {"args": [*TINY_QUICKSTART, "trainer.max_epochs=1", f"hydra.run.dir={runs / 'bug'}"], "bug": True, "names": []}
+    spec["bug"] = {
+        "args": [*TINY_QUICKSTART, "trainer.max_epochs=1", f"hydra.run.dir={runs / 'bug'}"],
+        "bug": True,
+        "names": [],
+    }
     # HYDRA_FULL_ERROR=1 asks for the traceback of a user error too
     spec["full_error"] = {
         "args": ["optimizer.lr=-0.001", f"hydra.run.dir={runs / 'full_error'}"],
@@ -192,14 +199,26 @@ def cli(tmp_path_factory):
     cwd.mkdir()
     runs = cwd / "runs"
     cases = _cases(inputs, runs)
-    spec = {"inputs": str(inputs), "cases": {k: {"args": v["args"], **{x: v[x] for x in ("evaluate", "env", "bug") if x in v}} for k, v in cases.items()}}
+    spec = {
+        "inputs": str(inputs),
+        "cases": {
+            k: {"args": v["args"], **{x: v[x] for x in ("evaluate", "env", "bug") if x in v}} for k, v in cases.items()
+        },
+    }
 
     def start(args):
         return subprocess.Popen(args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     runner = start([sys.executable, "-c", RUNNER, json.dumps(spec)])
     headline = start(
-        [sys.executable, "-m", "loldu_lightning", "task=glue/sst2", "adapter.rank=768", f"hydra.run.dir={runs / 'headline'}"]
+        [
+            sys.executable,
+            "-m",
+            "loldu_lightning",
+            "task=glue/sst2",
+            "adapter.rank=768",
+            f"hydra.run.dir={runs / 'headline'}",
+        ]
     )
     outputs = {name: process.communicate(timeout=900) for name, process in (("runner", runner), ("headline", headline))}
     stdout, stderr = outputs["runner"]
@@ -288,3 +307,65 @@ def test_a_sweep_records_each_refused_job_in_its_metrics_json(cli):
     for job, value in (("0", "-1"), ("1", "-2")):
         metrics = json.loads((cli["runs"] / "sweep" / job / "metrics.json").read_text())
         assert metrics["status"] == "failed" and f"optimizer.lr={value} is not allowed" in metrics["error"]
+
+
+def test_help_names_the_program_the_commands_and_the_groups_a_user_picks(cli):
+    result = cli["results"]["help"]
+    assert result["code"] == 0, result["stderr"][-3000:]
+    text = result["stdout"]
+    assert text.startswith("loldu_lightning: ") and "powered by Hydra" not in text
+    assert "python -m loldu_lightning [KEY=VALUE ...]" in text and "python -m loldu_lightning -m KEY=A,B" in text
+    groups = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and not line.startswith(" "))
+    assert "sst2" in groups["task/glue"].split(", ") and "auto" in groups["trainer"].split(", ")
+    assert "minilm_gap" in groups["experiment"].split(", ")
+    assert "studies" not in text and "_arm" not in text
+
+
+@pytest.mark.parametrize(
+    "accelerator, cuda, bf16, expected",
+    [
+        ("auto", True, True, "bf16-mixed"),
+        ("auto", True, False, "16-mixed"),
+        ("auto", False, False, "32-true"),
+        ("cpu", True, True, "32-true"),
+        ("gpu", True, True, "bf16-mixed"),
+    ],
+)
+def test_trainer_auto_takes_the_gpu_in_the_paper_precision_when_there_is_one(
+    monkeypatch, accelerator, cuda, bf16, expected
+):
+    import torch
+
+    from loldu_lightning.config import auto_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert auto_precision(accelerator, "bf16-mixed") == expected
+
+
+def test_the_defaults_the_headline_command_composes():
+    from helpers import compose_config
+
+    quickstart, sst2 = compose_config([]), compose_config(["task=glue/sst2"])
+    assert quickstart.model.name_or_path == "minilm" and sst2.model.name_or_path == "FacebookAI/roberta-base"
+    assert quickstart.trainer.accelerator == sst2.trainer.accelerator == "auto"
+    assert compose_config(["task=glue/sst2", "model=minilm"]).model.name_or_path == "minilm"
+
+
+def test_an_unreachable_hub_is_found_out_at_once_without_hf_hub_offline(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from loldu_lightning import preflight
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    preflight.hub_unreachable_reason.cache_clear()
+    started = time.perf_counter()
+    try:
+        assert preflight.hub_unreachable_reason() == "127.0.0.1 did not answer within 3 s"
+    finally:
+        preflight.hub_unreachable_reason.cache_clear()
+    assert time.perf_counter() - started < preflight.CONNECT_TIMEOUT_S * 2 + 1

@@ -139,13 +139,18 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT or bounds.allows(value):
             continue
-        raise ValueError(f"{key}={value!r} is not allowed: it must be {bounds.describe()}. Set e.g. {key}={bounds.example}")
+        raise ValueError(
+            f"{key}={value!r} is not allowed: it must be {bounds.describe()}. Set e.g. {key}={bounds.example}"
+        )
 
 
 # Paths the user gives, checked before anything loads: key -> (a folder or a file, what it must hold).
 # Paths that a run may create (vision's data.root with data.download=true) are not listed.
 PATH_OPTIONS: dict[str, tuple[str, str]] = {
-    "data.data_dir": ("folder", "the task's GLUE files (train.tsv, dev.tsv), e.g. data.data_dir=../shared/data/glue/SST-2"),
+    "data.data_dir": (
+        "folder",
+        "the task's GLUE files (train.tsv, dev.tsv), e.g. data.data_dir=../shared/data/glue/SST-2",
+    ),
     "data.path": ("file", "an Alpaca-style JSON or JSONL file, e.g. data.path=../shared/data/alpaca/alpaca_5000.json"),
 }
 
@@ -158,7 +163,9 @@ def check_paths(cfg: DictConfig) -> None:
             continue
         path = Path(str(value)).expanduser()
         if not (path.is_dir() if kind == "folder" else path.is_file()):
-            found = f"{path} is a {'file' if path.is_file() else 'folder'}" if path.exists() else f"{path} does not exist"
+            found = (
+                f"{path} is a {'file' if path.is_file() else 'folder'}" if path.exists() else f"{path} does not exist"
+            )
             raise FileNotFoundError(f"{key}={value} is not a {kind}: {found}. Point {key} at {holds}.")
 
 
@@ -171,7 +178,9 @@ def adapter_options(cfg: DictConfig) -> dict[str, Any]:
     """The adapter's options as plain values, module names translated by the model's aliases."""
     from .models import alias_target_modules
 
-    return alias_target_modules(OmegaConf.to_container(cfg.adapter, resolve=True), cfg.model.get("target_module_aliases"))
+    return alias_target_modules(
+        OmegaConf.to_container(cfg.adapter, resolve=True), cfg.model.get("target_module_aliases")
+    )
 
 
 def validate_config(cfg: DictConfig) -> Adapter:

@@ -63,11 +63,39 @@ def hub_unreachable_reason() -> str | None:
         return "HF_HUB_OFFLINE=1 is set"
     endpoint = urlparse(constants.ENDPOINT)
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError:
+    if not _answers(host, port, CONNECT_TIMEOUT_S):
         return f"{host} did not answer within {CONNECT_TIMEOUT_S:g} s"
     return None
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` seconds, name lookup included.
+
+    The lookup runs in a daemon thread because getaddrinfo takes no timeout (an unreachable DNS
+    server can hold it for many seconds) and a daemon thread never delays the process's exit.
+    """
+    import threading
+
+    addresses: list = []
+
+    def resolve() -> None:
+        try:
+            addresses.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError:
+            pass
+
+    lookup = threading.Thread(target=resolve, daemon=True)
+    lookup.start()
+    lookup.join(timeout)
+    for family, kind, protocol, _, address in addresses:
+        try:
+            with socket.socket(family, kind, protocol) as connection:
+                connection.settimeout(timeout)
+                connection.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _go_offline() -> None:
@@ -91,9 +119,7 @@ def _dataset_cached(repo_ids: tuple[str, ...]) -> bool:
     """A hub dataset downloaded before: its files in the hub cache or its tables in the datasets cache."""
     from huggingface_hub import constants
 
-    datasets_cache = Path(
-        os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets")
-    ).expanduser()
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets")).expanduser()
     for repo_id in repo_ids:
         if (Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}").is_dir():
             return True
@@ -107,7 +133,10 @@ def _hub_model_ids(model_cfg: Mapping) -> list[tuple[str, str]]:
     if model_cfg.get("tiny"):
         sources = [("model.tokenizer", model_cfg.get("tokenizer"))]
     else:
-        sources = [("model.name_or_path", model_cfg.get("name_or_path")), ("model.tokenizer", model_cfg.get("tokenizer"))]
+        sources = [
+            ("model.name_or_path", model_cfg.get("name_or_path")),
+            ("model.tokenizer", model_cfg.get("tokenizer")),
+        ]
     hub = []
     for key, name in sources:
         if not name or name == BYTE_TOKENIZER or name in _packaged_names():
@@ -246,10 +275,12 @@ def check_rank(cfg: Mapping, adapter_cfg: Mapping) -> None:
     largest = min(min(shape) for shape in too_small.values())
     model_name = cfg["model"].get("name_or_path") or "this model"
     examples = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in too_small}))
-    alternatives = [
-        f"model={name} ({why})" for name, why in _RANK_768_MODELS.items() if _model_config_exists(name)
-    ]
-    paper = f", or a model whose matrices take rank {rank}: {' or '.join(alternatives)}" if rank <= 768 and alternatives else ""
+    alternatives = [f"model={name} ({why})" for name, why in _RANK_768_MODELS.items() if _model_config_exists(name)]
+    paper = (
+        f", or a model whose matrices take rank {rank}: {' or '.join(alternatives)}"
+        if rank <= 768 and alternatives
+        else ""
+    )
     raise UserError(
         f"adapter.rank={rank} does not fit {model_name}: its {len(too_small)} targeted matrices ({examples}) are "
         f"{', '.join(sizes)}, so they take at most rank {largest}. Use adapter.rank=full (min(out, in) of each "
