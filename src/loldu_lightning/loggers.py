@@ -91,7 +91,8 @@ def _tags(cfg: DictConfig, context: RunContext) -> dict[str, str]:
 
 def logger_options(cfg: DictConfig, context: RunContext) -> dict[str, dict[str, Any]]:
     """`cfg.logger` with the `null` values this module owns filled in (see the module docstring)."""
-    options: dict[str, dict[str, Any]] = OmegaConf.to_container(cfg.logger or {}, resolve=True)
+    # logger=none composes to an empty node, which is falsy and not a container to convert
+    options: dict[str, dict[str, Any]] = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.logger else {}
     for node in options.values():
         kind = str(node.get("_target_", "")).rsplit(".", 1)[-1]
         if kind == "MLFlowLogger":
