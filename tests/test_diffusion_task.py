@@ -122,7 +122,12 @@ def test_train_samples_exports_a_merged_unet_and_resumes(sd_cache, dog, tmp_path
     assert (got - base).abs().max() > 1e-3  # training did change the function
 
     # resume: the step count continues from the checkpoint (4 -> 6), not from 0
-    resumed = train(compose_config([*overrides, "trainer.max_steps=6", "ckpt_path=last"], output_dir=tmp_path))
+    resumed = train(
+        compose_config(
+            [*overrides, "trainer.max_steps=6", "ckpt_path=last", "+resume.allow_changes=[trainer.max_steps]"],
+            output_dir=tmp_path,
+        )
+    )
     assert resumed["status"] == "completed" and resumed["final"]["step"] == 6
     assert (tmp_path / "samples" / "step_000006.png").is_file()
 

@@ -127,8 +127,9 @@ def test_ddp_two_ranks_one_set_of_outputs_synced_metrics_and_resume(rte, tmp_pat
     assert metrics["final"]["val/accuracy"] == pytest.approx(single["val/accuracy"], abs=1e-7)
     assert metrics["final"]["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)
 
-    # ckpt_path=last resumes the DDP run in its folder: epoch 1 continues from step 2
-    run_cli([*rte, *TINY_DDP, "trainer.max_epochs=2", "ckpt_path=last", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    # ckpt_path=last resumes the DDP run in its folder, extended on purpose: epoch 1 continues from step 2
+    extend = ["trainer.max_epochs=2", "+resume.allow_changes=[trainer.max_epochs]"]
+    run_cli([*rte, *TINY_DDP, *extend, "ckpt_path=last", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["status"] == "completed"
     assert [resumed["final"]["epoch"], resumed["final"]["step"]] == [1, 4]

@@ -59,7 +59,10 @@ def step_checkpoints(checkpoint_cfg: DictConfig, checkpoint_dir: Path) -> list[S
         triggers.append({"every_n_train_steps": int(steps)})
     if minutes:
         triggers.append({"train_time_interval": timedelta(minutes=float(minutes))})
-    return [StepCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True, **trigger) for trigger in triggers]
+    return [
+        StepCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True, enable_version_counter=False, **trigger)
+        for trigger in triggers
+    ]
 
 
 def _callbacks(
@@ -82,6 +85,8 @@ def _callbacks(
             mode=task.mode,
             save_last=True,
             save_top_k=cfg.checkpoint.save_top_k,
+            # one last.ckpt shared with the step checkpoints, overwritten in place (never last-v1.ckpt)
+            enable_version_counter=False,
         ),
         *step_checkpoints(cfg.checkpoint, checkpoint_dir),
         CheckpointOnException(checkpoint_dir),
