@@ -18,6 +18,7 @@ The factor buffers are non-persistent: they are recomputed from the base weight,
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -33,7 +34,7 @@ from .merged_function import autocast_dtype, merged_linear
 from .packed_function import component_scale, packed_linear, packed_weight
 
 
-class FactorStorage(nn.Module):
+class FactorStorage(nn.Module, ABC):
     """The frozen factors of one layer and the operations whose form depends on how they are kept.
 
     ``scale`` below is always ``v = sigma * z - c`` (length r). Subclasses set ``kept_diag``
@@ -59,21 +60,22 @@ class FactorStorage(nn.Module):
         """``"factored"`` or ``"merged"`` for ``forward_mode: auto`` (``forward_cost``)."""
         return choose_forward_path(m, n, self.rank, tokens, needs_grad)
 
+    @abstractmethod
     def forward(self, base_layer: nn.Module, x: Tensor, scale: Tensor, path: str) -> Tensor:  # type: ignore[override]
-        raise NotImplementedError
+        """``base_layer(x)`` plus the update, along ``path`` (``"factored"`` or ``"merged"``)."""
 
     def base_forward(self, base_layer: nn.Module, x: Tensor, path: str) -> Tensor:
         """The output without the update (``disable``)."""
         return base_layer(x)
 
     # -- the update as a matrix, merge --------------------------------------------------------
+    @abstractmethod
     def delta_weight(self, scale: Tensor) -> Tensor:
         """``lower diag(v) upper`` as a float32 (out, in) matrix."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dense_factors(self) -> tuple[Tensor, Tensor]:
         """``(P L_r, U_r)`` as dense (m x r, r x n) matrices (for inspection and tests)."""
-        raise NotImplementedError
 
     def base_weight(self, base_layer: nn.Module) -> Tensor:
         """W0 of the unmerged layer as (out, in): a view of the base layer's weight when it keeps one."""
