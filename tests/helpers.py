@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -41,3 +44,35 @@ class StopAfterFirstEpoch(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         trainer.should_stop = True
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment a test gives `python -m loldu_lightning`: this folder importable (probes and test
+    callbacks), no hub, and no inherited DDP job marker (hydra_ddp.JOB_ENV) from the test process."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
+    env.pop("LOLDU_HYDRA_JOB", None)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, **extra_env: str) -> str:
+    """Run the CLI to completion; its stdout + stderr, after asserting it exited 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "loldu_lightning", *args],
+        cwd=cwd,
+        env=cli_env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output

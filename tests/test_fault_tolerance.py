@@ -15,25 +15,24 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from fixtures import write_image_folder
-from helpers import TINY_GLUE, compose_config
+from helpers import TINY_GLUE, cli_env, compose_config
 from safetensors.torch import load_file
 
 from loldu_lightning.checkpoints import CheckpointError, newest_resumable, resolve_ckpt_path
 from loldu_lightning.train import train
 
-TESTS = Path(__file__).resolve().parent
 GLUE = [*TINY_GLUE, "trainer.max_epochs=2", "data.train_limit=96"]  # 6 steps an epoch, 12 in all
 
 
 def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "loldu_lightning", *args],
         cwd=cwd,
-        env=environment,
+        env=cli_env(**(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -203,19 +202,17 @@ def test_instruct_with_gradient_accumulation_resumes_exactly_after_sigterm(tmp_p
     assert_same_run(run_dir, reference)
 
 
-class SignalAt:
-    """In-process: SIGTERM to this process at a global step (the vision test's interruption)."""
+class SignalAt(L.Callback):
+    """In-process: SIGTERM to this process once, at a global step (the vision test's interruption)."""
 
-    def __new__(cls, step: int):
-        import lightning as L
+    def __init__(self, step: int):
+        self.step = step
+        self.sent = False
 
-        class _SignalAt(L.Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step == step and not getattr(self, "sent", False):
-                    self.sent = True
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-        return _SignalAt()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_vision_with_random_augmentation_resumes_exactly(tmp_path, monkeypatch):

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import lightning as L
 import pytest
 import torch
@@ -57,25 +55,7 @@ def rte(glue_root) -> list[str]:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> str:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    env.pop("LOLDU_HYDRA_JOB", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "loldu_lightning", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
+    return helpers.run_cli(args, cwd, timeout, OMP_NUM_THREADS="1")  # one thread per rank on 2 cores
 
 
 def probes(run_dir: Path, step: int | None = None) -> list[dict]:

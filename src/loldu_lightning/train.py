@@ -34,8 +34,8 @@ from .checkpoints import (
     check_resume,
     config_fingerprint,
     defining_config,
-    newest_resumable,
     resolve_ckpt_path,
+    resumable_checkpoints,
 )
 from .config import validate_config
 from .interrupts import RunInterrupted
@@ -207,8 +207,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if finished is not None:
             log.info("%s already completed with this configuration; skipped (resume.auto)", output_dir)
             return finished
-        if ckpt_request is None and newest_resumable(output_dir / "checkpoints") is not None:
-            ckpt_request = "last"
+        if ckpt_request is None and resumable_checkpoints(output_dir / "checkpoints"):
+            ckpt_request = "last"  # resolve_ckpt_path picks the newest and checks it is whole
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     task = cfg.task

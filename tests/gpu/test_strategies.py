@@ -14,15 +14,12 @@ bf16 and fp16. `ddp_probe.DistributedProbe` (tests/) records each rank's factors
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from helpers import compose_config
+from helpers import compose_config, run_cli
 from omegaconf import OmegaConf
 
 from loldu_lightning.adapters import build_adapter
@@ -33,7 +30,6 @@ from .runtime import lightning_accelerator, require_cuda
 
 pytestmark = pytest.mark.gpu
 
-TESTS = Path(__file__).resolve().parents[1]
 PROBE = "+callbacks.extra.probe={_target_:ddp_probe.DistributedProbe}"
 
 
@@ -56,25 +52,6 @@ def _run(glue_root: Path) -> list[str]:
         "callbacks.lr_monitor=false",
         "callbacks.throughput=0",
     ]
-
-
-def _cli(args: list[str], cwd: Path, timeout: int = 240) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    env.pop("LOLDU_HYDRA_JOB", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "loldu_lightning", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
 
 
 def _probes(run_dir: Path) -> list[dict]:
@@ -129,12 +106,12 @@ def test_single_device_adapter_loads_into_a_plain_model(glue_root, device, tmp_p
 def test_fsdp_adapter_loads_into_a_plain_model(glue_root, device, tmp_path):
     require_cuda(device, "Lightning's FSDPStrategy and torch's FSDP refuse the CPU (docs/scaling_out.md)")
     run_dir, gpus = tmp_path / "run", torch.cuda.device_count()
-    _cli([*_run(glue_root), "trainer=fsdp", f"trainer.devices={gpus}", PROBE, f"hydra.run.dir={run_dir}"], tmp_path)
+    run_cli([*_run(glue_root), "trainer=fsdp", f"trainer.devices={gpus}", PROBE, f"hydra.run.dir={run_dir}"], tmp_path)
     _check_saved_adapter(run_dir, glue_root, device, gpus, tmp_path, sharded=True)
 
 
 def test_ddp_on_every_gpu_adapter_loads_into_a_plain_model(glue_root, device, tmp_path):
     require_cuda(device, "DDP over GPUs (NCCL); tests/test_scale_out.py runs DDP on 2 CPU ranks", min_devices=2)
     run_dir, gpus = tmp_path / "run", torch.cuda.device_count()
-    _cli([*_run(glue_root), "trainer=ddp", f"trainer.devices={gpus}", PROBE, f"hydra.run.dir={run_dir}"], tmp_path)
+    run_cli([*_run(glue_root), "trainer=ddp", f"trainer.devices={gpus}", PROBE, f"hydra.run.dir={run_dir}"], tmp_path)
     _check_saved_adapter(run_dir, glue_root, device, gpus, tmp_path)
