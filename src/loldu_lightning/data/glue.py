@@ -226,6 +226,8 @@ class GlueDataModule(L.LightningDataModule):
         val_limit: int | None = None,
         seed: int = 0,
         group_by_length: bool = True,
+        train_from_dev: int | None = None,
+        split_seed: int = 0,
     ):
         super().__init__()
         self.info = glue_task(task_name)
@@ -239,6 +241,13 @@ class GlueDataModule(L.LightningDataModule):
         self.val_limit = val_limit
         self.seed = seed
         self.group_by_length = group_by_length
+        if train_from_dev is not None and (len(self.info.val_splits) != 1 or train_from_dev < 1):
+            raise ValueError(
+                f"data.train_from_dev={train_from_dev}: must be a positive number of dev examples, for a task with "
+                f"one dev split ({self.info.name} has {len(self.info.val_splits)})."
+            )
+        self.train_from_dev = train_from_dev
+        self.split_seed = split_seed
         self.collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.datasets: dict[str, TokenizedExamples] = {}
 
@@ -251,7 +260,8 @@ class GlueDataModule(L.LightningDataModule):
                 f"data.data_dir={self.data_dir} does not exist. Point it at the GLUE folder for {self.info.name} "
                 f"(with train.tsv and dev.tsv), e.g. data.data_dir=../shared/data/glue/{self.info.directory}."
             )
-        for split in ("train", *self.info.val_splits):
+        needed = self.info.val_splits if self.train_from_dev else ("train", *self.info.val_splits)
+        for split in needed:
             if not (self.data_dir / _TSV_FILES[split]).is_file():
                 raise FileNotFoundError(
                     f"{self.data_dir / _TSV_FILES[split]} not found: data.data_dir must hold the GLUE release's "
@@ -273,10 +283,34 @@ class GlueDataModule(L.LightningDataModule):
         encodings = self.tokenizer(texts_a, texts_b, truncation=True, max_length=self.max_length)
         return TokenizedExamples(dict(encodings), [label for _, _, label in examples], self.info.is_regression)
 
+    def _split_dev(self) -> tuple[list[Example], list[Example]]:
+        """`train_from_dev` seeded dev examples to train on, and the rest of dev to validate on.
+
+        For a task whose training file is not at hand (the shared data holds QNLI's dev set only). The split
+        depends on `split_seed`, not the run's seed, so every seed of a study validates on the same examples.
+        """
+        dev = self._examples(self.info.val_splits[0])
+        if self.train_from_dev >= len(dev):
+            raise ValueError(
+                f"data.train_from_dev={self.train_from_dev} leaves nothing to validate on: {self.info.name}'s dev "
+                f"split has {len(dev)} examples; choose fewer."
+            )
+        order = list(range(len(dev)))
+        random.Random(self.split_seed).shuffle(order)
+        chosen = set(order[: self.train_from_dev])
+        train = [example for i, example in enumerate(dev) if i in chosen]
+        rest = [example for i, example in enumerate(dev) if i not in chosen]
+        return train, rest
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self.check_data()
+        if self.train_from_dev:
+            train, rest = self._split_dev()
+            self.datasets["train"] = self._tokenize(train, self.train_limit, 0)
+            self.datasets[self.info.val_splits[0]] = self._tokenize(rest, self.val_limit, 1)
+            return
         if stage in (None, "fit"):
             self.datasets["train"] = self._tokenize(self._examples("train"), self.train_limit, 0)
         for offset, split in enumerate(self.info.val_splits, start=1):

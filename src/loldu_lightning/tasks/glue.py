@@ -91,6 +91,8 @@ def build_glue(cfg) -> tuple[GlueTask, GlueDataModule]:
         val_limit=data.val_limit,
         seed=cfg.seed,
         group_by_length=data.group_by_length,
+        train_from_dev=data.get("train_from_dev"),
+        split_seed=data.get("split_seed", 0),
     )
     datamodule.check_data()  # fail on missing files before the model loads
     labels = {"num_labels": info.num_labels}
