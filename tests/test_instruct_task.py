@@ -12,8 +12,8 @@ from helpers import compose_config
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.config import validate_config
-from loldu_lightning.models import byte_level_tokenizer
-from loldu_lightning.tasks.instruct import generate_texts, load_causal_lm
+from loldu_lightning.generation import generate_texts
+from loldu_lightning.models import byte_level_tokenizer, load_causal_lm
 from loldu_lightning.train import train
 
 TINY = ["task=instruct/alpaca", "model=tiny-llama", "trainer=cpu", "callbacks.lr_monitor=false"]

