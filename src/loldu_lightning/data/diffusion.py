@@ -19,8 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from .distributed import eval_sampler
-from .loaders import trainer_epoch, training_loader
+from .loaders import evaluation_loader, trainer_epoch, training_loader
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CLASSES_FILE = "prompts_and_classes.txt"
@@ -245,11 +244,12 @@ class SubjectDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
+        # each photo once across DDP ranks
+        return evaluation_loader(
             self.val_set,
-            batch_size=self.batch_size,
-            shuffle=False,
-            sampler=eval_sampler(self.val_set, self.trainer),  # each photo once across DDP ranks
-            num_workers=self.num_workers,
-            collate_fn=collate_subject,
+            self.batch_size,
+            self.trainer,
+            collate_subject,
+            self.num_workers,
+            persistent_workers=False,
         )

@@ -7,7 +7,6 @@ padded per batch, so short tasks such as SST-2 do not pay for `max_length` paddi
 from __future__ import annotations
 
 import csv
-import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from .distributed import eval_sampler
-from .loaders import trainer_epoch, training_loader
+from .loaders import evaluation_loader, trainer_epoch, training_loader
+from .subsets import seeded_order, seeded_subset
 
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)
@@ -275,9 +274,7 @@ class GlueDataModule(L.LightningDataModule):
         return load_hf_glue(self.info, split)
 
     def _tokenize(self, examples: list[Example], limit: int | None, seed_offset: int) -> TokenizedExamples:
-        if limit is not None and limit < len(examples):
-            # a seeded sample, not the head of the file: GLUE files are sometimes sorted by label or source
-            examples = random.Random(self.seed + seed_offset).sample(examples, limit)
+        examples = seeded_subset(examples, limit, self.seed + seed_offset)
         texts_a = [a for a, _, _ in examples]
         texts_b = [b for _, b, _ in examples] if self.info.text_columns[1] else None
         encodings = self.tokenizer(texts_a, texts_b, truncation=True, max_length=self.max_length)
@@ -295,9 +292,7 @@ class GlueDataModule(L.LightningDataModule):
                 f"data.train_from_dev={self.train_from_dev} leaves nothing to validate on: {self.info.name}'s dev "
                 f"split has {len(dev)} examples; choose fewer."
             )
-        order = list(range(len(dev)))
-        random.Random(self.split_seed).shuffle(order)
-        chosen = set(order[: self.train_from_dev])
+        chosen = set(seeded_order(len(dev), self.split_seed)[: self.train_from_dev])
         train = [example for i, example in enumerate(dev) if i in chosen]
         rest = [example for i, example in enumerate(dev) if i not in chosen]
         return train, rest
@@ -326,14 +321,6 @@ class GlueDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
-            DataLoader(
-                self.datasets[split],
-                batch_size=self.eval_batch_size,
-                shuffle=False,
-                sampler=eval_sampler(self.datasets[split], self.trainer),
-                collate_fn=self.collate,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-            )
+            evaluation_loader(self.datasets[split], self.eval_batch_size, self.trainer, self.collate, self.num_workers)
             for split in self.info.val_splits
         ]

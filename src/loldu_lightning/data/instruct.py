@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from .distributed import eval_sampler
-from .loaders import trainer_epoch, training_loader
+from .loaders import evaluation_loader, trainer_epoch, training_loader
+from .subsets import seeded_order, seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +150,7 @@ def resolve_val_size(val_size: int | float | None, total: int) -> int:
 
 def split_records(records: Sequence[Record], val_size: int | float | None, seed: int) -> tuple[list, list]:
     """A seeded shuffle, then the first `val_size` records are the validation split (alpaca-lora's way)."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
+    order = seeded_order(len(records), seed)
     count = resolve_val_size(val_size, len(records))
     return [records[i] for i in order[count:]], [records[i] for i in order[:count]]
 
@@ -294,10 +292,9 @@ class InstructDataModule(L.LightningDataModule):
         if self._records is None:
             records = read_records(self.path) if self.path is not None else load_hf_records(self.hf_dataset)
             train, val = split_records(records, self.val_size, self.seed)
-            # limits take the head of already shuffled splits, so they stay seeded samples
             self._records = (
-                train[: self.train_limit] if self.train_limit else train,
-                val[: self.val_limit] if self.val_limit else val,
+                seeded_subset(train, self.train_limit, self.seed),
+                seeded_subset(val, self.val_limit, self.seed),
             )
         return self._records
 
@@ -363,15 +360,9 @@ class InstructDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.datasets["validation"],
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            # each example once across DDP ranks; the summed NLL/token metrics then equal one process's
-            sampler=eval_sampler(self.datasets["validation"], self.trainer),
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        # each example once across DDP ranks; the summed NLL/token metrics then equal one process's
+        return evaluation_loader(
+            self.datasets["validation"], self.eval_batch_size, self.trainer, self.collate, self.num_workers
         )
 
 

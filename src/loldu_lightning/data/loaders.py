@@ -1,4 +1,4 @@
-"""The training DataLoader every task family uses: resumable mid-epoch, shuffled, optionally grouped by length.
+"""The DataLoaders every task family uses: resumable, shuffled training batches and sequential evaluation.
 
 Exact resume needs two things from the loader. Its position: `torchdata`'s StatefulDataLoader
 saves how many batches it has yielded, and Lightning stores that in every checkpoint and restores
@@ -7,6 +7,9 @@ each epoch's order from `(seed, epoch)` alone, never from the global RNG, so a r
 rebuilds the interrupted epoch's order and fast-forwards through it to the same batch. The
 loader's own generator is private for the same reason: creating an iterator must not consume the
 global RNG that dropout and diffusion noise draw from.
+
+Evaluation batches come in dataset order; under DDP each rank evaluates its own share of the
+examples, each example once (`distributed.eval_sampler`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from .distributed import eval_sampler
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -53,7 +58,8 @@ class EpochShuffleSampler(Sampler[int]):
         return int(self.epoch_source()) if self.epoch_source is not None else self.epoch
 
     def order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # modulo the generator's 64-bit range: an unseeded process's initial seed is itself 64 bits wide
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         if self.lengths is not None:
             return list(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
         return torch.randperm(self.num_examples, generator=generator).tolist()
@@ -98,6 +104,33 @@ def training_loader(
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed % (2**63)),
+    )
+
+
+def evaluation_loader(
+    dataset: Dataset,
+    batch_size: int,
+    trainer,
+    collate_fn: Callable | None = None,
+    num_workers: int = 0,
+    *,
+    pin_memory: bool = False,
+    persistent_workers: bool | None = None,
+) -> DataLoader:
+    """Batches in dataset order for validation and test; under several processes (`trainer`'s world
+    size) each example goes to exactly one rank, so synced metrics equal one process's.
+
+    `persistent_workers` defaults to keeping the workers alive between evaluations when there are any.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=eval_sampler(dataset, trainer),
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
+        pin_memory=pin_memory,
     )
 
 

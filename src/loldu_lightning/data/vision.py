@@ -23,8 +23,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from .distributed import eval_sampler
-from .loaders import trainer_epoch, training_loader
+from .loaders import evaluation_loader, trainer_epoch, training_loader
+from .subsets import seeded_subset
 
 VIT_DEFAULT_MEAN = (0.5, 0.5, 0.5)
 VIT_DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -286,13 +286,11 @@ def resolve_preprocessing(
 
 
 def _random_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A seeded random subset, because sorted datasets (ImageFolder) would otherwise give one class."""
-    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
+    """`limit` seeded examples (`seeded_subset`), or `dataset` itself without a limit."""
+    indices = range(len(dataset))  # type: ignore[arg-type]
+    if limit is None or limit >= len(indices):
         return dataset
-    if limit < 1:
-        raise ValueError(f"a data limit must be a positive number of examples or null, got {limit}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
-    return Subset(dataset, order[:limit].tolist())
+    return Subset(dataset, seeded_subset(indices, limit, seed))
 
 
 def _labels(dataset: Dataset) -> list[int] | None:
@@ -505,13 +503,11 @@ class VisionDataModule(L.LightningDataModule):
     def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("VisionDataModule.setup() must run before asking for a dataloader")
-        return DataLoader(
+        return evaluation_loader(
             dataset,
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            sampler=eval_sampler(dataset, self.trainer),  # each example once under DDP
+            self.eval_batch_size,
+            self.trainer,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
