@@ -16,6 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from loldu_lightning.loldu.targeting import is_or_ends_with
+
 HEAD_FILE = "head.safetensors"
 _HEAD_METADATA_KEY = "head_modules"
 
@@ -31,7 +33,7 @@ def resolve_head_modules(model: nn.Module, head_modules: Sequence[str]) -> tuple
     names = [name for name, _ in model.named_modules() if name]
     matched: set[str] = set()
     for entry in head_modules:
-        hits = [name for name in names if name == entry or name.endswith(f".{entry}")]
+        hits = [name for name in names if is_or_ends_with(name, entry)]
         if not hits:
             top_level = [name for name, _ in model.named_children()]
             raise ValueError(

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from loldu_lightning.adapters.base import Adapter
+from loldu_lightning.loldu.targeting import is_or_ends_with
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -108,4 +109,4 @@ class BitFitAdapter(SubsetAdapter):
     name = "bitfit"
 
     def _trains(self, parameter_name: str) -> bool:
-        return parameter_name == "bias" or parameter_name.endswith(".bias")
+        return is_or_ends_with(parameter_name, "bias")

@@ -25,11 +25,20 @@ ALL_LINEAR = "all-linear"
 HEAD_MODULE_NAMES = frozenset({"lm_head", "classifier", "score"})
 
 
+def is_or_ends_with(name: str, entry: str) -> bool:
+    """Whether the qualified ``name`` is ``entry`` or ends with ``.<entry>`` (whole components only:
+    ``"query"`` matches ``attention.self.query``, not ``attention.self.key_query``).
+
+    The one name rule of the project: adapter targets, task heads and BitFit's ``bias`` use it.
+    """
+    return name == entry or name.endswith("." + entry)
+
+
 def name_matches(name: str, spec: TargetSpec) -> bool:
     """Whether the qualified module ``name`` matches a list/regex target spec (not ``all-linear``)."""
     if isinstance(spec, str):
         return re.fullmatch(spec, name) is not None
-    return any(name == entry or name.endswith("." + entry) for entry in spec)
+    return any(is_or_ends_with(name, entry) for entry in spec)
 
 
 def is_output_head(name: str) -> bool:
