@@ -22,6 +22,7 @@ from loldu_lightning.adapters import (
     unwrap_model,
 )
 from loldu_lightning.config import config_dir
+from loldu_lightning.loldu.manifest import MANIFEST_NAME, AdapterManifest
 
 ROBERTA_TARGETS = ["query", "value"]
 ADAPTER_CONF_DIR = Path(config_dir()) / "adapter"
@@ -50,6 +51,14 @@ TRAINS: dict[str, Callable[[str], bool]] = {
     "full": lambda name: True,
     "linear_probe": lambda name: False,
     "bitfit": lambda name: name.endswith(".bias"),
+}
+
+
+# Exactly the files each layout's folder holds (PEFT adds its model card, README.md).
+FOLDER_FILES: dict[str, set[str]] = {
+    "loldu": {"adapter_config.json", "adapter_model.safetensors", MANIFEST_NAME},
+    "peft": {"adapter_config.json", "adapter_model.safetensors", "README.md", HEAD_FILE, MANIFEST_NAME},
+    "parameters": {"adapter_model.safetensors", HEAD_FILE, MANIFEST_NAME},
 }
 
 
@@ -145,7 +154,8 @@ def run_round_trip(
     trained = logits_of(model, batch)
 
     adapter.save(model, directory, [head], base_model_name="tiny-test-model")
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in directory.iterdir()}
+    assert {p.name for p in directory.iterdir()} == FOLDER_FILES[adapter.layout]
+    assert AdapterManifest.read(directory) == AdapterManifest(cfg["name"], adapter.layout, "tiny-test-model")
 
     loaded = build_adapter(cfg).load(make_model(), directory)
     torch.testing.assert_close(logits_of(loaded, batch), trained, atol=1e-5, rtol=0)
@@ -334,6 +344,41 @@ def test_load_errors_name_the_problem(tmp_path: Path):
 
     with pytest.raises(ValueError, match="same number of labels"):
         build_adapter({"name": "bitfit"}).load(tiny_roberta(num_labels=5), tmp_path / "bitfit")
+
+
+def make_pre_manifest(directory: Path, name: str) -> None:
+    """Turn a folder saved now into one saved before adapter_manifest.json existed."""
+    (directory / MANIFEST_NAME).unlink()
+    if ADAPTERS[name].layout == "parameters":
+        old = {"adapter_type": name, "base_model_name_or_path": "tiny-test-model", "library": "loldu_lightning"}
+        (directory / "adapter_config.json").write_text(json.dumps(old, indent=2) + "\n")
+
+
+@pytest.mark.parametrize(("name", "layout"), [("loldu", "loldu"), ("lora", "peft"), ("bitfit", "parameters")])
+def test_folders_saved_before_the_manifest_still_load(name: str, layout: str, tmp_path: Path):
+    adapter = build_adapter(ROBERTA_CONFIGS[name])
+    model = adapter.apply(tiny_roberta(), ["classifier"])
+    train_one_step(model, roberta_batch())
+    adapter.save(model, tmp_path, ["classifier"], base_model_name="tiny-test-model")
+    make_pre_manifest(tmp_path, name)
+    assert MANIFEST_NAME not in {p.name for p in tmp_path.iterdir()}
+
+    assert AdapterManifest.read(tmp_path) == AdapterManifest(name, layout, "tiny-test-model")
+    loaded = build_adapter(ROBERTA_CONFIGS[name]).load(tiny_roberta(), tmp_path)
+    torch.testing.assert_close(logits_of(loaded, roberta_batch()), logits_of(model, roberta_batch()), atol=1e-5, rtol=0)
+    if name == "bitfit":  # the old subset files name their method too, and the wrong one is refused
+        with pytest.raises(ValueError, match="holds a 'bitfit' adapter, not 'full'"):
+            build_adapter({"name": "full"}).load(tiny_roberta(), tmp_path)
+
+
+def test_a_folder_in_another_layout_is_refused_before_loading(tmp_path: Path):
+    loldu = build_adapter(ROBERTA_CONFIGS["loldu"])
+    loldu.save(loldu.apply(tiny_roberta(), ["classifier"]), tmp_path, ["classifier"])
+    with pytest.raises(ValueError, match="holds a 'loldu' adapter, not 'lora'"):
+        build_adapter(ROBERTA_CONFIGS["lora"]).load(tiny_roberta(), tmp_path)
+    AdapterManifest("loldu", "peft").write(tmp_path)  # as `python -m loldu_lightning.export peft` labels its output
+    with pytest.raises(ValueError, match="in the 'peft' layout.*'loldu' loads the 'loldu' layout"):
+        build_adapter(ROBERTA_CONFIGS["loldu"]).load(tiny_roberta(), tmp_path)
 
 
 def test_merge_needs_the_model_apply_returned():

@@ -1,4 +1,4 @@
-"""Adapter files: save -> load round trip, the two-file layout, fingerprints and clear failures."""
+"""Adapter files: save -> load round trip, the two files plus the manifest, fingerprints and clear failures."""
 
 import copy
 import dataclasses
@@ -21,6 +21,7 @@ from loldu_lightning.loldu import (
     save_adapter,
     weight_fingerprint,
 )
+from loldu_lightning.loldu.manifest import MANIFEST_NAME, AdapterManifest
 
 transformers = pytest.importorskip("transformers")
 
@@ -72,7 +73,10 @@ def test_round_trip_reproduces_outputs_with_only_two_small_files(tmp_path, stora
     config = _config(storage)
     base, model = _trained(config)
     save_adapter(model, tmp_path, base_model_name="tiny-roberta", modules_to_save=["classifier"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MANIFEST_NAME]
+    )
+    assert AdapterManifest.read(tmp_path) == AdapterManifest("loldu", "loldu", "tiny-roberta")
 
     tensors = load_file(str(tmp_path / ADAPTER_WEIGHTS_NAME))
     adapter_keys = {key: value for key, value in tensors.items() if not key.startswith("modules_to_save.")}
@@ -194,8 +198,21 @@ def test_saving_a_merged_model_or_a_model_without_adapters_is_refused(tmp_path):
 def test_a_foreign_config_file_is_refused(tmp_path):
     (tmp_path / ADAPTER_CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA", "r": 8}))
     (tmp_path / ADAPTER_WEIGHTS_NAME).write_bytes(b"")
-    with pytest.raises(ValueError, match="not a LoLDU adapter"):
+    with pytest.raises(ValueError, match="'lora' adapter .*not a LoLDU adapter"):
         load_adapter(_tiny_roberta(), tmp_path)
+    # LoLDU saved through PEFT: the error says how to load or convert it
+    (tmp_path / ADAPTER_CONFIG_NAME).write_text(json.dumps({"peft_type": "LOLDU", "r": 8}))
+    with pytest.raises(ValueError, match="PEFT's layout .*loldu_lightning.export native"):
+        load_adapter(_tiny_roberta(), tmp_path)
+
+
+def test_a_folder_saved_before_the_manifest_loads(tmp_path):
+    _, model = _trained(CONFIG)
+    save_adapter(model, tmp_path, base_model_name="tiny-roberta", modules_to_save=["classifier"])
+    (tmp_path / MANIFEST_NAME).unlink()
+    fresh = load_adapter(_tiny_roberta(), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(IDS).logits, model(IDS).logits, atol=1e-6, rtol=0)
 
 
 def test_weight_fingerprint_ignores_layout_and_dtype_but_not_values():

@@ -39,7 +39,7 @@ def test_trainable_counts_match_the_paper_for_query_value_at_rank_768(roberta_ba
     seconds = _inject_timed(roberta_base, scaling)
     try:
         counts = parameter_counts(roberta_base)
-        assert counts["adapter"] == expected == counts["trainable"]
+        assert counts["loldu"] == expected == counts["trainable"]
         assert counts["other_trainable"] == 0
         assert counts["total"] == sum(p.numel() for p in roberta_base.parameters())
         table = summary(roberta_base)

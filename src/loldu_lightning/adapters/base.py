@@ -18,6 +18,7 @@ from loldu_lightning.adapters.heads import (
     resolve_head_modules,
     save_head_state,
 )
+from loldu_lightning.loldu.manifest import LAYOUTS, AdapterManifest
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -32,7 +33,8 @@ def count_parameters(model: nn.Module, head_modules: Sequence[str]) -> dict[str,
     `head_modules` may be names or patterns, as in the task configs.
 
     `adapter` is every trainable parameter outside the heads, which is how the LoLDU paper (and
-    PEFT papers generally) report an adapter's size; heads are reported separately.
+    PEFT papers generally) report an adapter's size; heads are reported separately. (The LoLDU
+    library's `loldu.parameter_counts` calls its narrower count, z and sigma only, `loldu`.)
     """
     base = unwrap_model(model)
     head_ids = {id(parameter) for parameter in head_parameters(base, resolve_head_modules(base, head_modules))}
@@ -56,10 +58,13 @@ class Adapter(abc.ABC):
     `merge`, `_is_adapter_layer`); this class handles the task heads, which every method trains
     fully and stores beside its adapter files. An adapter holds only its options: the heads are
     passed to `apply` and `save` (and read back from the files by `load`), never remembered.
+    Every saved folder carries an `adapter_manifest.json` naming the adapter and `layout`; `load`
+    reads it (or, for older folders, what stands for it) before anything else.
     """
 
     name: ClassVar[str]
     options_type: ClassVar[type]
+    layout: ClassVar[str]  # the manifest layout of the files `_save_adapter` writes (a key of LAYOUTS)
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -93,6 +98,7 @@ class Adapter(abc.ABC):
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"adapter directory {directory} does not exist; pass the directory given to save()")
+        self._check_manifest(AdapterManifest.read(directory), directory)
         loaded = self._load_adapter(model, directory)
         base = unwrap_model(loaded)
         mark_heads_trainable(base, self._load_heads(base, directory))
@@ -111,11 +117,24 @@ class Adapter(abc.ABC):
     def _save_adapter(
         self, model: nn.Module, directory: Path, base_model_name: str | None, head_names: Sequence[str]
     ) -> None:
-        """Write the method's own files (adapter_config.json and adapter_model.safetensors)."""
+        """Write the method's own files (adapter_model.safetensors and its config) and the manifest."""
 
     @abc.abstractmethod
     def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
         """Read the method's own files into a fresh base model."""
+
+    def _check_manifest(self, manifest: AdapterManifest, directory: Path) -> None:
+        """Refuse a folder that this adapter cannot load, before anything is read into the model."""
+        if manifest.adapter != self.name:
+            raise ValueError(
+                f"{directory} holds a {manifest.adapter!r} adapter, not {self.name!r}; select the adapter it was "
+                "trained with"
+            )
+        if manifest.layout != self.layout:
+            raise ValueError(
+                f"{directory} holds a {manifest.adapter!r} adapter in the {manifest.layout!r} layout "
+                f"({LAYOUTS[manifest.layout]}); adapter {self.name!r} loads the {self.layout!r} layout"
+            )
 
     def _is_adapter_layer(self, module: nn.Module) -> bool:
         """Whether `module` is a layer this method injected (used to keep adapters out of heads)."""

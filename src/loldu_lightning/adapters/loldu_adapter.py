@@ -1,6 +1,7 @@
 """LoLDU through the adapter interface: a thin layer over `loldu_lightning.loldu`.
 
-Files are the LoLDU library's own (`adapter_config.json` + `adapter_model.safetensors`); the
+Files are the LoLDU library's own (`adapter_config.json` + `adapter_model.safetensors`, and the
+manifest `loldu.save_adapter` writes beside them); the
 heads travel inside the same safetensors file as `modules_to_save.<head>.<key>`, so a LoLDU
 adapter directory has no separate `head.safetensors`.
 """
@@ -22,6 +23,7 @@ class LoLDUAdapter(Adapter):
     name = "loldu"
     options_type = LoLDUConfig
     options: LoLDUConfig
+    layout = "loldu"
 
     def _inject(self, model: nn.Module) -> nn.Module:
         # A copy, so that nothing the library does to its config leaks back into this adapter's options.

@@ -2,7 +2,8 @@
 
 Each wraps `peft.get_peft_model`; the adapter files are PEFT's own (`adapter_config.json` +
 `adapter_model.safetensors`), loadable with `PeftModel.from_pretrained`, and the task heads sit
-beside them in `head.safetensors` (see `heads.py` for why PEFT's `modules_to_save` is not used).
+beside them in `head.safetensors` (see `heads.py` for why PEFT's `modules_to_save` is not used),
+with `adapter_manifest.json` (layout `peft`) naming the adapter that trained them.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from loldu_lightning.adapters.options import (
     require_positive_int,
     require_target_modules,
 )
+from loldu_lightning.loldu.manifest import AdapterManifest
 
 
 class PeftAdapter(Adapter):
     """Shared PEFT plumbing; subclasses only say how their options become a PEFT config."""
+
+    layout = "peft"
 
     def __init__(self, options: Any) -> None:
         super().__init__(options)
@@ -56,7 +60,19 @@ class PeftAdapter(Adapter):
         peft_model = self._require_peft_model(model)
         if base_model_name is not None:
             peft_model.peft_config["default"].base_model_name_or_path = base_model_name
+        self._save_peft_files(peft_model, directory)
+        AdapterManifest(self.name, self.layout, peft_model.peft_config["default"].base_model_name_or_path).write(
+            directory
+        )
+
+    def _save_peft_files(self, peft_model: PeftModel, directory: Path) -> None:
+        """PEFT's own adapter_config.json and adapter_model.safetensors."""
         peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+
+    def _check_manifest(self, manifest: AdapterManifest, directory: Path) -> None:
+        # Any PEFT folder of the same PEFT type loads (a PiSSA folder is a plain LoRA): _load_adapter checks the type.
+        if manifest.layout != self.layout:
+            super()._check_manifest(manifest, directory)
 
     def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
         if not (directory / "adapter_config.json").is_file():
@@ -174,15 +190,10 @@ class PissaAdapter(LoraAdapter):
         }
         return peft_model
 
-    def _save_adapter(
-        self, model: nn.Module, directory: Path, base_model_name: str | None, head_names: Sequence[str]
-    ) -> None:
+    def _save_peft_files(self, peft_model: PeftModel, directory: Path) -> None:
         if self._initial_state is None:  # loaded from disk: already a plain LoRA on the untouched base
-            super()._save_adapter(model, directory, base_model_name, head_names)
+            super()._save_peft_files(peft_model, directory)
             return
-        peft_model = self._require_peft_model(model)
-        if base_model_name is not None:
-            peft_model.peft_config["default"].base_model_name_or_path = base_model_name
         with tempfile.TemporaryDirectory() as scratch:
             initial_dir = Path(scratch) / "pissa_init"
             initial_dir.mkdir()

@@ -1,16 +1,16 @@
 """Baselines that add no layers and only choose which base parameters train.
 
-`full` trains everything, `bitfit` the biases, `linear_probe` nothing but the heads. Their files
-follow the PEFT layout: `adapter_config.json` names the method and base model,
-`adapter_model.safetensors` holds the trained non-head parameters (empty for a linear probe) and
-`head.safetensors` the heads. Buffers are not saved: the transformer models used here have no
-buffers that training changes.
+`full` trains everything, `bitfit` the biases, `linear_probe` nothing but the heads. Their folders
+hold `adapter_manifest.json` (the method and base model, layout `parameters`),
+`adapter_model.safetensors` with the trained non-head parameters (empty for a linear probe) and
+`head.safetensors` with the heads. Buffers are not saved: the transformer models used here have no
+buffers that training changes. Folders saved before the manifest existed name the method in an
+`adapter_config.json` (key `adapter_type`), which `AdapterManifest.read` still understands.
 """
 
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from loldu_lightning.adapters.base import Adapter
+from loldu_lightning.loldu.manifest import AdapterManifest
 from loldu_lightning.loldu.targeting import is_or_ends_with
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
@@ -34,6 +34,7 @@ class SubsetAdapter(Adapter):
     """Trains a fixed subset of the base parameters chosen by `_trains`; merging is a no-op."""
 
     options_type = NoOptions
+    layout = "parameters"
 
     @abc.abstractmethod
     def _trains(self, parameter_name: str) -> bool:
@@ -55,18 +56,13 @@ class SubsetAdapter(Adapter):
             if self._trains(name) and not name.startswith(head_prefixes)
         }
         save_file(state, str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
-        config = {"adapter_type": self.name, "base_model_name_or_path": base_model_name, "library": "loldu_lightning"}
-        (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        AdapterManifest(self.name, self.layout, base_model_name).write(directory)
 
     def _load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
-        config_path, weights_path = directory / ADAPTER_CONFIG_FILE, directory / ADAPTER_WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; {directory} does not hold a saved {self.name!r} adapter")
-        saved_type = json.loads(config_path.read_text()).get("adapter_type")
-        if saved_type != self.name:
-            raise ValueError(
-                f"{directory} holds a {saved_type!r} adapter, not {self.name!r}; select the adapter it was trained with"
+        weights_path = directory / ADAPTER_WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise FileNotFoundError(
+                f"{weights_path} is missing; {directory} does not hold a saved {self.name!r} adapter"
             )
         state = load_file(str(weights_path))
         unexpected = sorted(set(state) - set(model.state_dict()))

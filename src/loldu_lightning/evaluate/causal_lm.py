@@ -14,7 +14,6 @@ exactly as training built it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from ..loldu.manifest import AdapterManifest, is_adapter_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--adapter",
-        help="an adapter folder (adapter_config.json + adapter_model.safetensors); with "
+        help="an adapter folder (<run>/adapter/best or last, or any folder training wrote); with "
         "--run-dir it replaces adapter/best",
     )
     parser.add_argument(
@@ -102,25 +103,10 @@ def _run_config(run_dir: Path, model: str | None, overrides: list[str]) -> DictC
     return cfg
 
 
-def adapter_name_from_files(directory: Path) -> str:
-    """The registry name of a saved adapter, read from its adapter_config.json (LoLDU, PEFT or subset layouts)."""
-    path = directory / "adapter_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: --adapter must be a folder written by training (e.g. "
-            "<run>/adapter/best) holding adapter_config.json and adapter_model.safetensors."
-        )
-    document = json.loads(path.read_text())
-    name = document.get("method") or document.get("peft_type") or document.get("adapter_type")
-    if not name:
-        raise ValueError(f"{path} names no method (no method, peft_type or adapter_type key); is it an adapter folder?")
-    return str(name).lower()
-
-
 def _find_adapter(run_dir: Path) -> Path:
     for name in ADAPTER_DIRS:
         candidate = run_dir / "adapter" / name
-        if (candidate / "adapter_config.json").is_file():
+        if is_adapter_folder(candidate):
             return candidate
     raise FileNotFoundError(
         f"{run_dir}/adapter/best (or last) not found: the run saved no adapter yet (it saves after "
@@ -130,9 +116,11 @@ def _find_adapter(run_dir: Path) -> Path:
 
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     from ..adapters import build_adapter
+    from ..config import register_resolvers
     from ..errors import UserError, raised_on_purpose
     from ..models import load_causal_lm, load_tokenizer, model_label
 
+    register_resolvers()  # the run's config holds ${auto_precision:...} and ${package_path:...}
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else None
     adapter_dir = Path(args.adapter).expanduser() if args.adapter else None
     if run_dir is None and adapter_dir is None and not args.model:
@@ -166,7 +154,7 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
         "merged": False,
     }
     if adapter_dir is not None:
-        name = adapter_name_from_files(adapter_dir)
+        name = AdapterManifest.read(adapter_dir).adapter
         options = OmegaConf.to_container(cfg.adapter, resolve=True) if cfg.adapter.name == name else {"name": name}
         adapter = build_adapter(options)
         try:

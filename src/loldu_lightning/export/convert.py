@@ -15,6 +15,8 @@ list, fingerprints                 ``target_modules`` = the resolved list, the s
 
 The tensors are copied unchanged, so an adapter gives bit-identical outputs either way.
 No base model is needed: loading checks the fingerprints against whatever model it is put on.
+Both directions write the project's ``adapter_manifest.json`` (layout ``peft`` or ``loldu``) and
+read the input folder's manifest (or, for a folder without one, its ``adapter_config.json``) first.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from loldu_lightning.loldu import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoLDUConfig, read_adapter_config
 from loldu_lightning.loldu.adapter_io import FORMAT_VERSION, METHOD, MODULES_TO_SAVE_PREFIX
+from loldu_lightning.loldu.manifest import AdapterManifest
 from loldu_lightning.peft import PEFT_FIELD_NAMES, LoLDUPeftConfig, loldu_peft_type
 
 PEFT_PREFIX = "base_model.model."
@@ -69,6 +72,7 @@ def native_to_peft(native_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_config.save_pretrained(str(out_dir))
     save_file(converted, str(out_dir / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    AdapterManifest(METHOD, "peft", document.get("base_model_name")).write(out_dir)
     return out_dir
 
 
@@ -105,6 +109,7 @@ def peft_to_native(peft_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(converted, str(out_dir / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt", "method": METHOD})
     (out_dir / ADAPTER_CONFIG_NAME).write_text(json.dumps(native, indent=2) + "\n", encoding="utf-8")
+    AdapterManifest(METHOD, "loldu", native["base_model_name"]).write(out_dir)
     return out_dir
 
 
@@ -130,10 +135,16 @@ def _read_peft_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"PEFT adapter config not found: {path}")
+    manifest = AdapterManifest.read(folder)
+    if (manifest.adapter, manifest.layout) != (METHOD, "peft"):
+        raise ValueError(
+            f"{folder} holds a {manifest.adapter!r} adapter in the {manifest.layout!r} layout; this is not a LoLDU "
+            "adapter in PEFT's layout"
+        )
     document = json.loads(path.read_text(encoding="utf-8"))
     if document.get("peft_type") != loldu_peft_type().value:
         raise ValueError(
-            f"{path}: peft_type is {document.get('peft_type')!r}, not 'LOLDU'; this is not a LoLDU adapter"
+            f"{path}: peft_type is {document.get('peft_type')!r}, not 'LOLDU'; its manifest says otherwise"
         )
     if not document.get("fingerprints"):
         raise ValueError(

@@ -1,4 +1,4 @@
-"""LoLDU adapter files: ``adapter_model.safetensors`` + ``adapter_config.json``.
+"""LoLDU adapter files: ``adapter_model.safetensors`` + ``adapter_config.json`` (+ ``adapter_manifest.json``).
 
 The safetensors file holds, per adapted module ``<name>``, the tensors ``<name>.z``,
 ``<name>.sigma`` and ``<name>.c`` (plus the frozen factors with ``save_factors``: ``<name>.lower/.upper/.perm``, or
@@ -7,7 +7,9 @@ the full state of each module in ``modules_to_save`` under ``modules_to_save.<mo
 The JSON is data only (never a class name): the config fields (``decomposition`` among them; files
 written before it existed are ``lu``), the resolved module list, the base model name and, per
 module, a fingerprint of the base weight and of the pivot order, so loading into the wrong base
-model (or on hardware that pivots differently) is refused with a clear message.
+model (or on hardware that pivots differently) is refused with a clear message. The manifest
+(``manifest.py``) is the file every adapter folder of the project carries; for these folders it
+says ``adapter: loldu, layout: loldu``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .base_layers import out_in_weight
 from .config import LoLDUConfig
 from .fingerprint import tensor_sha256, weight_fingerprint
 from .layer import LoLDULinear
+from .manifest import AdapterManifest
 from .model_ops import base_weights, loldu_modules, restore_base_weights, unload, wrap_modules
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -50,7 +53,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def save_adapter(
     model: nn.Module, directory: str | Path, base_model_name: str | None = None, modules_to_save: Iterable[str] = ()
 ) -> Path:
-    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` (only those) into ``directory``.
+    """Write ``adapter_model.safetensors``, ``adapter_config.json`` and ``adapter_manifest.json`` (only those)
+    into ``directory``.
 
     ``modules_to_save``: names of extra modules (e.g. ``"classifier"``) stored in full. The base
     weights must be unmerged, since their fingerprints identify the base model.
@@ -92,6 +96,7 @@ def save_adapter(
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt", "method": METHOD})
     (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    AdapterManifest(METHOD, "loldu", document["base_model_name"]).write(directory)
     return directory
 
 
@@ -102,9 +107,10 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"LoLDU adapter directory not found: {directory}")
     if not path.is_file():
         raise FileNotFoundError(f"LoLDU adapter config not found: {path} (expected next to {ADAPTER_WEIGHTS_NAME})")
+    manifest = AdapterManifest.read(directory)
+    if (manifest.adapter, manifest.layout) != (METHOD, "loldu"):
+        raise ValueError(f"{directory} holds {_described(manifest)}; this is not a LoLDU adapter in the native layout")
     document = json.loads(path.read_text(encoding="utf-8"))
-    if document.get("method") != METHOD:
-        raise ValueError(f"{path}: method is {document.get('method')!r}, not {METHOD!r}; this is not a LoLDU adapter")
     if document.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format_version {document.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
@@ -159,6 +165,16 @@ def load_adapter(model: nn.Module, directory: str | Path, decomposition: str | N
             parameter.requires_grad_(flag)
         raise
     return model
+
+
+def _described(manifest: AdapterManifest) -> str:
+    if manifest.adapter == METHOD and manifest.layout == "peft":
+        # A folder from `python -m loldu_lightning.export peft` or PeftModel.save_pretrained.
+        return (
+            "a LoLDU adapter in PEFT's layout (load it with PeftModel.from_pretrained after importing "
+            "loldu_lightning.peft, or convert it with `python -m loldu_lightning.export native`)"
+        )
+    return f"a {manifest.adapter!r} adapter ({manifest.layout} layout)"
 
 
 def _adapted(model: nn.Module, action: str) -> list[tuple[str, LoLDULinear]]:

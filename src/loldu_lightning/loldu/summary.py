@@ -17,21 +17,25 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """``adapter``: trainable LoLDU values (z, learned sigma); ``other_trainable``: every other
-    trainable parameter (e.g. a head); ``trainable``: their sum; ``total``: all parameters."""
-    adapter_ids = {
+    """``loldu``: trainable LoLDU values (z, learned sigma); ``other_trainable``: every other
+    trainable parameter (e.g. a head); ``trainable``: their sum; ``total``: all parameters.
+
+    The app's ``count_parameters`` (metrics.json's ``params``) counts differently: its ``adapter``
+    is every trainable parameter outside the task heads, whatever the method; hence another key here.
+    """
+    loldu_ids = {
         id(p) for _, layer in loldu_modules(model) for p in (layer.z, layer.sigma) if isinstance(p, nn.Parameter)
     }
-    adapter = other = total = 0
+    loldu = other = total = 0
     for parameter in model.parameters():
         total += parameter.numel()
         if not parameter.requires_grad:
             continue
-        if id(parameter) in adapter_ids:
-            adapter += parameter.numel()
+        if id(parameter) in loldu_ids:
+            loldu += parameter.numel()
         else:
             other += parameter.numel()
-    return {"adapter": adapter, "other_trainable": other, "trainable": adapter + other, "total": total}
+    return {"loldu": loldu, "other_trainable": other, "trainable": loldu + other, "total": total}
 
 
 def _layer_trainable(layer: nn.Module) -> int:
@@ -67,7 +71,7 @@ def summary(model: nn.Module) -> str:
     lines += [
         "",
         f"LoLDU modules:           {len(rows):,}",
-        f"LoLDU trainable params:  {counts['adapter']:,}",
+        f"LoLDU trainable params:  {counts['loldu']:,}",
         f"other trainable params:  {counts['other_trainable']:,}",
         f"trainable params:        {counts['trainable']:,}",
         f"total model params:      {counts['total']:,}",
