@@ -327,3 +327,83 @@ def test_epoch_option_rejects_unknown_values_and_glue_runs_keep_the_best_epoch(i
     with pytest.raises(ValueError, match="epoch must be one of auto, best, final"):
         build_report(init_sweep, epoch="last", write=False)
     assert set(build_report(init_sweep, write=False).runs["epoch"]) == {"best"}  # GLUE: no val_split
+
+
+def write_sweep_plan(sweep_dir: Path, params: dict[str, str], task: list[str]) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    hydra = {"sweeper": {"_target_": BASIC_SWEEPER, "params": params}, "overrides": {"task": task}}
+    (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+
+
+SWEEPS = {
+    "params then command line": (
+        {"adapter.init": "ones,uniform"},
+        ["seed=1,2", "adapter.rank=8"],
+        [
+            ["adapter.init=ones", "seed=1", "adapter.rank=8"],
+            ["adapter.init=ones", "seed=2", "adapter.rank=8"],
+            ["adapter.init=uniform", "seed=1", "adapter.rank=8"],
+            ["adapter.init=uniform", "seed=2", "adapter.rank=8"],
+        ],
+    ),
+    "a later override of a key replaces the earlier one": (
+        {"adapter.init": "ones,uniform", "seed": "1"},
+        ["adapter.init=normal"],
+        [["adapter.init=normal", "seed=1"]],
+    ),
+    "choice(), range() and an appended key": (
+        {},
+        ["adapter.rank=range(2,6,2)", "+tag=choice(a,b)"],
+        [
+            ["adapter.rank=2", "+tag=a"],
+            ["adapter.rank=2", "+tag=b"],
+            ["adapter.rank=4", "+tag=a"],
+            ["adapter.rank=4", "+tag=b"],
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_the_planned_jobs_are_the_basic_sweepers(sweep: str, tmp_path: Path) -> None:
+    from loldu_lightning.report.unstarted import find_unstarted
+
+    params, task, expected = SWEEPS[sweep]
+    write_sweep_plan(tmp_path, params, task)
+    assert find_unstarted(tmp_path, []) == (expected, None)
+    started = [tuple(reversed(expected[0]))]  # a started job matches whatever the order of its overrides
+    assert find_unstarted(tmp_path, started) == (expected[1:], None)
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_the_expansion_matches_hydras_own_basic_sweeper(sweep: str, tmp_path: Path) -> None:
+    """The report expands sweeps with Hydra's public override API; this compares it with the sweeper that ran them."""
+    import importlib
+
+    import hydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from loldu_lightning.report.unstarted import find_unstarted
+
+    module_name, _, class_name = BASIC_SWEEPER.rpartition(".")
+    try:
+        basic_sweeper = getattr(importlib.import_module(module_name), class_name)
+        split_arguments = basic_sweeper.split_arguments
+    except (ImportError, AttributeError) as error:
+        pytest.fail(
+            f"Hydra {hydra.__version__} has no {BASIC_SWEEPER}.split_arguments ({error}); check that "
+            "loldu_lightning.report.unstarted still expands sweeps as Hydra's basic sweeper does, then update this test"
+        )
+    params, task, _ = SWEEPS[sweep]
+    write_sweep_plan(tmp_path, params, task)
+    arguments = [f"{key}={value}" for key, value in params.items()] + task
+    (hydras,) = split_arguments(OverridesParser.create().parse_overrides(arguments), max_batch_size=None)
+    assert find_unstarted(tmp_path, []) == (hydras, None)
+
+
+def test_a_sweep_the_basic_sweeper_cannot_expand_is_a_note(tmp_path: Path) -> None:
+    from loldu_lightning.report.unstarted import find_unstarted
+
+    write_sweep_plan(tmp_path, {}, ["optimizer.lr=interval(0.1,0.2)"])
+    unstarted, note = find_unstarted(tmp_path, [])
+    assert unstarted == [] and "could not expand the sweep" in note and "interval" in note.lower()

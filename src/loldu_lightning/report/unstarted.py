@@ -6,6 +6,7 @@ sweep recorded in multirun.yaml is the only way to list them.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -16,15 +17,30 @@ BASIC_SWEEPER = "BasicSweeper"
 
 
 def _planned_jobs(multirun: DictConfig) -> list[list[str]]:
-    """The override lists BasicSweeper generates for this sweep, in launch order."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override lists BasicSweeper generates for this sweep, in launch order.
+
+    BasicSweeper's rule through Hydra's public override API: the sweep's `params` then the command
+    line's overrides, a later override of a key replacing an earlier one, every discrete sweep
+    expanded, and the cartesian product of the per-key choices in key order (the last key varies
+    fastest). Range-style sweeps (interval) cannot be expanded and raise.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(multirun, "hydra.sweeper.params", default=None)
     arguments = [f"{key}={value}" for key, value in (params or {}).items()]
     arguments += list(OmegaConf.select(multirun, "hydra.overrides.task", default=None) or [])
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    choices: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise ValueError(
+                f"{override.input_line}: the basic sweeper cannot expand a {override.value_type.name} sweep"
+            )
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def find_unstarted(sweep_dir: Path, started: list[tuple[str, ...]]) -> tuple[list[list[str]], str | None]:
