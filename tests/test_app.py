@@ -10,9 +10,11 @@ import sys
 import pytest
 from helpers import TINY_GLUE, compose_config
 from omegaconf import OmegaConf
+from test_adapters import FOLDER_FILES
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.config import validate_config
+from loldu_lightning.loldu.manifest import AdapterManifest
 from loldu_lightning.overrides import check_override_keys
 from loldu_lightning.train import train
 
@@ -52,11 +54,27 @@ def test_train_on_real_rte_writes_every_output(rte, tmp_path):
     assert 0.0 <= metrics["objective"] <= 1.0 and metrics["best"]["val/accuracy"] == metrics["objective"]
     assert metrics["params"]["adapter"] == 2 * 2 * (8 + 1)  # 2 layers x (query, value) x (r + 1)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {"best", "last"}
     for kind in ("best", "last"):
-        assert {p.name for p in (tmp_path / "adapter" / kind).iterdir()} >= {"adapter_config.json"}
+        assert {p.name for p in (tmp_path / "adapter" / kind).iterdir()} == FOLDER_FILES["loldu"]
+        assert AdapterManifest.read(tmp_path / "adapter" / kind).adapter == "loldu"
     header = next((tmp_path / "logs").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     # Lightning's ThroughputMonitor: "device/" rates are this process's (items = non-padding tokens)
     assert {"train/loss", "val/accuracy", "train/device/samples_per_sec", "train/device/items_per_sec"} <= set(header)
+
+
+@pytest.mark.parametrize(("adapter", "layout"), [("lora", "peft"), ("bitfit", "parameters")])
+def test_training_writes_exactly_the_files_of_the_adapters_layout(rte, tmp_path, adapter, layout):
+    """The PEFT and parameter-subset layouts end to end (LoLDU's is checked above): nothing missing, nothing extra."""
+    overrides = [o for o in rte if not o.startswith(("adapter.rank=", "adapter.alpha="))]
+    result = train(compose_config([*overrides, f"adapter={adapter}", "data.train_limit=16"], tmp_path))
+    assert result["status"] == "completed" and result["adapter"] == adapter
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {"best", "last"}
+    for kind in ("best", "last"):
+        folder = tmp_path / "adapter" / kind
+        assert {p.name for p in folder.iterdir()} == FOLDER_FILES[layout]
+        manifest = AdapterManifest.read(folder)
+        assert (manifest.adapter, manifest.layout) == (adapter, layout)
 
 
 def test_resume_after_epoch_one_matches_uninterrupted_run(rte, tmp_path):
