@@ -177,7 +177,7 @@ def test_cli_multirun_yields_one_run_per_init(rte, tmp_path):
 
 
 def test_head_lr_gives_the_head_its_own_param_group(rte, tmp_path):
-    from loldu_lightning.tasks import build_task
+    from loldu_lightning.builders import build_task
 
     cfg = compose_config([*rte, "optimizer.head_lr=0.05", "scheduler.name=none"], tmp_path)
     module, _ = build_task(cfg)

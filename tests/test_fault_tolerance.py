@@ -234,11 +234,11 @@ def test_vision_with_random_augmentation_resumes_exactly(tmp_path, monkeypatch):
     ]
     reference = tmp_path / "reference"
     assert train(compose_config(args, reference))["status"] == "completed"
-    build = train_module._callbacks
-    monkeypatch.setattr(train_module, "_callbacks", lambda *a, **k: [*build(*a, **k), SignalAt(step=2)])
+    build = train_module.build_callbacks
+    monkeypatch.setattr(train_module, "build_callbacks", lambda *a, **k: [*build(*a, **k), SignalAt(step=2)])
     with pytest.raises(RunInterrupted):
         train(compose_config(args, tmp_path / "run"))
-    monkeypatch.setattr(train_module, "_callbacks", build)
+    monkeypatch.setattr(train_module, "build_callbacks", build)
     train(compose_config([*args, "ckpt_path=last"], tmp_path / "run"))
     assert_same_run(tmp_path / "run", reference)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import compose_config
 
+from loldu_lightning.builders.instruct import build_instruct
 from loldu_lightning.data.instruct import (
     ALPACA_PROMPT_INPUT,
     ALPACA_PROMPT_NO_INPUT,
@@ -21,7 +22,6 @@ from loldu_lightning.data.instruct import (
     split_records,
 )
 from loldu_lightning.models import byte_level_tokenizer
-from loldu_lightning.tasks.instruct import build_instruct
 
 TINY = ["task=instruct/alpaca", "model=tiny-llama", "trainer=cpu"]
 

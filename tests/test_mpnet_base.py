@@ -14,6 +14,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from loldu_lightning.adapters import count_parameters
+from loldu_lightning.builders.adapter import build_run_adapter
 from loldu_lightning.config import validate_config
 from loldu_lightning.loldu import LoLDULinear
 from loldu_lightning.model_packages import MPNET_BASE, MissingPartsError, find_installed_parts
@@ -100,7 +101,8 @@ def test_loldu_at_rank_768_on_real_mpnet(mpnet, paper_mrpc):
     """Identity at init, only z and sigma (and the head) train, 18,456 numbers, and merging keeps the function."""
     model, batch = mpnet
     cfg = compose_config(paper_mrpc)
-    adapter = validate_config(cfg)
+    validate_config(cfg)
+    adapter = build_run_adapter(cfg)
     before = _outputs(model, batch)
     adapted = adapter.apply(model, cfg.model.head_modules)
     try:
@@ -151,7 +153,8 @@ def test_trainable_counts_of_each_arm_match_table1(paper_mrpc):
         config = AutoConfig.from_pretrained(resolve_name_or_path(cfg.model.name_or_path), num_labels=2)
         with torch.device("meta"):  # counting needs shapes, not weights
             model = AutoModelForSequenceClassification.from_config(config)
-        adapted = validate_config(cfg).apply(model, cfg.model.head_modules)
+        validate_config(cfg)
+        adapted = build_run_adapter(cfg).apply(model, cfg.model.head_modules)
         counts = count_parameters(adapted, cfg.model.head_modules)
         assert counts["adapter"] == adapter_count, (method, extra)
         assert counts["head"] == 768 * 768 + 768 + 768 * 2 + 2

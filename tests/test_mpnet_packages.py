@@ -19,6 +19,7 @@ import pytest
 from helpers import compose_config
 
 from loldu_lightning import model_packages, models
+from loldu_lightning.builders.adapter import build_run_adapter
 from loldu_lightning.config import validate_config
 from loldu_lightning.model_packages import (
     MARKER,
@@ -250,7 +251,8 @@ def test_the_paper_glue_experiment_runs_on_mpnet_with_one_override(method, rank,
         ]
     )
     assert cfg.model.name_or_path == "all-mpnet-base-v2" and cfg.data.max_length == 512
-    adapter = validate_config(cfg)
+    validate_config(cfg)
+    adapter = build_run_adapter(cfg)
     found = getattr(adapter.options, "target_modules", None)
     assert (list(found) if found is not None else None) == targets
     assert getattr(adapter.options, "rank", None) == rank

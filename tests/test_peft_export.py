@@ -11,9 +11,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from loldu_lightning.adapters import build_adapter
+from loldu_lightning.builders.glue import build_glue
 from loldu_lightning.export import native_to_peft, peft_to_native
 from loldu_lightning.export.__main__ import main as export_main
-from loldu_lightning.tasks.glue import build_glue
 from loldu_lightning.train import train
 
 

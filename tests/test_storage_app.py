@@ -14,8 +14,8 @@ from helpers import TINY_GLUE, compose_config
 from omegaconf import OmegaConf
 
 from loldu_lightning.adapters import build_adapter
+from loldu_lightning.builders import build_task
 from loldu_lightning.loldu import loldu_modules
-from loldu_lightning.tasks import build_task
 from loldu_lightning.train import train
 
 

@@ -153,8 +153,8 @@ def mlflow_runs(client, experiment_name: str) -> list:
 def test_missing_tracker_package_stops_before_the_model_loads(monkeypatch, tmp_path, logger, package):
     import importlib.util
 
-    from loldu_lightning import loggers
     from loldu_lightning import train as train_module
+    from loldu_lightning.builders import loggers
 
     real_find_spec = importlib.util.find_spec
     missing = {package, "tensorboardX"}

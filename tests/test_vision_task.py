@@ -11,8 +11,8 @@ from helpers import compose_config, list_config_options
 from test_vision_data import fake_cifar, fake_imagefolder
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
+from loldu_lightning.builders.vision import build_vision
 from loldu_lightning.config import validate_config
-from loldu_lightning.tasks.vision import build_vision
 from loldu_lightning.train import train
 
 VISION_TASKS = [name for name in list_config_options("task") if name.startswith("vision/")]

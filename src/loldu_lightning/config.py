@@ -191,7 +191,7 @@ def validate_config(cfg: DictConfig) -> Adapter:
     checked by preflight.preflight, which the CLI runs next.
     """
     from .adapters import build_adapter
-    from .tasks import TASK_FAMILIES
+    from .builders import TASK_FAMILIES
     from .tasks.base import OPTIMIZERS, SCHEDULES
 
     _choice(cfg.task.family, TASK_FAMILIES, "task.family")

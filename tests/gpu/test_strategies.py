@@ -23,7 +23,7 @@ from helpers import compose_config, run_cli
 from omegaconf import OmegaConf
 
 from loldu_lightning.adapters import build_adapter
-from loldu_lightning.tasks import build_task
+from loldu_lightning.builders import build_task
 from loldu_lightning.train import train
 
 from .runtime import lightning_accelerator, require_cuda

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..tasks.instruct import InstructTask, build_instruct_datamodule
+    from ..builders.instruct import InstructTask, build_instruct_datamodule
 
     loaded = load_for_evaluation(args)
     cfg = loaded.cfg

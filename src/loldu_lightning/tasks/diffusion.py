@@ -13,28 +13,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
 from ..adapters import unwrap_model
-from ..callbacks.sampling import DiffusionExportCallback, SamplingCallback
-from ..data.class_images import default_class_dir, ensure_class_images
-from ..data.diffusion import SubjectDataModule, check_images, format_prompt, list_images, resolve_subject
-from ..loldu import resolve_target_modules
-from ..sd_models import SAMPLERS, SDParts, load_sd_parts, make_pipeline, sampling_scheduler
+from ..sd_models import SDParts, make_pipeline, sampling_scheduler
 from .base import AdaptedTask
 
 log = logging.getLogger(__name__)
-
-# Stable Diffusion's attention projections (to_out is a ModuleList: its Linear is to_out.0)
-SD_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 class SubjectModel(nn.Module):
@@ -202,132 +193,3 @@ class DiffusionSubjectTask(AdaptedTask):
             for module, training in modes:
                 module.train(training)
         return images
-
-
-# building ---------------------------------------------------------------------------------------
-def check_targets(container: nn.Module, adapter_cfg: Mapping[str, Any]) -> None:
-    """A target list that matches nothing stops here, before any training, with the UNet's names."""
-    targets = adapter_cfg.get("target_modules")
-    if targets is None:
-        return
-    try:
-        resolve_target_modules(container, targets)
-    except ValueError as error:
-        raise ValueError(
-            f"adapter.target_modules={targets} does not fit the Stable Diffusion UNet: {error}. Its attention "
-            f"projections are {','.join(SD_ATTENTION_TARGETS)}: set adapter.target_modules=[{','.join(SD_ATTENTION_TARGETS)}]."
-        ) from None
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def build_diffusion(cfg: DictConfig) -> tuple[DiffusionSubjectTask, SubjectDataModule]:
-    """The `diffusion` task family: photos are checked first, then the model loads and targets are checked."""
-    data, model_cfg = cfg.data, _plain(cfg.model)
-    instance_dir, class_name = resolve_subject(
-        data.get("instance_dir"), data.get("root"), data.get("subject"), data.get("class_name")
-    )
-    instance_images = list_images(instance_dir, "instance (subject photo)", "data.instance_dir")
-    check_images(instance_images)
-    token = str(data.unique_token)
-    instance_prompt = format_prompt(data.instance_prompt, token, class_name)
-    class_prompt = format_prompt(data.class_prompt, token, class_name)
-    resolution = int(data.resolution)
-    sampling = _plain(cfg.sampling)
-    if sampling.get("scheduler") not in SAMPLERS:
-        raise ValueError(
-            f"sampling.scheduler={sampling.get('scheduler')!r} is not known; choose one of {list(SAMPLERS)}."
-        )
-    generation = {
-        "num_inference_steps": int(sampling["num_inference_steps"]),
-        "guidance_scale": float(sampling["guidance_scale"]),
-        "scheduler": sampling["scheduler"],
-        "height": resolution,
-        "width": resolution,
-    }
-    with_prior = bool(data.with_prior_preservation)
-    if with_prior and data.get("class_dir"):
-        existing_class = Path(str(data.class_dir)).expanduser()
-        if existing_class.is_dir():
-            check_images([p for p in existing_class.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")])
-
-    parts = load_sd_parts(model_cfg)
-    train_text_encoder = bool(model_cfg.get("train_text_encoder", False))
-    check_targets(SubjectModel(parts.unet, parts.text_encoder if train_text_encoder else None), _plain(cfg.adapter))
-    if model_cfg.get("gradient_checkpointing"):
-        parts.unet.enable_gradient_checkpointing()
-        if train_text_encoder:
-            # transformers 5 renamed it (the old name warns)
-            enable = (
-                getattr(parts.text_encoder, "activation_checkpointing_enable", None)
-                or parts.text_encoder.gradient_checkpointing_enable
-            )
-            enable()
-
-    class_images: list[Path] = []
-    if with_prior:
-        class_dir = (
-            Path(str(data.class_dir)).expanduser()
-            if data.get("class_dir")
-            else default_class_dir(parts, class_prompt, resolution)
-        )
-        class_images = ensure_class_images(
-            parts,
-            class_dir,
-            class_prompt,
-            int(data.num_class_images),
-            resolution,
-            generation,
-            batch_size=int(data.sample_batch_size),
-            seed=cfg.seed,
-        )
-
-    callbacks: list[L.Callback] = []
-    if sampling.get("enabled", True):
-        prompts = [format_prompt(p, token, class_name) for p in sampling["prompts"]]
-        callbacks.append(
-            SamplingCallback(
-                prompts,
-                sampling["seeds"],
-                int(sampling["every_n_steps"]),
-                at_start=bool(sampling.get("at_start", True)),
-                **generation,
-            )
-        )
-    export_info = {
-        "base_model": str(parts.folder),
-        "vae": model_cfg.get("vae_name_or_path"),
-        "instance_dir": str(instance_dir),
-        "class_name": class_name,
-        "unique_token": token,
-        "instance_prompt": instance_prompt,
-        "resolution": resolution,
-        "generation": generation,
-        "eval": _plain(cfg.get("eval")) or {},
-    }
-    callbacks.append(DiffusionExportCallback(export_info))
-    task = DiffusionSubjectTask(
-        parts,
-        train_text_encoder,
-        cfg.optimizer,
-        cfg.scheduler,
-        prior_weight=float(cfg.loss.prior_weight),
-        val_timesteps=cfg.loss.val_timesteps,
-        seed=cfg.seed,
-        callbacks=callbacks,
-    )
-    datamodule = SubjectDataModule(
-        instance_images,
-        instance_prompt,
-        parts.tokenizer,
-        resolution,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        center_crop=bool(data.center_crop),
-        random_flip=bool(data.random_flip),
-        class_images=class_images,
-        class_prompt=class_prompt,
-    )
-    return task, datamodule

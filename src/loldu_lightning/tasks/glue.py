@@ -9,10 +9,8 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassMatthewsCorrCoef
-from transformers import AutoModelForSequenceClassification
 
-from ..data.glue import GlueDataModule, GlueTaskInfo, glue_task
-from ..models import load_model, load_tokenizer
+from ..data.glue import GlueTaskInfo
 from .base import AdaptedTask
 
 
@@ -73,36 +71,3 @@ class GlueTask(AdaptedTask):
             self.log(f"{prefix}/loss", loss.compute())
             collection.reset()
             loss.reset()
-
-
-def build_glue(cfg) -> tuple[GlueTask, GlueDataModule]:
-    info = glue_task(cfg.task.name)
-    data = cfg.data
-    tokenizer = load_tokenizer(cfg.model)
-    datamodule = GlueDataModule(
-        info.name,
-        tokenizer,
-        data_dir=data.data_dir,
-        max_length=data.max_length,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        num_workers=data.num_workers,
-        train_limit=data.train_limit,
-        val_limit=data.val_limit,
-        seed=cfg.seed,
-        group_by_length=data.group_by_length,
-        train_from_dev=data.get("train_from_dev"),
-        split_seed=data.get("split_seed", 0),
-    )
-    datamodule.check_data()  # fail on missing files before the model loads
-    labels = {"num_labels": info.num_labels}
-    if info.is_regression:
-        labels["problem_type"] = "regression"
-    elif info.labels:
-        labels["id2label"] = dict(enumerate(info.labels))
-        labels["label2id"] = {label: i for i, label in enumerate(info.labels)}
-    model = load_model(cfg.model, AutoModelForSequenceClassification, **labels)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    module = GlueTask(model, info, cfg.model.head_modules, cfg.optimizer, cfg.scheduler)
-    return module, datamodule

@@ -16,14 +16,10 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import SumMetric
-from transformers import PreTrainedTokenizerBase
 
-from ..callbacks.generation import GenerationSamples
-from ..data.instruct import IGNORE_INDEX, InstructDataModule, read_records
-from ..models import check_model_files, load_causal_lm, load_tokenizer
+from ..data.instruct import IGNORE_INDEX
 from .base import AdaptedTask
 
 log = logging.getLogger(__name__)
@@ -76,60 +72,3 @@ class InstructTask(AdaptedTask):
         self.log("val/tokens", tokens.float())
         self.val_nll.reset()
         self.val_tokens.reset()
-
-
-def build_instruct_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> InstructDataModule:
-    data = cfg.data
-    return InstructDataModule(
-        tokenizer,
-        path=data.get("path"),
-        hf_dataset=data.get("hf_dataset"),
-        prompt_format=data.prompt_format,
-        train_on_inputs=data.train_on_inputs,
-        max_length=data.max_length,
-        val_size=data.get("val_size"),
-        batch_size=data.batch_size,
-        eval_batch_size=data.get("eval_batch_size"),
-        num_workers=data.num_workers,
-        train_limit=data.get("train_limit"),
-        val_limit=data.get("val_limit"),
-        seed=cfg.seed,
-        group_by_length=data.group_by_length,
-    )
-
-
-def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_cfg: Mapping) -> None:
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise ValueError(
-            f"The tokenizer has {len(tokenizer)} tokens but model {model_cfg['name_or_path']} embeds only "
-            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer "
-            "(model.tokenizer=null) or a tiny model with a larger vocab_size."
-        )
-
-
-def build_instruct(cfg: DictConfig) -> tuple[InstructTask, InstructDataModule]:
-    """The `instruct` task family: a causal LM and Alpaca-style data (files checked before the model loads)."""
-    check_model_files(cfg.model)
-    if cfg.data.get("path"):
-        read_records(cfg.data.path)  # a typo in the data costs a second, not a tokenizer (GGUF: ~20 s) and model load
-    tokenizer = load_tokenizer(cfg.model)
-    datamodule = build_instruct_datamodule(cfg, tokenizer)
-    datamodule.check_data()
-    model = load_causal_lm(cfg.model)
-    check_vocabulary(model, tokenizer, cfg.model)
-    generation = cfg.task.get("generation") or {}
-    prompts = datamodule.validation_prompts(int(generation.get("num_prompts", 0)))
-    callbacks = (
-        [
-            GenerationSamples(
-                tokenizer,
-                prompts,
-                generation.get("max_new_tokens", 64),
-                add_special_tokens=datamodule.prompt_format == "alpaca",
-            )
-        ]
-        if prompts
-        else []
-    )
-    module = InstructTask(model, cfg.model.head_modules, cfg.optimizer, cfg.scheduler, callbacks)
-    return module, datamodule

@@ -12,14 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
-from transformers import AutoModelForImageClassification
 
-from ..data.vision import VisionDataModule, resolve_preprocessing
-from ..models import load_model
 from .base import AdaptedTask
 
 
@@ -69,51 +65,3 @@ class VisionClassificationTask(AdaptedTask):
         self.test_loss.update(output.loss, weight=size)
         self.log("test/loss", self.test_loss, batch_size=size)
         self.log("test/accuracy", self.test_accuracy, batch_size=size)
-
-
-def build_vision_datamodule(cfg: DictConfig) -> VisionDataModule:
-    """The data module for ``cfg.task.name``, with preprocessing that follows ``cfg.model``."""
-    data, task, model = cfg.data, cfg.task, cfg.model
-    image_size, mean, std = resolve_preprocessing(model.get("name_or_path"), model.get("tiny"), data.get("image_size"))
-    return VisionDataModule(
-        task.name,
-        data.root,
-        download=data.download,
-        batch_size=data.batch_size,
-        eval_batch_size=data.get("eval_batch_size"),
-        num_workers=data.num_workers,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        augment=data.get("augment", True),
-        train_split=task.get("train_split"),
-        val_split=task.get("val_split"),
-        train_limit=data.get("train_limit"),
-        val_limit=data.get("val_limit"),
-        holdout_fraction=task.get("holdout_fraction", 0.2),
-        split_seed=task.get("split_seed", 42),
-        limit_seed=cfg.seed,
-        test_split=task.get("test_split"),
-        train_holdout=data.get("holdout_fraction"),
-        eval_resize_crop=data.get("eval_resize_crop", False),
-    )
-
-
-def build_vision(cfg: DictConfig) -> tuple[VisionClassificationTask, VisionDataModule]:
-    """The ``vision`` task family: ViT with a fresh ``num_classes`` head over a torchvision dataset."""
-    datamodule = build_vision_datamodule(cfg)
-    if datamodule.download:
-        datamodule.prepare_data()  # the class names below need the files
-    class_names = datamodule.class_names  # fails with the expected layout before the model loads
-    labels: dict[str, Any] = {
-        "num_labels": len(class_names),
-        "id2label": dict(enumerate(class_names)),
-        "label2id": {name: index for index, name in enumerate(class_names)},
-    }
-    if not cfg.model.get("tiny"):
-        # A checkpoint with another head size (ImageNet-1k, or none as in the in21k backbone)
-        # gets a freshly initialised classifier instead of a size-mismatch error.
-        labels["ignore_mismatched_sizes"] = True
-    model = load_model(cfg.model, AutoModelForImageClassification, **labels)
-    module = VisionClassificationTask(model, len(class_names), cfg.model.head_modules, cfg.optimizer, cfg.scheduler)
-    return module, datamodule

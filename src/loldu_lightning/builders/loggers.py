@@ -1,7 +1,7 @@
-"""Experiment trackers from `cfg.logger`: package check, sweep-aware defaults, the tracking callback.
+"""Experiment trackers from `logger`: package check, sweep-aware defaults, the tracking callback.
 
-This is composition-root code (it reads Hydra's runtime config); `callbacks/tracking.py` does the
-logging itself with plain values. A value left `null` in `conf/logger/*.yaml` is filled here:
+It reads the plain composed config and Hydra's runtime (`run_context`: a sweep job or not);
+`callbacks/tracking.py` does the logging itself with plain values. A value left `null` in `conf/logger/*.yaml` is filled here:
 
 - MLflow: `tracking_uri` -> `sqlite:///<group folder>/mlflow.db` with artifacts in
   `<group folder>/mlartifacts`; `experiment_name` -> the sweep folder in a `-m` sweep (one MLflow
@@ -15,8 +15,10 @@ store holds every job of a sweep and `mlflow ui` on it compares them.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
 
-from .callbacks.tracking import TrackingCallback
-from .errors import UserError
+from ..callbacks.tracking import TrackingCallback
+from ..errors import UserError
 
 
 class MissingTrackerPackage(UserError, ModuleNotFoundError):
@@ -43,10 +44,10 @@ REQUIRED_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def check_logger_packages(logger_cfg: DictConfig | None) -> None:
+def check_logger_packages(logger_cfg: Mapping[str, Any] | None) -> None:
     """Fail in a second, before any model loads, when a configured logger's package is not installed."""
     for key, node in (logger_cfg or {}).items():
-        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        target = str(node.get("_target_", "")) if isinstance(node, Mapping) else ""
         modules, extra = REQUIRED_PACKAGES.get(target.rsplit(".", 1)[-1], ((), ""))
         if modules and not any(importlib.util.find_spec(module) is not None for module in modules):
             raise MissingTrackerPackage(
@@ -65,8 +66,9 @@ class RunContext:
     overrides: tuple[str, ...]
 
 
-def run_context(cfg: DictConfig) -> RunContext:
-    output_dir = Path(cfg.output_dir).resolve()
+def run_context(output_dir: str | Path) -> RunContext:
+    """Read once per run from Hydra's runtime config (the only reader of it besides the CLI)."""
+    output_dir = Path(output_dir).resolve()
     if not HydraConfig.initialized():  # train(cfg) from a test or notebook: the run folder alone
         return RunContext(output_dir, None, None, ())
     hydra_cfg = HydraConfig.get()
@@ -76,23 +78,24 @@ def run_context(cfg: DictConfig) -> RunContext:
     return RunContext(Path(hydra_cfg.sweep.dir).resolve(), str(hydra_cfg.sweep.dir), int(hydra_cfg.job.num), overrides)
 
 
-def _run_name(cfg: DictConfig, context: RunContext) -> str:
-    name = f"{cfg.task.name}-{cfg.adapter.name}"
+def _run_name(config: Mapping[str, Any], context: RunContext) -> str:
+    name = f"{config['task']['name']}-{config['adapter']['name']}"
     return name if context.job_num is None else f"{name}-{context.job_num}"
 
 
-def _tags(cfg: DictConfig, context: RunContext) -> dict[str, str]:
-    tags = {"task": f"{cfg.task.family}/{cfg.task.name}", "adapter": str(cfg.adapter.name)}
-    tags["output_dir"] = str(Path(cfg.output_dir).resolve())
+def _tags(config: Mapping[str, Any], context: RunContext) -> dict[str, str]:
+    task = config["task"]
+    tags = {"task": f"{task['family']}/{task['name']}", "adapter": str(config["adapter"]["name"])}
+    tags["output_dir"] = str(Path(config["output_dir"]).resolve())
     if context.sweep_dir is not None:
         tags.update(sweep=context.sweep_dir, job_num=str(context.job_num))
     return tags
 
 
-def logger_options(cfg: DictConfig, context: RunContext) -> dict[str, dict[str, Any]]:
-    """`cfg.logger` with the `null` values this module owns filled in (see the module docstring)."""
-    # logger=none composes to an empty node, which is falsy and not a container to convert
-    options: dict[str, dict[str, Any]] = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.logger else {}
+def logger_options(config: Mapping[str, Any], context: RunContext) -> dict[str, dict[str, Any]]:
+    """`logger` with the `null` values this module owns filled in (see the module docstring)."""
+    # a copy: the filled-in values belong to the trackers, not to the run's config
+    options: dict[str, dict[str, Any]] = copy.deepcopy(dict(config.get("logger") or {}))
     for node in options.values():
         kind = str(node.get("_target_", "")).rsplit(".", 1)[-1]
         if kind == "MLFlowLogger":
@@ -102,20 +105,19 @@ def logger_options(cfg: DictConfig, context: RunContext) -> dict[str, dict[str, 
                 if not node.get("artifact_location"):
                     node["artifact_location"] = (context.group_dir / "mlartifacts").as_uri()
             if not node.get("experiment_name"):
-                node["experiment_name"] = context.sweep_dir or f"{cfg.task.family}/{cfg.task.name}"
-            node["run_name"] = node.get("run_name") or _run_name(cfg, context)
-            node["tags"] = {**_tags(cfg, context), **(node.get("tags") or {})}
+                node["experiment_name"] = context.sweep_dir or f"{config['task']['family']}/{config['task']['name']}"
+            node["run_name"] = node.get("run_name") or _run_name(config, context)
+            node["tags"] = {**_tags(config, context), **(node.get("tags") or {})}
         elif kind == "WandbLogger":
-            node["name"] = node.get("name") or _run_name(cfg, context)
+            node["name"] = node.get("name") or _run_name(config, context)
             if not node.get("group") and context.sweep_dir is not None:
                 node["group"] = context.sweep_dir
             node["job_type"] = node.get("job_type") or "train"
     return options
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    context = run_context(cfg)
-    return [instantiate(node) for node in logger_options(cfg, context).values()]
+def build_loggers(config: Mapping[str, Any], context: RunContext) -> list[Logger]:
+    return [instantiate(node) for node in logger_options(config, context).values()]
 
 
 def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> dict[str, Any]:
@@ -130,16 +132,15 @@ def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def config_hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+def config_hyperparameters(config: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
     """The composed config flattened with the override syntax's dotted keys (`adapter.rank`), plus
     the job's command-line overrides and sweep, so a tracker's table reads like the command."""
-    params = _flatten(OmegaConf.to_container(cfg, resolve=True), "", {})
-    context = run_context(cfg)
+    params = _flatten(config, "", {})
     params["job.overrides"] = " ".join(context.overrides)
     if context.sweep_dir is not None:
         params.update({"job.sweep_dir": context.sweep_dir, "job.num": context.job_num})
     return params
 
 
-def build_tracking(cfg: DictConfig) -> TrackingCallback:
-    return TrackingCallback(config_hyperparameters(cfg))
+def build_tracking(config: Mapping[str, Any], context: RunContext) -> TrackingCallback:
+    return TrackingCallback(config_hyperparameters(config, context))

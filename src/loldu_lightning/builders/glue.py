@@ -1,0 +1,56 @@
+"""The `glue` family: a sequence classifier (or regressor) over one GLUE task's TSV files or the hub."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import AutoModelForSequenceClassification
+
+from ..data.glue import GlueDataModule, GlueTaskInfo, glue_task
+from ..models import load_model, load_tokenizer
+from ..tasks.glue import GlueTask
+from .plain import plain
+
+
+def build_glue_datamodule(config: Mapping[str, Any], info: GlueTaskInfo, tokenizer) -> GlueDataModule:
+    data = config["data"]
+    return GlueDataModule(
+        info.name,
+        tokenizer,
+        data_dir=data["data_dir"],
+        max_length=data["max_length"],
+        batch_size=data["batch_size"],
+        eval_batch_size=data["eval_batch_size"],
+        num_workers=data["num_workers"],
+        train_limit=data["train_limit"],
+        val_limit=data["val_limit"],
+        seed=config["seed"],
+        group_by_length=data["group_by_length"],
+        **{key: data[key] for key in ("train_from_dev", "split_seed") if key in data},
+    )
+
+
+def label_options(info: GlueTaskInfo) -> dict[str, Any]:
+    """What the classifier head needs to know: the label count, and names or regression."""
+    labels: dict[str, Any] = {"num_labels": info.num_labels}
+    if info.is_regression:
+        labels["problem_type"] = "regression"
+    elif info.labels:
+        labels["id2label"] = dict(enumerate(info.labels))
+        labels["label2id"] = {label: i for i, label in enumerate(info.labels)}
+    return labels
+
+
+def build_glue(cfg: Mapping[str, Any]) -> tuple[GlueTask, GlueDataModule]:
+    """The data is checked (missing files fail) before the model loads."""
+    config = plain(cfg)
+    info = glue_task(config["task"]["name"])
+    tokenizer = load_tokenizer(config["model"])
+    datamodule = build_glue_datamodule(config, info, tokenizer)
+    datamodule.check_data()
+    model = load_model(config["model"], AutoModelForSequenceClassification, **label_options(info))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    module = GlueTask(model, info, config["model"]["head_modules"], config["optimizer"], config["scheduler"])
+    return module, datamodule
