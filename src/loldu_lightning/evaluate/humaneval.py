@@ -109,7 +109,7 @@ def _prompts(problems: list[dict[str, Any]], prompt_format: str, loaded) -> list
         return [problem["prompt"] for problem in problems]
     from ..data.instruct import Record, render_prompt
 
-    template = loaded.cfg.data.get("prompt_format", "alpaca")
+    template = loaded.cfg["data"].get("prompt_format", "alpaca")
     return [
         render_prompt(Record(INSTRUCTION, problem["prompt"], ""), template, loaded.tokenizer) for problem in problems
     ]
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         problems = problems[: args.limit]
     loaded = load_for_evaluation(args)
     instruct = args.prompt_format == "instruct"
-    add_special = not (instruct and loaded.cfg.data.get("prompt_format") == "chat")
+    add_special = not (instruct and loaded.cfg["data"].get("prompt_format") == "chat")
     start = time.perf_counter()
     completions = generate_texts(
         loaded.model,
