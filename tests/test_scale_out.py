@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import helpers
@@ -298,13 +299,55 @@ def test_ddp_child_runs_its_parent_job_not_the_sweep(monkeypatch):
     assert child_arguments(sweep) == sweep  # torchrun / SLURM ranks: nothing exported, nothing changed
 
 
+def _ddp_wrapper_after_one_step(strategy):
+    """The `DistributedDataParallel` module `strategy` trains a model with, in this process (world size 1)."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from torch.nn.parallel import DistributedDataParallel
+
+    seen = {}
+
+    class Capture(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["model"] = trainer.strategy.model
+
+    variables = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
+    saved = {name: os.environ.get(name) for name in variables}
+    try:
+        trainer = L.Trainer(
+            strategy=strategy,
+            accelerator="cpu",
+            devices=1,
+            max_steps=1,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[Capture()],
+        )
+        trainer.fit(BoringModel())
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for name, value in saved.items():  # Lightning exports the rendezvous variables; later tests must not see them
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    assert isinstance(seen["model"], DistributedDataParallel)
+    return seen["model"]
+
+
 def test_trainer_configs_build_lightning_strategies_with_their_options():
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     from loldu_lightning.builders.trainer import trainer_options
 
     ddp = trainer_options(compose_config(["trainer=ddp"]).trainer)["strategy"]
-    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"broadcast_buffers": False}
+    assert isinstance(ddp, DDPStrategy)
+    # its options reach the DistributedDataParallel wrapper: a one-process gloo run wraps a model with it
+    wrapped = _ddp_wrapper_after_one_step(ddp)
+    assert wrapped.broadcast_buffers is False and wrapped.find_unused_parameters is False
     fsdp = trainer_options(compose_config(["trainer=fsdp"]).trainer)["strategy"]
     assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["use_orig_params"] is True
     assert (
