@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
-from loldu_lightning.config import config_dir
+from loldu_lightning.config import config_dir, register_resolvers
 
 # tiny model, a few batches: a full train() on 2 CPU cores in seconds
 TINY_GLUE = [
@@ -29,6 +29,7 @@ TINY_GLUE = [
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None):
+    register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         extra = [f"output_dir={output_dir}"] if output_dir is not None else ["output_dir=unused"]
         return compose("config", overrides=[*overrides, *extra])

@@ -137,6 +137,10 @@ def _cases(inputs: Path, runs: Path) -> dict[str, dict]:
         "unknown_model_config": (["model=no_such_model"], ["model/no_such_model", "minilm"]),
         "unknown_adapter_config": (["adapter=no_such_adapter"], ["adapter/no_such_adapter", "loldu"]),
         "key_typo": (["adapter.rnak=8"], ["adapter.rnak", "rank"]),
+        # a misspelt key of a typed group names the closest option, on the command line and when added with +
+        "data_key_typo": (["data.batchsize=8"], ["data.batchsize", "data.batch_size"]),
+        "added_data_key_typo": (["+data.batchsize=8"], ["data.batchsize", "did you mean data.batch_size"]),
+        "flag_not_a_boolean": (["callbacks.lr_monitor=maybe"], ["callbacks.lr_monitor='maybe'", "true or false"]),
         "override_syntax": (["adapter.rank=[8"], ["adapter.rank=[8"]),
         "instruct_offline_without_data": (
             ["task=instruct/alpaca", "model=tiny-llama"],
@@ -247,6 +251,9 @@ USER_ERRORS = [
     "unknown_model_config",
     "unknown_adapter_config",
     "key_typo",
+    "data_key_typo",
+    "added_data_key_typo",
+    "flag_not_a_boolean",
     "override_syntax",
     "instruct_offline_without_data",
     "missing_instruct_file",
@@ -319,6 +326,10 @@ def test_help_names_the_program_the_commands_and_the_groups_a_user_picks(cli):
     assert "sst2" in groups["task/glue"].split(", ") and "auto" in groups["trainer"].split(", ")
     assert "minilm_gap" in groups["experiment"].split(", ")
     assert "studies" not in text and "_arm" not in text
+    # every typed option with its default and allowed values, from builders/schema.py
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("    ") and "=" in line}
+    assert "an integer >= 1" in rows["data.batch_size=32"] and "a number > 0" in rows["optimizer.lr=0.001"]
+    assert "one of adam, adamw, sgd" in rows["optimizer.name=adamw"]
 
 
 @pytest.mark.parametrize(

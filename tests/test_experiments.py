@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from loldu_lightning.adapters import build_adapter, count_parameters
-from loldu_lightning.config import config_dir, validate_config
+from loldu_lightning.config import config_dir, register_resolvers, validate_config
 from loldu_lightning.loldu import INITS, RESIDUALS, SCALINGS
 from loldu_lightning.models import load_model
 
@@ -46,6 +46,7 @@ VISION_DATASETS = ["cifar10", "cifar100", "eurosat", "stanford_cars", "flowers10
 
 def compose_full(overrides: list[str]):
     """The composed config including `hydra` (its sweeper params and launcher), as the CLI sees it."""
+    register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("config", overrides=[*overrides, "output_dir=unused"], return_hydra_config=True)
 
@@ -67,6 +68,9 @@ def resolved(cfg, key: str):
 
 # Option groups whose files read their table's values (Table VII's rates): composed inside the table.
 WITHIN_TABLE = {"paper/table1_glue_method/": "paper/table1_glue", "paper/table3_llama2_method/": "paper/table3_llama2"}
+# Layers over another family's experiment (their files say so): composed over a task they fit, since their
+# options (vision's data.holdout_fraction, task.test_split) are refused on the default GLUE task.
+LAYERS = {"paper/vit_fourierft": ["task=vision/cifar10"]}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -75,7 +79,7 @@ def test_every_experiment_composes_and_validates(experiment):
     overrides = (
         [f"experiment={WITHIN_TABLE[group]}", f"experiment/{group.rstrip('/')}={experiment[len(group) :]}"]
         if group
-        else [f"experiment={experiment}"]
+        else [f"experiment={experiment}", *LAYERS.get(experiment, [])]
     )
     cfg = compose_full(overrides)
     validate_config(cfg)

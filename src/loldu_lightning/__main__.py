@@ -61,6 +61,7 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
 def _run(cfg: DictConfig) -> float | None:
     from .train import train
 
+    register_resolvers()  # a launcher (submitit, joblib) may run this job in a process that skipped main()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     export_current_job()  # DDP ranks 1..N-1 re-run exactly this job (hydra_ddp.py)
     try:

@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import difflib
+
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .config import config_dir
+from .config import config_dir, register_resolvers
 
 _ABSENT = object()
 
@@ -51,10 +53,12 @@ def check_override_keys(args: list[str]) -> None:
         if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
             parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-            allowed = sorted(parent.keys()) if isinstance(parent, DictConfig) else []
+            allowed = sorted(map(str, parent.keys())) if isinstance(parent, DictConfig) else []
             where = f"under '{parent_key}'" if parent_key else "at the top level"
+            close = difflib.get_close_matches(leaf, allowed, n=1, cutoff=0.5)
+            guess = f" Did you mean '{parent_key + '.' if parent_key else ''}{close[0]}'?" if close else ""
             raise ValueError(
-                f"Unknown config key '{key}'. Keys {where}: {', '.join(map(str, allowed))}. "
+                f"Unknown config key '{key}'.{guess} Keys {where}: {', '.join(allowed)}. "
                 f"(To add a new key on purpose use +{key}=...)"
             )
 
@@ -79,6 +83,7 @@ def compose_single_run(args: list[str]) -> DictConfig | None:
         return None
     # hydra.* settings (run folder, launcher) do not change the app's config
     app_overrides = [o.input_line for o in parsed if not o.key_or_group.lstrip("+~").startswith("hydra")]
+    register_resolvers()  # callers resolve the composed values (the CLI's checks, evaluate's base model)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("config", overrides=app_overrides)
 

@@ -1,6 +1,6 @@
 """Checks against the world outside the config, made before any weights or data load.
 
-- Paths: the files and folders the config names exist (config.PATH_OPTIONS).
+- Paths: the files and folders the config names exist (the path options of builders/schema.py).
 - The hub: a model or dataset named by a hub id needs the Hugging Face hub or a copy in the local
   cache. When the hub cannot be reached (HF_HUB_OFFLINE=1, or no connection within a few seconds)
   and there is no cached copy, the run stops at once with the offline choices; with a cached copy,
@@ -297,8 +297,9 @@ def _model_config_exists(name: str) -> bool:
 def preflight(cfg) -> None:
     """Everything that can be known about a run's inputs before loading them: the paths it names,
     the hub, then the rank. `cfg` is a config that validate_config accepted."""
-    from .config import adapter_options, check_paths
+    from .builders.adapter import adapter_options
+    from .builders.schema import check_paths, run_options
 
-    check_paths(cfg)
+    check_paths(run_options(cfg))
     check_hub(cfg)
     check_rank(cfg, adapter_options(cfg))
