@@ -101,6 +101,32 @@ def test_round_trip_keeps_saved_factors(tmp_path):
     assert loldu.read_adapter_config(tmp_path / "back")["save_factors"] is True
 
 
+def test_converted_folders_carry_the_manifest_and_the_wrong_direction_is_refused(tmp_path):
+    import transformers
+
+    from loldu_lightning import loldu
+    from loldu_lightning.loldu.manifest import MANIFEST_NAME, AdapterManifest
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=2
+    )
+    model = loldu.inject(transformers.BertForSequenceClassification(config), loldu.LoLDUConfig(rank=4, seed=3))
+    loldu.save_adapter(model, tmp_path / "native", base_model_name="tiny-bert")
+    native_to_peft(tmp_path / "native", tmp_path / "peft")
+    assert AdapterManifest.read(tmp_path / "peft") == AdapterManifest("loldu", "peft", "tiny-bert")
+    with pytest.raises(ValueError, match="PEFT's layout"):
+        native_to_peft(tmp_path / "peft", tmp_path / "again")
+    with pytest.raises(ValueError, match="not a LoLDU adapter in PEFT's layout"):
+        peft_to_native(tmp_path / "native", tmp_path / "again")
+
+    # a folder PeftModel.save_pretrained wrote has PEFT's files only: its adapter_config.json stands for the manifest
+    (tmp_path / "peft" / MANIFEST_NAME).unlink()
+    peft_to_native(tmp_path / "peft", tmp_path / "back")
+    assert AdapterManifest.read(tmp_path / "back") == AdapterManifest("loldu", "loldu", "tiny-bert")
+    assert (tmp_path / "back" / MANIFEST_NAME).is_file()
+
+
 def test_bad_folders_get_one_line_errors(tmp_path, capsys):
     assert export_main(["peft", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
     assert "not found" in capsys.readouterr().err

@@ -21,10 +21,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..loldu.manifest import AdapterManifest, is_adapter_folder
+from .run_config import read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ ADAPTER_DIRS = ("best", "last")
 class LoadedModel:
     model: nn.Module
     tokenizer: Any
-    cfg: DictConfig
+    cfg: dict[str, Any]  # the run's configuration, plain dicts and lists
     output_dir: Path
     description: dict[str, Any]
 
@@ -75,32 +75,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
 
 
-def _compose(model: str | None, overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
+def _compose(model: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The config tree's instruct defaults for a base model, as plain dicts.
 
-    from ..config import config_dir
+    Only Hydra composes the config tree, so this one path goes through the CLI's composition and
+    the composition root's conversion; a run directory is read without either (`run_config.py`).
+    """
+    from ..builders.plain import plain
+    from ..overrides import compose_single_run
 
     base = ["task=instruct/alpaca", *([f"model={model}"] if model else []), "output_dir=unused"]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("config", overrides=[*base, *overrides])
+    cfg = compose_single_run([*base, *overrides])
+    if cfg is None:
+        raise ValueError(f"--override {' '.join(overrides)}: give single values, not sweeps, to evaluate one model")
+    return plain(cfg)
 
 
-def _run_config(run_dir: Path, model: str | None, overrides: list[str]) -> DictConfig:
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: --run-dir must be a directory written by `python -m loldu_lightning "
-            "task=instruct/...`; for an adapter folder use --adapter <folder> --model <config>."
-        )
+def _run_config(run_dir: Path, model: str | None, overrides: list[str]) -> dict[str, Any]:
     if model:
         raise ValueError(
             "--model applies to --adapter folders and base models; a run directory names its own model "
             "(change it with --override model.name_or_path=...)."
         )
-    cfg = OmegaConf.load(path)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    return cfg
+    return read_run_config(run_dir, overrides)
 
 
 def _find_adapter(run_dir: Path) -> Path:
@@ -116,11 +113,9 @@ def _find_adapter(run_dir: Path) -> Path:
 
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     from ..adapters import build_adapter
-    from ..config import register_resolvers
     from ..errors import UserError, raised_on_purpose
     from ..models import load_causal_lm, load_tokenizer, model_label
 
-    register_resolvers()  # the run's config holds ${auto_precision:...} and ${package_path:...}
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else None
     adapter_dir = Path(args.adapter).expanduser() if args.adapter else None
     if run_dir is None and adapter_dir is None and not args.model:
@@ -130,7 +125,7 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
         )
     if run_dir is not None:
         cfg = _run_config(run_dir, args.model, list(args.override))
-        adapter_dir = adapter_dir or (_find_adapter(run_dir) if cfg.adapter.name != "none" else None)
+        adapter_dir = adapter_dir or (_find_adapter(run_dir) if cfg["adapter"]["name"] != "none" else None)
     else:
         if adapter_dir is not None and not args.model:
             raise ValueError(
@@ -144,18 +139,18 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     if output_dir is None:
         raise ValueError("--output-dir is needed: there is no run directory to write eval.json into.")
 
-    L.seed_everything(int(cfg.seed), verbose=False)  # a tiny random base model is rebuilt exactly as in training
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model)
+    L.seed_everything(int(cfg["seed"]), verbose=False)  # a tiny random base model is rebuilt exactly as in training
+    tokenizer = load_tokenizer(cfg["model"])
+    model = load_causal_lm(cfg["model"])
     description: dict[str, Any] = {
-        "model": model_label(cfg.model),
+        "model": model_label(cfg["model"]),
         "adapter": None,
         "adapter_dir": None,
         "merged": False,
     }
     if adapter_dir is not None:
         name = AdapterManifest.read(adapter_dir).adapter
-        options = OmegaConf.to_container(cfg.adapter, resolve=True) if cfg.adapter.name == name else {"name": name}
+        options = cfg["adapter"] if cfg["adapter"]["name"] == name else {"name": name}
         adapter = build_adapter(options)
         try:
             model = adapter.load(model, adapter_dir)

@@ -34,14 +34,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = loaded.cfg
     datamodule = build_instruct_datamodule(cfg, loaded.tokenizer)
     datamodule.check_data()
-    module = InstructTask(loaded.model, (), cfg.optimizer, cfg.scheduler)
+    module = InstructTask(loaded.model, (), cfg["optimizer"], cfg["scheduler"])
     trainer = L.Trainer(
         accelerator="gpu" if str(loaded.model.device).startswith("cuda") else "cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        precision=cfg.trainer.get("precision", "32-true"),
+        precision=cfg["trainer"].get("precision", "32-true"),
     )
     (metrics,) = trainer.validate(module, datamodule=datamodule, verbose=False)
     results = {
