@@ -341,16 +341,17 @@ def _ddp_wrapper_after_one_step(strategy):
 def test_trainer_configs_build_lightning_strategies_with_their_options():
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
+    from loldu_lightning.builders.schema import run_options
     from loldu_lightning.builders.trainer import trainer_options
 
-    ddp = trainer_options(compose_config(["trainer=ddp"]).trainer)["strategy"]
+    ddp = trainer_options(run_options(compose_config(["trainer=ddp"])).trainer)["strategy"]
     assert isinstance(ddp, DDPStrategy)
     # its options reach the DistributedDataParallel wrapper: a one-process gloo run wraps a model with it
     wrapped = _ddp_wrapper_after_one_step(ddp)
     assert wrapped.broadcast_buffers is False and wrapped.find_unused_parameters is False
-    fsdp = trainer_options(compose_config(["trainer=fsdp"]).trainer)["strategy"]
+    fsdp = trainer_options(run_options(compose_config(["trainer=fsdp"])).trainer)["strategy"]
     assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["use_orig_params"] is True
     assert (
-        trainer_options(compose_config(["trainer=ddp", "trainer.strategy=ddp_spawn"]).trainer)["strategy"]
+        trainer_options(run_options(compose_config(["trainer=ddp", "trainer.strategy=ddp_spawn"])).trainer)["strategy"]
         == "ddp_spawn"
     )

@@ -21,6 +21,7 @@ from .builders import build_task
 from .builders.callbacks import build_callbacks
 from .builders.loggers import build_loggers, build_tracking
 from .builders.run import Run, build_run
+from .builders.schema import run_options
 from .builders.trainer import trainer_options
 from .callbacks.adapter import AdapterCallback
 from .callbacks.metrics import MetricsHistory
@@ -31,7 +32,6 @@ from .checkpoints import (
     resolve_ckpt_path,
     resumable_checkpoints,
 )
-from .config import validate_config
 from .interrupts import RunInterrupted
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,11 @@ def _start_payload(run: Run) -> dict[str, Any]:
     return {
         "status": "running",
         "error": None,
-        "task": f"{task['family']}/{task['name']}",
+        "task": f"{task.family}/{task.name}",
         "adapter": run.adapter.name,
         "seed": run.seed,
-        "monitor": task["monitor"],
-        "mode": task["mode"],
+        "monitor": task.monitor,
+        "mode": task.mode,
         "objective": None,
         "best": {},
         "final": {},
@@ -149,11 +149,11 @@ def _fit(
     tracking: L.Callback,
     payload: dict[str, Any],
 ) -> None:
-    module, datamodule = build_task(run.config)
-    callbacks = [*build_callbacks(run.config, run.output_dir, adapter_callback, history, run.defining), tracking]
-    loggers = build_loggers(run.config, run.context)
+    module, datamodule = build_task(run.config, run.options)
+    callbacks = [*build_callbacks(run, adapter_callback, history), tracking]
+    loggers = build_loggers(run)
     trainer = L.Trainer(
-        **trainer_options(run.config["trainer"]),
+        **trainer_options(run.options.trainer),
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(run.output_dir),
@@ -162,7 +162,7 @@ def _fit(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; the last checkpoint is in checkpoints/")
-    if run.task.get("test_split"):
+    if getattr(run.task, "test_split", None):  # vision's task.test_split; other families have none
         # loading "best" also restores the callbacks' state as of that checkpoint: keep the full history
         kept = copy.deepcopy(history.state_dict())
         payload["test"] = evaluate_test_split(trainer, module, datamodule, history.best.get("epoch"))
@@ -175,9 +175,9 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     Returns the metrics.json payload; `objective` is the best value of the monitored metric (what a
     sweeper optimises).
     """
-    validate_config(cfg)
-    run = build_run(cfg)
-    output_dir, monitor = run.output_dir, run.task["monitor"]
+    # validates the whole config (what validate_config does), once: the builders read these options
+    run = build_run(cfg, run_options(cfg))
+    output_dir, monitor = run.output_dir, run.task.monitor
     finished = completed_run(output_dir, run.defining) if run.auto_resume else None
     if finished is not None:
         log.info("%s already completed with this configuration; skipped (resume.auto)", output_dir)
@@ -186,7 +186,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     L.seed_everything(run.seed, workers=True)
     history = MetricsHistory()
     adapter_callback = AdapterCallback(run.adapter, output_dir / "adapter", base_model_name=run.base_model)
-    tracking = build_tracking(run.config, run.context)
+    tracking = build_tracking(run)
     payload = _start_payload(run)
     start = time.perf_counter()
     group_opened_before = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -1,7 +1,9 @@
 """The composition root: the only code that reads the composed Hydra config.
 
-`train(cfg)` hands the composed config here; it is converted once to plain dicts and lists
-(`plain.py`) and each module turns its part into plain objects:
+`train(cfg)` hands the composed config here; it is read once into typed options
+(`schema.run_options`: every option with its type, default and range) and converted once to plain
+dicts and lists (`plain.py`) for the nodes that pass on whole (`model`, `logger`, `_target_` nodes,
+the run's record); each module turns its part into plain objects:
 
 - `run.py`: the `Run` (output folder, seed, resume settings, the adapter, Hydra's runtime)
 - `adapter.py`: the adapter's options, module names translated by the model's aliases
@@ -23,8 +25,8 @@ from typing import Any
 
 
 def _family(module: str, function: str) -> Callable:
-    def build(cfg: Mapping[str, Any]):
-        return getattr(importlib.import_module(f".{module}", __name__), function)(cfg)
+    def build(cfg: Mapping[str, Any], options: Any = None):
+        return getattr(importlib.import_module(f".{module}", __name__), function)(cfg, options)
 
     build.__name__ = function
     return build
@@ -38,9 +40,12 @@ TASK_FAMILIES: dict[str, Callable] = {
 }
 
 
-def build_task(cfg: Mapping[str, Any]):
-    """(LightningModule, LightningDataModule) of the config's `task.family`."""
-    family = cfg["task"]["family"]
-    if family not in TASK_FAMILIES:
-        raise ValueError(f"Unknown task family {family!r} (task.family); choose one of {sorted(TASK_FAMILIES)}.")
-    return TASK_FAMILIES[family](cfg)
+def build_task(cfg: Mapping[str, Any], options: Any = None):
+    """(LightningModule, LightningDataModule) of the config's `task.family`.
+
+    `options` are the config's typed options (`schema.run_options(cfg)`), read here when not given."""
+    if options is None:
+        from .schema import run_options
+
+        options = run_options(cfg)
+    return TASK_FAMILIES[options.task.family](cfg, options)

@@ -8,6 +8,7 @@ sampling and export callbacks, and finally the LightningModule and the DataModul
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ from ..callbacks.sampling import DiffusionExportCallback, SamplingCallback
 from ..data.class_images import default_class_dir, ensure_class_images
 from ..data.diffusion import SubjectDataModule, check_images, format_prompt, list_images, resolve_subject
 from ..loldu import resolve_target_modules
-from ..sd_models import SAMPLERS, SDParts, load_sd_parts
+from ..sd_models import SDParts, load_sd_parts
 from ..tasks.diffusion import DiffusionSubjectTask, SubjectModel
+from .optimization import optimizer_config, scheduler_config
 from .plain import plain
+from .schema import DiffusionDataOptions, EvalOptions, LossOptions, RunOptions, SamplingOptions, run_options
 
 # Stable Diffusion's attention projections (to_out is a ModuleList: its Linear is to_out.0)
 SD_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -44,50 +47,48 @@ class Subject:
         return format_prompt(template, self.token, self.class_name)
 
 
-def read_subject(data: Mapping[str, Any]) -> Subject:
+def read_subject(data: DiffusionDataOptions) -> Subject:
     """The photos are listed and opened here, before any model loads."""
-    instance_dir, class_name = resolve_subject(
-        data.get("instance_dir"), data.get("root"), data.get("subject"), data.get("class_name")
-    )
+    instance_dir, class_name = resolve_subject(data.instance_dir, data.root, data.subject, data.class_name)
     images = list_images(instance_dir, "instance (subject photo)", "data.instance_dir")
     check_images(images)
-    token = str(data["unique_token"])
+    token = data.unique_token
     return Subject(
         instance_dir=instance_dir,
         class_name=class_name,
         images=images,
         token=token,
-        instance_prompt=format_prompt(data["instance_prompt"], token, class_name),
-        class_prompt=format_prompt(data["class_prompt"], token, class_name),
+        instance_prompt=format_prompt(data.instance_prompt, token, class_name),
+        class_prompt=format_prompt(data.class_prompt, token, class_name),
     )
 
 
-def generation_options(sampling: Mapping[str, Any], resolution: int) -> dict[str, Any]:
-    """How every image of the run is sampled (samples during training, class images, the export)."""
-    if sampling.get("scheduler") not in SAMPLERS:
-        raise ValueError(
-            f"sampling.scheduler={sampling.get('scheduler')!r} is not known; choose one of {list(SAMPLERS)}."
-        )
+def generation_options(sampling: SamplingOptions, resolution: int) -> dict[str, Any]:
+    """How every image of the run is sampled (samples during training, class images, the export).
+    `sampling.scheduler` is one of sd_models.SAMPLERS (the schema refuses any other name)."""
     return {
-        "num_inference_steps": int(sampling["num_inference_steps"]),
-        "guidance_scale": float(sampling["guidance_scale"]),
-        "scheduler": sampling["scheduler"],
+        "num_inference_steps": sampling.num_inference_steps,
+        "guidance_scale": sampling.guidance_scale,
+        "scheduler": sampling.scheduler,
         "height": resolution,
         "width": resolution,
     }
 
 
-def check_class_dir(data: Mapping[str, Any]) -> None:
+def check_class_dir(data: DiffusionDataOptions) -> None:
     """Class images the user provides are opened before the model loads (a missing folder is filled later)."""
-    if not (data["with_prior_preservation"] and data.get("class_dir")):
+    if not (data.with_prior_preservation and data.class_dir):
         return
-    folder = Path(str(data["class_dir"])).expanduser()
+    folder = Path(data.class_dir).expanduser()
     if folder.is_dir():
         check_images([p for p in folder.iterdir() if p.suffix.lower() in _CLASS_IMAGE_SUFFIXES])
 
 
 def check_targets(container: nn.Module, adapter_cfg: Mapping[str, Any]) -> None:
-    """A target list that matches nothing stops here, before any training, with the UNet's names."""
+    """A target list that matches nothing stops here, before any training, with the UNet's names.
+
+    `adapter_cfg` is the `adapter` node as written (each adapter has options of its own; some, such
+    as `full`, have no targets), so the error names the list the user gave."""
     targets = adapter_cfg.get("target_modules")
     if targets is None:
         return
@@ -122,88 +123,96 @@ def load_parts(model_cfg: Mapping[str, Any], adapter_cfg: Mapping[str, Any]) -> 
 
 
 def class_images(
-    data: Mapping[str, Any], parts: SDParts, subject: Subject, generation: Mapping[str, Any], seed: int
+    data: DiffusionDataOptions, parts: SDParts, subject: Subject, generation: Mapping[str, Any], seed: int
 ) -> list[Path]:
     """Prior preservation's class images (none without it), generated once into `data.class_dir` or a cache."""
-    if not data["with_prior_preservation"]:
+    if not data.with_prior_preservation:
         return []
-    resolution = int(data["resolution"])
     class_dir = (
-        Path(str(data["class_dir"])).expanduser()
-        if data.get("class_dir")
-        else default_class_dir(parts, subject.class_prompt, resolution)
+        Path(data.class_dir).expanduser()
+        if data.class_dir
+        else default_class_dir(parts, subject.class_prompt, data.resolution)
     )
     return ensure_class_images(
         parts,
         class_dir,
         subject.class_prompt,
-        int(data["num_class_images"]),
-        resolution,
+        data.num_class_images,
+        data.resolution,
         generation,
-        batch_size=int(data["sample_batch_size"]),
+        batch_size=data.sample_batch_size,
         seed=seed,
     )
 
 
 def diffusion_callbacks(
-    config: Mapping[str, Any], parts: SDParts, subject: Subject, generation: Mapping[str, Any]
+    options: RunOptions,
+    model_cfg: Mapping[str, Any],
+    parts: SDParts,
+    subject: Subject,
+    generation: Mapping[str, Any],
 ) -> list[L.Callback]:
     """Sample grids during training (unless `sampling.enabled=false`), then the adapter and merged-UNet export."""
-    sampling = config["sampling"]
+    sampling: SamplingOptions = options.family_groups["sampling"]
+    evaluation: EvalOptions = options.family_groups["eval"]
     callbacks: list[L.Callback] = []
-    if sampling.get("enabled", True):
+    if sampling.enabled:
         callbacks.append(
             SamplingCallback(
-                [subject.prompt(p) for p in sampling["prompts"]],
-                sampling["seeds"],
-                int(sampling["every_n_steps"]),
-                at_start=bool(sampling.get("at_start", True)),
+                [subject.prompt(p) for p in sampling.prompts],
+                sampling.seeds,
+                sampling.every_n_steps,
+                at_start=sampling.at_start,
                 **generation,
             )
         )
     export_info = {
         "base_model": str(parts.folder),
-        "vae": config["model"].get("vae_name_or_path"),
+        "vae": model_cfg.get("vae_name_or_path"),
         "instance_dir": str(subject.instance_dir),
         "class_name": subject.class_name,
         "unique_token": subject.token,
         "instance_prompt": subject.instance_prompt,
-        "resolution": int(config["data"]["resolution"]),
+        "resolution": options.data.resolution,
         "generation": generation,
-        "eval": config.get("eval") or {},
+        "eval": dataclasses.asdict(evaluation),
     }
     callbacks.append(DiffusionExportCallback(export_info))
     return callbacks
 
 
-def build_diffusion(cfg: Mapping[str, Any]) -> tuple[DiffusionSubjectTask, SubjectDataModule]:
-    config = plain(cfg)
-    data, model_cfg = config["data"], config["model"]
+def build_diffusion(
+    cfg: Mapping[str, Any], options: RunOptions | None = None
+) -> tuple[DiffusionSubjectTask, SubjectDataModule]:
+    options = options if options is not None else run_options(cfg)
+    data: DiffusionDataOptions = options.data
+    loss: LossOptions = options.family_groups["loss"]
+    # untyped: each model config has keys of its own; the adapter node as written (check_targets)
+    model_cfg, adapter_cfg = plain(cfg["model"]), plain(cfg["adapter"])
     subject = read_subject(data)
-    resolution = int(data["resolution"])
-    generation = generation_options(config["sampling"], resolution)
+    generation = generation_options(options.family_groups["sampling"], data.resolution)
     check_class_dir(data)
-    parts = load_parts(model_cfg, config["adapter"])
-    prior_images = class_images(data, parts, subject, generation, config["seed"])
+    parts = load_parts(model_cfg, adapter_cfg)
+    prior_images = class_images(data, parts, subject, generation, options.seed)
     task = DiffusionSubjectTask(
         parts,
         trains_text_encoder(model_cfg),
-        config["optimizer"],
-        config["scheduler"],
-        prior_weight=float(config["loss"]["prior_weight"]),
-        val_timesteps=config["loss"]["val_timesteps"],
-        seed=config["seed"],
-        callbacks=diffusion_callbacks(config, parts, subject, generation),
+        optimizer_config(options.optimizer),
+        scheduler_config(options.scheduler),
+        prior_weight=loss.prior_weight,
+        val_timesteps=loss.val_timesteps,
+        seed=options.seed,
+        callbacks=diffusion_callbacks(options, model_cfg, parts, subject, generation),
     )
     datamodule = SubjectDataModule(
         subject.images,
         subject.instance_prompt,
         parts.tokenizer,
-        resolution,
-        batch_size=data["batch_size"],
-        num_workers=data["num_workers"],
-        center_crop=bool(data["center_crop"]),
-        random_flip=bool(data["random_flip"]),
+        data.resolution,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        center_crop=data.center_crop,
+        random_flip=data.random_flip,
         class_images=prior_images,
         class_prompt=subject.class_prompt,
     )

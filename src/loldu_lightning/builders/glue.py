@@ -10,24 +10,26 @@ from transformers import AutoModelForSequenceClassification
 from ..data.glue import GlueDataModule, GlueTaskInfo, glue_task
 from ..models import load_model, load_tokenizer
 from ..tasks.glue import GlueTask
+from .optimization import optimizer_config, scheduler_config
 from .plain import plain
+from .schema import GlueDataOptions, RunOptions, run_options
 
 
-def build_glue_datamodule(config: Mapping[str, Any], info: GlueTaskInfo, tokenizer) -> GlueDataModule:
-    data = config["data"]
+def build_glue_datamodule(data: GlueDataOptions, seed: int, info: GlueTaskInfo, tokenizer) -> GlueDataModule:
     return GlueDataModule(
         info.name,
         tokenizer,
-        data_dir=data["data_dir"],
-        max_length=data["max_length"],
-        batch_size=data["batch_size"],
-        eval_batch_size=data["eval_batch_size"],
-        num_workers=data["num_workers"],
-        train_limit=data["train_limit"],
-        val_limit=data["val_limit"],
-        seed=config["seed"],
-        group_by_length=data["group_by_length"],
-        **{key: data[key] for key in ("train_from_dev", "split_seed") if key in data},
+        data_dir=data.data_dir,
+        max_length=data.max_length,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        num_workers=data.num_workers,
+        train_limit=data.train_limit,
+        val_limit=data.val_limit,
+        seed=seed,
+        group_by_length=data.group_by_length,
+        train_from_dev=data.train_from_dev,
+        split_seed=data.split_seed,
     )
 
 
@@ -42,15 +44,22 @@ def label_options(info: GlueTaskInfo) -> dict[str, Any]:
     return labels
 
 
-def build_glue(cfg: Mapping[str, Any]) -> tuple[GlueTask, GlueDataModule]:
+def build_glue(cfg: Mapping[str, Any], options: RunOptions | None = None) -> tuple[GlueTask, GlueDataModule]:
     """The data is checked (missing files fail) before the model loads."""
-    config = plain(cfg)
-    info = glue_task(config["task"]["name"])
-    tokenizer = load_tokenizer(config["model"])
-    datamodule = build_glue_datamodule(config, info, tokenizer)
+    options = options if options is not None else run_options(cfg)
+    model_cfg = plain(cfg["model"])  # untyped: each model config has keys of its own
+    info = glue_task(options.task.name)
+    tokenizer = load_tokenizer(model_cfg)
+    datamodule = build_glue_datamodule(options.data, options.seed, info, tokenizer)
     datamodule.check_data()
-    model = load_model(config["model"], AutoModelForSequenceClassification, **label_options(info))
+    model = load_model(model_cfg, AutoModelForSequenceClassification, **label_options(info))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    module = GlueTask(model, info, config["model"]["head_modules"], config["optimizer"], config["scheduler"])
+    module = GlueTask(
+        model,
+        info,
+        model_cfg["head_modules"],
+        optimizer_config(options.optimizer),
+        scheduler_config(options.scheduler),
+    )
     return module, datamodule

@@ -13,27 +13,29 @@ from ..callbacks.generation import GenerationSamples
 from ..data.instruct import InstructDataModule, read_records
 from ..models import check_model_files, load_causal_lm, load_tokenizer
 from ..tasks.instruct import InstructTask
+from .optimization import optimizer_config, scheduler_config
 from .plain import plain
+from .schema import GenerationOptions, InstructDataOptions, RunOptions, run_options
 
 
-def build_instruct_datamodule(cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> InstructDataModule:
-    config = plain(cfg)
-    data = config["data"]
+def build_instruct_datamodule(
+    data: InstructDataOptions, seed: int, tokenizer: PreTrainedTokenizerBase
+) -> InstructDataModule:
     return InstructDataModule(
         tokenizer,
-        path=data.get("path"),
-        hf_dataset=data.get("hf_dataset"),
-        prompt_format=data["prompt_format"],
-        train_on_inputs=data["train_on_inputs"],
-        max_length=data["max_length"],
-        val_size=data.get("val_size"),
-        batch_size=data["batch_size"],
-        eval_batch_size=data.get("eval_batch_size"),
-        num_workers=data["num_workers"],
-        train_limit=data.get("train_limit"),
-        val_limit=data.get("val_limit"),
-        seed=config["seed"],
-        group_by_length=data["group_by_length"],
+        path=data.path,
+        hf_dataset=data.hf_dataset,
+        prompt_format=data.prompt_format,
+        train_on_inputs=data.train_on_inputs,
+        max_length=data.max_length,
+        val_size=data.val_size,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        num_workers=data.num_workers,
+        train_limit=data.train_limit,
+        val_limit=data.val_limit,
+        seed=seed,
+        group_by_length=data.group_by_length,
     )
 
 
@@ -47,35 +49,43 @@ def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model
 
 
 def generation_callbacks(
-    task: Mapping[str, Any], datamodule: InstructDataModule, tokenizer: PreTrainedTokenizerBase
+    generation: GenerationOptions | None, datamodule: InstructDataModule, tokenizer: PreTrainedTokenizerBase
 ) -> list[L.Callback]:
-    """Greedy answers to `task.generation.num_prompts` fixed validation prompts after each validation."""
-    generation = task.get("generation") or {}  # task.generation=null turns the samples off
-    prompts = datamodule.validation_prompts(int(generation.get("num_prompts") or 0))
+    """Greedy answers to `task.generation.num_prompts` fixed validation prompts after each validation
+    (none for `task.generation=null` or `num_prompts=0`)."""
+    prompts = datamodule.validation_prompts(generation.num_prompts if generation is not None else 0)
     if not prompts:
         return []
     return [
         GenerationSamples(
             tokenizer,
             prompts,
-            generation["max_new_tokens"],
+            generation.max_new_tokens,
             add_special_tokens=datamodule.prompt_format == "alpaca",
         )
     ]
 
 
-def build_instruct(cfg: Mapping[str, Any]) -> tuple[InstructTask, InstructDataModule]:
-    config = plain(cfg)
-    model_cfg = config["model"]
+def build_instruct(
+    cfg: Mapping[str, Any], options: RunOptions | None = None
+) -> tuple[InstructTask, InstructDataModule]:
+    options = options if options is not None else run_options(cfg)
+    model_cfg = plain(cfg["model"])  # untyped: each model config has keys of its own
     check_model_files(model_cfg)
-    if config["data"].get("path"):
+    if options.data.path:
         # a typo in the data costs a second, not a tokenizer (GGUF: ~20 s) and model load
-        read_records(config["data"]["path"])
+        read_records(options.data.path)
     tokenizer = load_tokenizer(model_cfg)
-    datamodule = build_instruct_datamodule(config, tokenizer)
+    datamodule = build_instruct_datamodule(options.data, options.seed, tokenizer)
     datamodule.check_data()
     model = load_causal_lm(model_cfg)
     check_vocabulary(model, tokenizer, model_cfg)
-    callbacks = generation_callbacks(config["task"], datamodule, tokenizer)
-    module = InstructTask(model, model_cfg["head_modules"], config["optimizer"], config["scheduler"], callbacks)
+    callbacks = generation_callbacks(options.task.generation, datamodule, tokenizer)
+    module = InstructTask(
+        model,
+        model_cfg["head_modules"],
+        optimizer_config(options.optimizer),
+        scheduler_config(options.scheduler),
+        callbacks,
+    )
     return module, datamodule

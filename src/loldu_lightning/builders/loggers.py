@@ -1,6 +1,6 @@
 """Experiment trackers from `logger`: package check, sweep-aware defaults, the tracking callback.
 
-It reads the plain composed config and Hydra's runtime (`run_context`: a sweep job or not);
+It reads the `Run` (typed options, the plain `logger` node) and Hydra's runtime (`run_context`: a sweep job or not);
 `callbacks/tracking.py` does the logging itself with plain values. A value left `null` in `conf/logger/*.yaml` is filled here:
 
 - MLflow: `tracking_uri` -> `sqlite:///<group folder>/mlflow.db` with artifacts in
@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -30,6 +30,9 @@ from lightning.pytorch.loggers import Logger
 
 from ..callbacks.tracking import TrackingCallback
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .run import Run
 
 
 class MissingTrackerPackage(UserError, ModuleNotFoundError):
@@ -78,24 +81,28 @@ def run_context(output_dir: str | Path) -> RunContext:
     return RunContext(Path(hydra_cfg.sweep.dir).resolve(), str(hydra_cfg.sweep.dir), int(hydra_cfg.job.num), overrides)
 
 
-def _run_name(config: Mapping[str, Any], context: RunContext) -> str:
-    name = f"{config['task']['name']}-{config['adapter']['name']}"
-    return name if context.job_num is None else f"{name}-{context.job_num}"
+def _run_name(run: Run) -> str:
+    name = f"{run.task.name}-{run.options.adapter_name}"
+    return name if run.context.job_num is None else f"{name}-{run.context.job_num}"
 
 
-def _tags(config: Mapping[str, Any], context: RunContext) -> dict[str, str]:
-    task = config["task"]
-    tags = {"task": f"{task['family']}/{task['name']}", "adapter": str(config["adapter"]["name"])}
-    tags["output_dir"] = str(Path(config["output_dir"]).resolve())
+def _tags(run: Run) -> dict[str, str]:
+    context = run.context
+    tags = {"task": f"{run.task.family}/{run.task.name}", "adapter": run.options.adapter_name}
+    tags["output_dir"] = str(run.output_dir.resolve())
     if context.sweep_dir is not None:
         tags.update(sweep=context.sweep_dir, job_num=str(context.job_num))
     return tags
 
 
-def logger_options(config: Mapping[str, Any], context: RunContext) -> dict[str, dict[str, Any]]:
-    """`logger` with the `null` values this module owns filled in (see the module docstring)."""
+def logger_options(run: Run) -> dict[str, dict[str, Any]]:
+    """`logger` with the `null` values this module owns filled in (see the module docstring).
+
+    `logger` is untyped (each tracker takes its own keys): its nodes are read as plain `_target_`
+    mappings from the run's converted config and passed on to Hydra's instantiate."""
+    context = run.context
     # a copy: the filled-in values belong to the trackers, not to the run's config
-    options: dict[str, dict[str, Any]] = copy.deepcopy(dict(config.get("logger") or {}))
+    options: dict[str, dict[str, Any]] = copy.deepcopy(dict(run.config.get("logger") or {}))
     for node in options.values():
         kind = str(node.get("_target_", "")).rsplit(".", 1)[-1]
         if kind == "MLFlowLogger":
@@ -105,19 +112,19 @@ def logger_options(config: Mapping[str, Any], context: RunContext) -> dict[str, 
                 if not node.get("artifact_location"):
                     node["artifact_location"] = (context.group_dir / "mlartifacts").as_uri()
             if not node.get("experiment_name"):
-                node["experiment_name"] = context.sweep_dir or f"{config['task']['family']}/{config['task']['name']}"
-            node["run_name"] = node.get("run_name") or _run_name(config, context)
-            node["tags"] = {**_tags(config, context), **(node.get("tags") or {})}
+                node["experiment_name"] = context.sweep_dir or f"{run.task.family}/{run.task.name}"
+            node["run_name"] = node.get("run_name") or _run_name(run)
+            node["tags"] = {**_tags(run), **(node.get("tags") or {})}
         elif kind == "WandbLogger":
-            node["name"] = node.get("name") or _run_name(config, context)
+            node["name"] = node.get("name") or _run_name(run)
             if not node.get("group") and context.sweep_dir is not None:
                 node["group"] = context.sweep_dir
             node["job_type"] = node.get("job_type") or "train"
     return options
 
 
-def build_loggers(config: Mapping[str, Any], context: RunContext) -> list[Logger]:
-    return [instantiate(node) for node in logger_options(config, context).values()]
+def build_loggers(run: Run) -> list[Logger]:
+    return [instantiate(node) for node in logger_options(run).values()]
 
 
 def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> dict[str, Any]:
@@ -132,15 +139,17 @@ def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def config_hyperparameters(config: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
-    """The composed config flattened with the override syntax's dotted keys (`adapter.rank`), plus
-    the job's command-line overrides and sweep, so a tracker's table reads like the command."""
-    params = _flatten(config, "", {})
+def config_hyperparameters(run: Run) -> dict[str, Any]:
+    """The composed config (the run's plain record, every node) flattened with the override syntax's
+    dotted keys (`adapter.rank`), plus the job's command-line overrides and sweep, so a tracker's
+    table reads like the command."""
+    context = run.context
+    params = _flatten(run.config, "", {})
     params["job.overrides"] = " ".join(context.overrides)
     if context.sweep_dir is not None:
         params.update({"job.sweep_dir": context.sweep_dir, "job.num": context.job_num})
     return params
 
 
-def build_tracking(config: Mapping[str, Any], context: RunContext) -> TrackingCallback:
-    return TrackingCallback(config_hyperparameters(config, context))
+def build_tracking(run: Run) -> TrackingCallback:
+    return TrackingCallback(config_hyperparameters(run))

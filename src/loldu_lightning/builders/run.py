@@ -12,29 +12,44 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from ..adapters import Adapter
+from ..adapters import ADAPTERS, Adapter
 from ..checkpoints import defining_config
 from ..models import model_label
-from .adapter import build_run_adapter
 from .loggers import RunContext, check_logger_packages, run_context
 from .plain import plain
+from .schema import RunOptions, TaskOptions, run_options
 
 
 @dataclass(frozen=True)
 class Run:
-    """One run as plain values: the composed config (resolved, dicts and lists), where it writes, how
-    it resumes, and its adapter."""
+    """One run: its options as typed objects, the composed config as plain values (the run's record,
+    and the untyped nodes: `model`, `logger`), where it writes, how it resumes, and its adapter."""
 
+    options: RunOptions
     config: dict[str, Any]
     output_dir: Path
-    seed: int
-    task: Mapping[str, Any]
-    ckpt_path: str | None  # as requested (null, `last` or a file); train.py resolves it
     auto_resume: bool
-    allow_changes: list[str]  # +resume.allow_changes: keys a resume may change on purpose
     adapter: Adapter
     base_model: str  # the base model's name in adapter files
     context: RunContext  # alone, or a job of a sweep (Hydra's runtime)
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def task(self) -> TaskOptions:
+        return self.options.task
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """As requested (null, `last` or a file); train.py resolves it."""
+        return self.options.ckpt_path
+
+    @property
+    def allow_changes(self) -> list[str]:
+        """`+resume.allow_changes`: keys a resume may change on purpose."""
+        return list(self.options.resume.allow_changes or [])
 
     @cached_property
     def defining(self) -> dict[str, Any]:
@@ -48,27 +63,25 @@ def in_sweep_or_requeued() -> bool:
     return in_sweep or int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
-def auto_resume(config: Mapping[str, Any]) -> bool:
+def auto_resume(auto: bool | None) -> bool:
     """`resume.auto`: null means on for the jobs of a sweep (-m) and for a SLURM job that was requeued."""
-    auto = (config.get("resume") or {}).get("auto")
     return bool(auto) if auto is not None else in_sweep_or_requeued()
 
 
-def build_run(cfg: Mapping[str, Any]) -> Run:
-    """The composed config converted once, the adapter built, and a configured tracker's package
-    checked (a missing one fails here, before any model loads)."""
+def build_run(cfg: Mapping[str, Any], options: RunOptions | None = None) -> Run:
+    """The composed config read once into typed options (unless `options` are given, as `train()`
+    does after validating) and converted once to plain values, the adapter built, and a configured
+    tracker's package checked (a missing one fails here, before any model loads)."""
+    options = options if options is not None else run_options(cfg)
     config = plain(cfg)
-    adapter = build_run_adapter(config)
+    # the untyped `logger` node passes on whole (each tracker has its own keys)
     check_logger_packages(config.get("logger"))
     return Run(
+        options=options,
         config=config,
-        output_dir=Path(config["output_dir"]),
-        seed=config["seed"],
-        task=config["task"],
-        ckpt_path=config.get("ckpt_path"),
-        auto_resume=auto_resume(config),
-        allow_changes=list((config.get("resume") or {}).get("allow_changes") or []),
-        adapter=adapter,
+        output_dir=Path(options.output_dir),
+        auto_resume=auto_resume(options.resume.auto),
+        adapter=ADAPTERS[options.adapter_name](options.adapter),
         base_model=model_label(config["model"]),
-        context=run_context(config["output_dir"]),
+        context=run_context(options.output_dir),
     )

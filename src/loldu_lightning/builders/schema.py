@@ -142,7 +142,9 @@ class GenerationOptions:
 
 @dataclass(frozen=True)
 class InstructTaskOptions(TaskOptions):
-    generation: GenerationOptions = group(GenerationOptions, "greedy answers written to <run>/generations/")
+    generation: GenerationOptions | None = group(
+        GenerationOptions, "greedy answers written to <run>/generations/ (task.generation=null: none)"
+    )
 
 
 @dataclass(frozen=True)
@@ -452,6 +454,7 @@ class RunOptions:
     callbacks: CallbacksOptions
     resume: ResumeOptions
     trainer: TrainerOptions
+    adapter_name: str  # adapter.name: the ADAPTERS entry that `adapter` configures
     adapter: Any  # the adapter's options dataclass (ADAPTERS[name].options_type)
     family_groups: dict[str, Any]  # diffusion: loss, sampling, eval
 
@@ -563,6 +566,14 @@ def _read(node: DictConfig, key: str, raw: Mapping[str, Any]) -> Any:
     return plain(node[key])
 
 
+def _group_schema(annotation: Any) -> type | None:
+    """The schema of a nested group (`task.generation`), which may be declared optional (null = off)."""
+    members = [member for member in _members(annotation) if member is not NoneType]
+    if len(members) == 1 and dataclasses.is_dataclass(members[0]):
+        return members[0]
+    return None
+
+
 def _options_of(schema: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(schema) if "option" in f.metadata]
 
@@ -608,8 +619,12 @@ def read_group(schema: type, node: Any, prefix: str, where: str = "", open_keys:
     for spec_field in _options_of(schema):
         key = f"{prefix}.{spec_field.name}" if prefix else spec_field.name
         annotation = hints[spec_field.name]
-        if dataclasses.is_dataclass(annotation):
-            values[spec_field.name] = read_group(annotation, node.get(spec_field.name), key, where)
+        nested = _group_schema(annotation)
+        if nested is not None:
+            if raw.get(spec_field.name, ...) is None and NoneType in _members(annotation):
+                values[spec_field.name] = None  # written as null: the group is off
+            else:
+                values[spec_field.name] = read_group(nested, node.get(spec_field.name), key, where)
             continue
         value = _read(node, spec_field.name, raw) if spec_field.name in node else _default(spec_field)
         if value is _UNRESOLVED:
@@ -634,6 +649,43 @@ def read_group(schema: type, node: Any, prefix: str, where: str = "", open_keys:
     return dataclasses.replace(options, **{extra_name: values[extra_name]}) if extra_name else options
 
 
+def group_keys(cfg: DictConfig, prefix: str) -> tuple[set[str], set[str]] | None:
+    """The keys the typed schema at `prefix` (e.g. `data`, `task.generation`, `adapter`) takes: its
+    declared options and the keys it passes on (a torch optimizer's, Lightning's); None where keys
+    are free (the top level, `model`, `logger`, `callbacks.extra`, experiments' own tables)."""
+    head, *rest = prefix.split(".") if prefix else [""]
+    family = OmegaConf.select(cfg, "task.family", default=None)
+    if head == "adapter" and not rest:
+        from ..adapters import ADAPTERS
+
+        name = OmegaConf.select(cfg, "adapter.name", default=None)
+        if name not in ADAPTERS:
+            return None
+        return {"name", *(f.name for f in dataclasses.fields(ADAPTERS[name].options_type))}, set()
+    schema = {
+        "task": TASK_SCHEMAS.get(family, TaskOptions),
+        "data": DATA_SCHEMAS.get(family, DataOptions),
+        **COMMON_GROUPS,
+        **FAMILY_GROUPS.get(family, {}),
+    }.get(head)
+    for part in rest:
+        if schema is None:
+            return None
+        annotation = typing.get_type_hints(schema).get(part)
+        schema = _group_schema(annotation) if annotation is not None else None
+    if schema is None:
+        return None
+    declared = {f.name for f in _options_of(schema)}
+    passed_on: set[str] = set()
+    if hasattr(schema, "passthrough_keys"):
+        try:
+            options = read_group(schema, OmegaConf.select(cfg, prefix, default=None), prefix)
+        except ValueError:
+            options = schema()
+        passed_on = schema.passthrough_keys(options) - declared
+    return declared, passed_on
+
+
 def parse_adapter_options(options: Mapping[str, Any]) -> Any:
     """The adapter's options dataclass, checked by the adapter's own type; no adapter is built."""
     from ..adapters import ADAPTERS
@@ -647,13 +699,16 @@ def parse_adapter_options(options: Mapping[str, Any]) -> Any:
     )
 
 
-def run_options(cfg: DictConfig) -> RunOptions:
-    """The composed config as typed objects; the first value or key that does not fit is refused with a
-    ValueError naming it. Reads only the config (paths, the hub and the model are preflight's)."""
+def run_options(cfg: DictConfig | Mapping[str, Any]) -> RunOptions:
+    """The composed config (or its plain conversion) as typed objects; the first value or key that does
+    not fit is refused with a ValueError naming it. Reads only the config (paths, the hub and the model
+    are preflight's)."""
     from ..config import register_resolvers
     from .adapter import adapter_options
 
     register_resolvers()
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
     top = read_group(TopLevelOptions, cfg, "", open_keys=True)
     family_field = next(f for f in _options_of(TaskOptions) if f.name == "family")
     family = check_value("task.family", plain(cfg.task.get("family")), str, family_field.metadata["option"])
@@ -664,6 +719,8 @@ def run_options(cfg: DictConfig) -> RunOptions:
     family_groups = {
         name: read_group(schema, cfg.get(name), name, where) for name, schema in FAMILY_GROUPS.get(family, {}).items()
     }
+    adapter = adapter_options(cfg)
+    parsed_adapter = parse_adapter_options(adapter)  # refuses a missing or unknown adapter.name first
     return RunOptions(
         seed=top.seed,
         ckpt_path=top.ckpt_path,
@@ -671,7 +728,8 @@ def run_options(cfg: DictConfig) -> RunOptions:
         task=task,
         data=data,
         **groups,
-        adapter=parse_adapter_options(adapter_options(cfg)),
+        adapter_name=adapter["name"],
+        adapter=parsed_adapter,
         family_groups=family_groups,
     )
 
@@ -736,8 +794,8 @@ def _rows(schema: type, prefix: str, inherited: type | None = None) -> list[Opti
             continue
         key = f"{prefix}.{spec_field.name}" if prefix else spec_field.name
         annotation, spec = hints[spec_field.name], spec_field.metadata["option"]
-        if dataclasses.is_dataclass(annotation):
-            rows += _rows(annotation, key)
+        if _group_schema(annotation) is not None:
+            rows += _rows(_group_schema(annotation), key)
             continue
         rows.append(OptionRow(key, describe(annotation, spec), _yaml(_default(spec_field)), spec.help))
     return rows
