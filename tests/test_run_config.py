@@ -106,3 +106,52 @@ def test_reading_a_run_imports_neither_hydra_nor_omegaconf(tmp_path: Path) -> No
     config, imported = json.loads(result.stdout.strip().splitlines()[-1])
     assert config["adapter"]["target_modules"] == ["q"]
     assert imported == []
+
+
+def test_every_evaluation_module_imports_neither_hydra_omegaconf_nor_the_composition_root() -> None:
+    """evaluate/ is usable without Hydra: only causal_lm's --model path composes the config tree,
+    and it imports the CLI's composition when it runs, not when the module is imported."""
+    script = (
+        "import importlib, json, pkgutil, sys\n"
+        "import loldu_lightning.evaluate as evaluate\n"
+        "names = sorted(m.name for m in pkgutil.iter_modules(evaluate.__path__, 'loldu_lightning.evaluate.'))\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "banned = ('hydra', 'omegaconf', 'loldu_lightning.builders', 'loldu_lightning.tasks')\n"
+        "found = sorted(m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in banned))\n"
+        "print(json.dumps([names, found]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(SRC)}, check=True
+    )
+    names, found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"loldu_lightning.evaluate.perplexity", "loldu_lightning.evaluate.causal_lm"} <= set(names)
+    assert len(names) >= 8  # every module of evaluate/, not an empty listing
+    assert found == []
+
+
+def test_no_evaluation_imports_the_composition_root_tasks_or_hydra_even_when_it_runs() -> None:
+    """Imports inside functions count too (they run with the evaluation); the one exception is
+    causal_lm's `--model` path, which composes the config tree from its files."""
+    import ast
+
+    banned = ("builders", "tasks", "hydra", "omegaconf")
+    allowed = {("causal_lm.py", "_compose")}
+    offenders = []
+    for path in sorted((SRC / "loldu_lightning" / "evaluate").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for function in [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))]:
+            where = getattr(function, "name", "<module>")
+            for node in ast.walk(function) if where != "<module>" else ast.iter_child_nodes(function):
+                if isinstance(node, ast.ImportFrom):
+                    # `from ..builders import x` -> loldu_lightning.builders; `from . import x` stays in evaluate
+                    package = "loldu_lightning" if node.level == 2 else "loldu_lightning.evaluate"
+                    names = [f"{package}.{node.module or ''}" if node.level else node.module or ""]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                heads = {name.removeprefix("loldu_lightning.").split(".")[0] for name in names}
+                if heads & set(banned) and (path.name, where) not in allowed:
+                    offenders.append(f"{path.name}:{node.lineno} ({where}): {', '.join(names)}")
+    assert offenders == []

@@ -26,6 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -364,6 +365,15 @@ class InstructDataModule(L.LightningDataModule):
         return evaluation_loader(
             self.datasets["validation"], self.eval_batch_size, self.trainer, self.collate, self.num_workers
         )
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed negative log-likelihood, number of label tokens) of next-token prediction, over the
+    labels this module's collate leaves unmasked (IGNORE_INDEX elsewhere)."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (shift_labels != IGNORE_INDEX).sum()
 
 
 def perplexity(loss: float) -> float:

@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import torch
+from torch import nn
+from torchmetrics import SumMetric
+from transformers import PreTrainedTokenizerBase
 
+from ..data.instruct import InstructDataModule, token_nll
 from . import write_eval_results
 from .causal_lm import add_model_arguments, load_for_evaluation
 
@@ -27,23 +33,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..builders.instruct import InstructTask, build_instruct_datamodule
+def instruct_datamodule(cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> InstructDataModule:
+    """The run's instruction data from its plain config. A run folder saved before an option existed
+    has no key for it: `.get()` reads those as the data module's own defaults."""
+    data = cfg["data"]
+    return InstructDataModule(
+        tokenizer,
+        path=data.get("path"),
+        hf_dataset=data.get("hf_dataset"),
+        prompt_format=data["prompt_format"],
+        train_on_inputs=data["train_on_inputs"],
+        max_length=data["max_length"],
+        val_size=data.get("val_size"),
+        batch_size=data["batch_size"],
+        eval_batch_size=data.get("eval_batch_size"),
+        num_workers=data["num_workers"],
+        train_limit=data.get("train_limit"),
+        val_limit=data.get("val_limit"),
+        seed=cfg["seed"],
+        group_by_length=data["group_by_length"],
+    )
 
+
+class HeldOutLoss(L.LightningModule):
+    """The token-weighted loss over the whole validation split (as the instruct task's validation
+    reports it: summed NLL over summed response tokens, not a mean of batch means)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.nll = SumMetric()
+        self.tokens = SumMetric()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        labels = batch.pop("labels")
+        total, count = token_nll(self.model(**batch).logits, labels)
+        self.nll.update(total)
+        self.tokens.update(count)
+
+    def on_validation_epoch_end(self) -> None:
+        tokens = self.tokens.compute()
+        loss = self.nll.compute() / tokens.clamp(min=1)
+        self.log_dict({"val/loss": loss, "val/perplexity": torch.exp(loss), "val/tokens": tokens.float()})
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_for_evaluation(args)
     cfg = loaded.cfg
-    datamodule = build_instruct_datamodule(cfg, loaded.tokenizer)
+    datamodule = instruct_datamodule(cfg, loaded.tokenizer)
     datamodule.check_data()
-    module = InstructTask(loaded.model, (), cfg["optimizer"], cfg["scheduler"])
     trainer = L.Trainer(
         accelerator="gpu" if str(loaded.model.device).startswith("cuda") else "cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        precision=cfg["trainer"].get("precision", "32-true"),
+        precision=cfg["trainer"].get("precision", "32-true"),  # a run folder may predate the key
     )
-    (metrics,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    (metrics,) = trainer.validate(HeldOutLoss(loaded.model), datamodule=datamodule, verbose=False)
     results = {
         **loaded.description,
         "val_loss": float(metrics["val/loss"]),

@@ -15,22 +15,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
-from ..data.instruct import IGNORE_INDEX
+from ..data.instruct import token_nll
 from .base import AdaptedTask
 
 log = logging.getLogger(__name__)
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed negative log-likelihood, number of label tokens) of next-token prediction."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (shift_labels != IGNORE_INDEX).sum()
 
 
 class InstructTask(AdaptedTask):
