@@ -51,16 +51,44 @@ def check_override_keys(args: list[str]) -> None:
         cfg = compose("config", overrides=selections)
     for key in value_keys:
         if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
-            parent_key, _, leaf = key.rpartition(".")
-            parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-            allowed = sorted(map(str, parent.keys())) if isinstance(parent, DictConfig) else []
-            where = f"under '{parent_key}'" if parent_key else "at the top level"
-            close = difflib.get_close_matches(leaf, allowed, n=1, cutoff=0.5)
-            guess = f" Did you mean '{parent_key + '.' if parent_key else ''}{close[0]}'?" if close else ""
-            raise ValueError(
-                f"Unknown config key '{key}'.{guess} Keys {where}: {', '.join(allowed)}. "
-                f"(To add a new key on purpose use +{key}=...)"
-            )
+            raise unknown_key(cfg, key)
+
+
+def unknown_key(cfg: DictConfig, key: str) -> ValueError:
+    """`key` is not in the composed config: name the closest key and say how to set it, which
+    depends on the group. A typed group (builders/schema.py) takes only its options (and, for
+    `optimizer` and `trainer`, the keys it passes on), so `+key` helps only for one of those; keys
+    elsewhere (the top level, `model`, `logger`) are free to add with `+key`."""
+    from .builders.schema import group_keys
+
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    present = set(map(str, parent.keys())) if isinstance(parent, DictConfig) else set()
+    typed = group_keys(cfg, parent_key)
+    declared, passed_on = typed if typed is not None else (set(), set())
+    allowed = sorted(present | declared)
+    where = f"under '{parent_key}'" if parent_key else "at the top level"
+    close = difflib.get_close_matches(leaf, allowed or sorted(passed_on), n=1, cutoff=0.5)
+    if not close and passed_on:
+        close = difflib.get_close_matches(leaf, sorted(passed_on), n=1, cutoff=0.5)
+    dotted = f"{parent_key}." if parent_key else ""
+    guess = f" Did you mean '{dotted}{close[0]}'?" if close and close[0] != leaf else ""
+    if typed is None:
+        how = f"To add a new key on purpose use +{key}=..."
+    elif leaf in declared or leaf in passed_on:
+        how = f"It is an option of {parent_key} that this config leaves out: set it with +{key}=..."
+    else:
+        how = f"'{parent_key}' is typed and takes no other keys"
+        if passed_on:
+            how += f" than these and the ones it passes on ({_passed_on_what(parent_key)}) with +{dotted}<key>=..."
+        how += "; every option is listed by `python -m loldu_lightning.options`"
+    return ValueError(f"Unknown config key '{key}'.{guess} Keys {where}: {', '.join(allowed)}. ({how})")
+
+
+def _passed_on_what(group: str) -> str:
+    return {"optimizer": "the torch optimizer's keyword arguments", "trainer": "lightning.Trainer's arguments"}.get(
+        group, "passed on unchecked"
+    )
 
 
 # flags after which Hydra prints something instead of running the app (or reads a different config)
