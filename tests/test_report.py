@@ -407,3 +407,66 @@ def test_a_sweep_the_basic_sweeper_cannot_expand_is_a_note(tmp_path: Path) -> No
     write_sweep_plan(tmp_path, {}, ["optimizer.lr=interval(0.1,0.2)"])
     unstarted, note = find_unstarted(tmp_path, [])
     assert unstarted == [] and "could not expand the sweep" in note and "interval" in note.lower()
+
+
+def decision_sweep(tmp_path: Path, values: dict[str, dict[str, list[float]]]) -> Path:
+    """arm -> task -> one value per seed, as a sweep over optimizer.lr (the arm) and seeds."""
+    sweep = tmp_path / "decision"
+    lrs = {arm: 10.0 ** -(i + 2) for i, arm in enumerate(values)}
+    num = 0
+    for arm, tasks in values.items():
+        for task, seeds in tasks.items():
+            for seed, value in enumerate(seeds):
+                write_job(
+                    sweep / str(num),
+                    [f"task={task}", f"optimizer.lr={lrs[arm]}", f"seed={seed}"],
+                    job_config(task=task, lr=lrs[arm], seed=seed),
+                    metrics_json(task, seed, value + 0.01),  # `final` is value (metrics_json's final = best - 0.01)
+                )
+                num += 1
+    return sweep
+
+
+def test_decision_rule_adopts_rejects_and_leaves_undecided(tmp_path: Path) -> None:
+    reference = {"glue/sst2": [0.80, 0.82, 0.84], "glue/mrpc": [0.70, 0.72, 0.74]}  # std 0.02 on each
+    sweep = decision_sweep(
+        tmp_path,
+        {
+            "defaults": reference,
+            "better": {"glue/sst2": [0.83, 0.84, 0.85], "glue/mrpc": [0.72, 0.73, 0.74]},
+            "worse": {"glue/sst2": [0.79, 0.80, 0.81], "glue/mrpc": [0.72, 0.72, 0.72]},
+            "lopsided": {"glue/sst2": [0.90, 0.90, 0.90], "glue/mrpc": [0.67, 0.68, 0.69]},  # mrpc -0.04 > std
+            "one_task": {"glue/sst2": [0.90, 0.90, 0.90]},
+            "one_seed": {"glue/sst2": [0.90], "glue/mrpc": [0.80]},
+        },
+    )
+    report = build_report(sweep, by="optimizer.lr", epoch="final", write=False, reference="optimizer.lr=0.01")
+    section = report.markdown.split("## Decision", 1)[1]
+    verdicts = {
+        float(row.split("|")[1]): row.split("|")[6].strip("* ")
+        for row in section.splitlines()
+        if row.startswith("| ") and not row.startswith("| candidate")
+    }
+    assert verdicts == {
+        0.001: "adopt",
+        0.0001: "reject",
+        1e-05: "reject",
+        1e-06: "undecided",
+        1e-07: "undecided",
+    }
+    assert "loses glue/mrpc by 4.00 > std 2.00" in section
+    assert "not run on glue/mrpc" in section and "fewer seeds than the reference on" in section
+
+
+def test_decision_options_name_what_is_wrong(tmp_path: Path) -> None:
+    sweep = decision_sweep(tmp_path, {"a": {"glue/sst2": [0.8]}, "b": {"glue/sst2": [0.9]}})
+    with pytest.raises(ValueError, match="not a --by key"):
+        build_report(sweep, by="optimizer.lr", write=False, reference="adapter.rank=8")
+    with pytest.raises(ValueError, match="selects no group"):
+        build_report(sweep, by="optimizer.lr", write=False, reference="optimizer.lr=0.5")
+    report = build_report(
+        sweep, by="optimizer.lr", epoch="final", write=False, reference="optimizer.lr=0.01", candidates="optimizer.lr=1"
+    )
+    assert "| 0.001 |" not in report.markdown.split("## Decision", 1)[1]
+    with pytest.raises(ValueError, match="each part must be key=value"):
+        build_report(sweep, by="optimizer.lr", write=False, reference="optimizer.lr")

@@ -1,4 +1,5 @@
-"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--epoch auto|best|final|test] [--out dir]`."""
+"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--epoch ...] [--out dir]
+[--reference k=v,... [--candidates k=v,...]]`."""
 
 from __future__ import annotations
 
@@ -32,13 +33,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "validation split is the test split, as the paper's vision tables; best for the others)",
     )
     parser.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="key=value[,key=value] over the --by keys selecting the defaults' group: adds a Decision section "
+        "(adopt / reject / undecided per candidate: raises the mean over tasks, loses no task by more than one "
+        "std of the reference's seeds)",
+    )
+    parser.add_argument(
+        "--candidates",
+        default=None,
+        help="key=value[|value][,key=value] selecting the groups to judge (default: every other group)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        report = build_report(args.sweep_dir, by=args.by, metric=args.metric, out=args.out, epoch=args.epoch)
+        report = build_report(
+            args.sweep_dir,
+            by=args.by,
+            metric=args.metric,
+            out=args.out,
+            epoch=args.epoch,
+            reference=args.reference,
+            candidates=args.candidates,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from loldu_lightning.report.decision import decide, decision_section, parse_selector
 from loldu_lightning.report.figures import axis_vs_metric, params_vs_metric
 from loldu_lightning.report.jobs import config_notes, load_jobs
 from loldu_lightning.report.markdown import render
@@ -91,6 +92,8 @@ def build_report(
     out: str | Path | None = None,
     write: bool = True,
     epoch: str = "auto",
+    reference: str | None = None,
+    candidates: str | None = None,
 ) -> Report:
     """Collect a multirun's jobs, aggregate over seeds per group, render tables and figures.
 
@@ -121,14 +124,18 @@ def build_report(
     params_figure = params_vs_metric(groups, keys, notes)
     if params_figure is not None:
         figures["params_vs_metric.png"] = params_figure
-    for name, candidates, base in AXIS_FIGURES:
-        axis = next((key for key in candidates if key in runs and varying_keys(runs, [key])), None)
+    for name, axis_keys, base in AXIS_FIGURES:
+        axis = next((key for key in axis_keys if key in runs and varying_keys(runs, [key])), None)
         if axis is not None:
             figure = axis_vs_metric(runs, axis, keys, base, notes, name)
             if figure is not None:
                 figures[name] = figure
     notes.extend(config_notes(jobs))
     markdown = render(str(root), runs, groups, keys, metric, unstarted, notes)
+    if reference is not None:
+        chosen = parse_selector(candidates, keys, "--candidates") if candidates else None
+        reference_label, verdicts = decide(groups, keys, parse_selector(reference, keys, "--reference"), chosen)
+        markdown += "\n" + decision_section(keys, reference_label, verdicts) + "\n"
     report = Report(root, keys, metric, runs, groups, markdown, figures, unstarted, notes)
     if write:
         report.write(out if out is not None else root)
