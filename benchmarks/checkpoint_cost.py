@@ -6,7 +6,7 @@
 Each case goes the way `train()` goes: a transformers model built from its config with random weights
 (`models.load_model` with a `tiny` config, no download), the task's LightningModule (GlueTask or
 InstructTask), the adapter from `adapters.build_adapter` applied by `AdapterCallback` at setup, the
-step-checkpoint callbacks of `train.step_checkpoints` and `AtomicCheckpointIO`. One optimizer step
+step-checkpoint callbacks of `builders.callbacks.step_checkpoints` and `AtomicCheckpointIO`. One optimizer step
 runs on a synthetic batch (so the optimizer and scheduler hold state, and the step checkpoint writes
 `last.ckpt`), then `trainer.save_checkpoint` is timed `--repeats` times. The file is opened again to
 say what it holds: the module's state (trainable parameters and persistent buffers only), the
@@ -46,13 +46,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
 
 from benchmarks.results import Table, describe_machine  # noqa: E402
 from loldu_lightning.adapters import build_adapter  # noqa: E402
 from loldu_lightning.builders.callbacks import step_checkpoints  # noqa: E402
+from loldu_lightning.builders.schema import CheckpointOptions  # noqa: E402
 from loldu_lightning.callbacks.adapter import AdapterCallback, RNGStateCallback  # noqa: E402
 from loldu_lightning.callbacks.fault_tolerance import RestoreLoaderPosition, RunRecord  # noqa: E402
 from loldu_lightning.checkpoints import AtomicCheckpointIO, defining_config  # noqa: E402
@@ -219,7 +219,7 @@ def measure_case(case: Case, *, repeats: int, workdir: Path, seed: int = 0) -> M
         adapter_callback,
         RNGStateCallback(),
         # every step: the step after the first batch writes last.ckpt through the path training uses
-        *step_checkpoints(OmegaConf.create({"every_n_train_steps": 1, "every_n_minutes": None}), checkpoint_dir),
+        *step_checkpoints(CheckpointOptions(every_n_train_steps=1, every_n_minutes=None), checkpoint_dir),
         RestoreLoaderPosition(),
         RunRecord(run_config),
     ]
