@@ -65,7 +65,7 @@ def require_diffusers() -> None:
         ) from error
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     return Path(
         os.environ.get("LOLDU_CACHE", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "loldu_lightning")
     ).expanduser()
@@ -168,7 +168,7 @@ def tiny_sd_folder(sizes: Mapping[str, Any] | None = None, cache_dir: str | Path
     # model_type only names the model (adapter files say tiny-sd); it is no size
     sizes = {**TINY_SD_DEFAULTS, **{k: v for k, v in dict(sizes or {}).items() if k != "model_type"}}
     key = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(cache_dir).expanduser() if cache_dir else _cache_root()
+    root = Path(cache_dir).expanduser() if cache_dir else cache_root()
     folder = root / f"tiny-sd-{key}"
     if (folder / "model_index.json").is_file():
         return folder

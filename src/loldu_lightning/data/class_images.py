@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..sd_models import SDParts, _cache_root, make_pipeline, sampling_scheduler
+from ..sd_models import SDParts, cache_root, make_pipeline, sampling_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _slug(text: str) -> str:
 def default_class_dir(parts: SDParts, class_prompt: str, resolution: int) -> Path:
     """Generated class images are cached per (model folder, resolution, prompt), so runs share them."""
     key = hashlib.sha256(f"{parts.folder.resolve()}|{resolution}".encode()).hexdigest()[:10]
-    return _cache_root() / "class_images" / f"{parts.folder.name}-{resolution}px-{key}" / _slug(class_prompt)
+    return cache_root() / "class_images" / f"{parts.folder.name}-{resolution}px-{key}" / _slug(class_prompt)
 
 
 def ensure_class_images(
