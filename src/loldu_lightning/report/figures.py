@@ -28,9 +28,14 @@ def short_labels(keys: Sequence[str]) -> dict[str, str]:
     return {key: short if shorts.count(short) == 1 else key for key, short in zip(keys, shorts, strict=True)}
 
 
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def group_label(group: pd.Series, keys: Sequence[str]) -> str:
+    """`init=uniform, scaling=learned`; a key the group leaves unset (e.g. LoRA's decomposition) is left out."""
     names = short_labels(keys)
-    return ", ".join(f"{names[key]}={group[key]}" for key in keys)
+    return ", ".join(f"{names[key]}={group[key]}" for key in keys if not _unset(group[key]))
 
 
 def _task_axes(tasks: Sequence[str]) -> tuple[Figure, list[Axes]]:
@@ -71,12 +76,14 @@ def params_vs_metric(groups: pd.DataFrame, by: list[str], notes: list[str]) -> F
     figure, axes = _task_axes(tasks)
     for ax, task in zip(axes, tasks, strict=True):
         task_groups = usable[usable["task"] == task]
-        x = task_groups["params.adapter"].to_numpy(float)
-        _errorbar(ax, x, task_groups, fmt="o", markersize=6)
-        for x_value, (_, group) in zip(x, task_groups.iterrows(), strict=True):
-            label = group_label(group, by)
-            if label:
-                ax.annotate(label, (x_value, group["median"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        # One series per group, named in a legend: groups often share an x (same adapter size), where
+        # text beside the points would overlap.
+        for row in range(len(task_groups)):
+            group = task_groups.iloc[row : row + 1]
+            x = group["params.adapter"].to_numpy(float)
+            _errorbar(ax, x, group, fmt="o", markersize=6, label=group_label(group.iloc[0], by) or None)
+        if any(group_label(group, by) for _, group in task_groups.iterrows()):
+            ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log")
         ax.set_xlabel("trainable adapter parameters")
         ax.set_ylabel(_metric_label(task_groups))
