@@ -456,6 +456,10 @@ def test_decision_rule_adopts_rejects_and_leaves_undecided(tmp_path: Path) -> No
     }
     assert "loses glue/mrpc by 4.00 > std 2.00" in section
     assert "not run on glue/mrpc" in section and "fewer seeds than the reference on" in section
+    strict = build_report(
+        sweep, by="optimizer.lr", epoch="final", write=False, reference="optimizer.lr=0.01", min_seeds=4
+    ).markdown.split("## Decision", 1)[1]
+    assert "**adopt**" not in strict and "fewer than 4 seeds (either side) on glue/mrpc, glue/sst2" in strict
 
 
 def test_decision_options_name_what_is_wrong(tmp_path: Path) -> None:

@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="key=value[|value][,key=value] selecting the groups to judge (default: every other group)",
     )
+    parser.add_argument(
+        "--min-seeds",
+        type=int,
+        default=1,
+        help="with --reference: seeds a study asks for on every task (both sides) before a candidate is adopted",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             epoch=args.epoch,
             reference=args.reference,
             candidates=args.candidates,
+            min_seeds=args.min_seeds,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

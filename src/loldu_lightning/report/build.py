@@ -94,6 +94,7 @@ def build_report(
     epoch: str = "auto",
     reference: str | None = None,
     candidates: str | None = None,
+    min_seeds: int = 1,
 ) -> Report:
     """Collect a multirun's jobs, aggregate over seeds per group, render tables and figures.
 
@@ -134,8 +135,10 @@ def build_report(
     markdown = render(str(root), runs, groups, keys, metric, unstarted, notes)
     if reference is not None:
         chosen = parse_selector(candidates, keys, "--candidates") if candidates else None
-        reference_label, verdicts = decide(groups, keys, parse_selector(reference, keys, "--reference"), chosen)
-        markdown += "\n" + decision_section(keys, reference_label, verdicts) + "\n"
+        reference_label, verdicts = decide(
+            groups, keys, parse_selector(reference, keys, "--reference"), chosen, min_seeds
+        )
+        markdown += "\n" + decision_section(keys, reference_label, verdicts, min_seeds) + "\n"
     report = Report(root, keys, metric, runs, groups, markdown, figures, unstarted, notes)
     if write:
         report.write(out if out is not None else root)

@@ -7,8 +7,8 @@ mode (max or min). The verdict is one of:
 
 - ``adopt``: the rule holds, with at least as many seeds as the reference on every task;
 - ``reject``: the candidate does not raise the mean, or it loses a task by more than the reference's std;
-- ``undecided``: the data cannot settle it (a task not run, fewer seeds than the reference, or a
-  reference with one seed on a task, so that its std is unknown).
+- ``undecided``: the data cannot settle it (a task not run, fewer seeds than the reference or than the
+  study's `min_seeds`, or a reference with one seed on a task, so that its std is unknown).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _gain(row: pd.Series, reference: pd.Series) -> float:
     return sign * (float(row["mean"]) - float(reference["mean"]))
 
 
-def _judge(candidate: dict[str, pd.Series], reference: dict[str, pd.Series]) -> tuple[str, str, float]:
+def _judge(candidate: dict[str, pd.Series], reference: dict[str, pd.Series], min_seeds: int) -> tuple[str, str, float]:
     tasks = sorted(reference)
     missing = [task for task in tasks if task not in candidate]
     if missing:
@@ -106,6 +106,13 @@ def _judge(candidate: dict[str, pd.Series], reference: dict[str, pd.Series]) -> 
             f"raises the mean ({mean_gain * 100:+.2f}); the reference has one seed on {', '.join(one_seed)}",
             mean_gain,
         )
+    short = [task for task in tasks if min(candidate[task]["n"], reference[task]["n"]) < min_seeds]
+    if short:
+        return (
+            "undecided",
+            f"raises the mean ({mean_gain * 100:+.2f}) but has fewer than {min_seeds} seeds (either side) on {', '.join(short)}",
+            mean_gain,
+        )
     fewer = [task for task in tasks if candidate[task]["n"] < reference[task]["n"]]
     if fewer:
         return (
@@ -117,9 +124,16 @@ def _judge(candidate: dict[str, pd.Series], reference: dict[str, pd.Series]) -> 
 
 
 def decide(
-    groups: pd.DataFrame, keys: list[str], reference: dict[str, list[str]], candidates: dict[str, list[str]] | None
+    groups: pd.DataFrame,
+    keys: list[str],
+    reference: dict[str, list[str]],
+    candidates: dict[str, list[str]] | None,
+    min_seeds: int = 1,
 ) -> tuple[tuple, list[Verdict]]:
-    """The reference group's label and a verdict for every candidate group (all other groups by default)."""
+    """The reference group's label and a verdict for every candidate group (all other groups by default).
+
+    `min_seeds`: the seeds a study's protocol asks for on every task, on both sides, before it adopts.
+    """
     chosen = groups[groups.apply(_matches, axis=1, selector=reference)]
     labels = {_label(row, keys) for _, row in chosen.iterrows()}
     if len(labels) != 1:
@@ -135,7 +149,7 @@ def decide(
         if label == reference_label or (candidates and not _matches(members.iloc[0], candidates)):
             continue
         per_task = _per_task(members)
-        verdict, reason, mean_gain = _judge(per_task, reference_tasks)
+        verdict, reason, mean_gain = _judge(per_task, reference_tasks, min_seeds)
         tasks = sorted(reference_tasks)
         reference_mean = sum(float(reference_tasks[t]["mean"]) for t in tasks) / len(tasks)
         mean = reference_mean + mean_gain if not math.isnan(mean_gain) else math.nan
@@ -148,7 +162,7 @@ def decide(
     return reference_label, verdicts
 
 
-def decision_section(keys: list[str], reference_label: tuple, verdicts: list[Verdict]) -> str:
+def decision_section(keys: list[str], reference_label: tuple, verdicts: list[Verdict], min_seeds: int = 1) -> str:
     """`## Decision`: the rule, the reference, one row per candidate."""
     reference = ", ".join(f"{key}={value}" for key, value in zip(keys, reference_label, strict=True))
     header = [
@@ -173,5 +187,8 @@ def decision_section(keys: list[str], reference_label: tuple, verdicts: list[Ver
         f"Reference (the defaults): {reference}. A candidate is adopted only if it raises the mean over the "
         "reference's tasks (each task's mean over seeds) and loses no task by more than one standard "
         "deviation of the reference's seeds; it is undecided where a task was not run, the reference has "
-        "one seed, or the candidate has fewer seeds than the reference.\n\n" + "\n".join(lines)
+        "one seed, or the candidate has fewer seeds than the reference"
+        + (f" or either side fewer than {min_seeds}" if min_seeds > 1 else "")
+        + ".\n\n"
+        + "\n".join(lines)
     )
