@@ -42,8 +42,8 @@ run s0-sst2-lora1e-3 "${SST2[@]}" seed=0 "${LORA[@]}"
 run s0-sst2-lora3e-3 "${SST2[@]}" seed=0 "${LORA[@]}" optimizer.lr=3e-3
 run s0-sst2-alllinear "${SST2[@]}" seed=0 "${ALL_LINEAR[@]}"
 run s0-sst2-cosine "${SST2[@]}" seed=0 "${COSINE[@]}"
-# stage 2 on MRPC: seed 1 of the defaults and of svd (seed 2 was not run: machine time)
-for seed in 1; do
+# stage 2 on MRPC: seeds 1 and 2 of the defaults and of svd
+for seed in 1 2; do
   run s$seed-mrpc-lu "${MRPC[@]}" seed=$seed "${LU[@]}"
   run s$seed-mrpc-svd "${MRPC[@]}" seed=$seed "${SVD[@]}"
 done
