@@ -28,6 +28,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
 from .loaders import evaluation_loader, trainer_epoch, training_loader
@@ -374,6 +375,27 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     shift_labels = labels[:, 1:].reshape(-1)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, (shift_labels != IGNORE_INDEX).sum()
+
+
+class TokenNLL(Metric):
+    """Token-weighted next-token loss over a whole split, summed over all ranks: the summed NLL over the
+    summed label tokens (not a mean of batch means). `compute` gives the loss, its perplexity and the count."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        total, count = token_nll(logits, labels)
+        self.nll += total.float()
+        self.tokens += count.float()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        loss = self.nll / self.tokens.clamp(min=1)
+        return {"loss": loss, "perplexity": torch.exp(loss), "tokens": self.tokens}
 
 
 def perplexity(loss: float) -> float:

@@ -18,10 +18,9 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import SumMetric
 from transformers import PreTrainedTokenizerBase
 
-from ..data.instruct import InstructDataModule, token_nll
+from ..data.instruct import InstructDataModule, TokenNLL
 from . import write_eval_results
 from .causal_lm import add_model_arguments, load_for_evaluation
 
@@ -62,19 +61,15 @@ class HeldOutLoss(L.LightningModule):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.nll = SumMetric()
-        self.tokens = SumMetric()
+        self.nll = TokenNLL()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         labels = batch.pop("labels")
-        total, count = token_nll(self.model(**batch).logits, labels)
-        self.nll.update(total)
-        self.tokens.update(count)
+        self.nll.update(self.model(**batch).logits, labels)
 
     def on_validation_epoch_end(self) -> None:
-        tokens = self.tokens.compute()
-        loss = self.nll.compute() / tokens.clamp(min=1)
-        self.log_dict({"val/loss": loss, "val/perplexity": torch.exp(loss), "val/tokens": tokens.float()})
+        metrics = self.nll.compute()
+        self.log_dict({f"val/{name}": value for name, value in metrics.items()})
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

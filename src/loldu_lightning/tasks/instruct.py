@@ -16,9 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import SumMetric
 
-from ..data.instruct import token_nll
+from ..data.instruct import TokenNLL
 from .base import AdaptedTask
 
 log = logging.getLogger(__name__)
@@ -36,8 +35,7 @@ class InstructTask(AdaptedTask):
         callbacks: Sequence[L.Callback] = (),
     ):
         super().__init__(model, head_modules, optimizer, scheduler)
-        self.val_nll = SumMetric()
-        self.val_tokens = SumMetric()
+        self.val_nll = TokenNLL()
         self._task_callbacks = list(callbacks)
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -51,15 +49,10 @@ class InstructTask(AdaptedTask):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         labels = batch.pop("labels")
-        logits = self.model(**batch).logits
-        total, count = token_nll(logits, labels)
-        self.val_nll.update(total)
-        self.val_tokens.update(count)
+        self.val_nll.update(self.model(**batch).logits, labels)
 
     def on_validation_epoch_end(self) -> None:
-        tokens = self.val_tokens.compute()
-        loss = self.val_nll.compute() / tokens.clamp(min=1)
-        self.log_dict({"val/loss": loss, "val/perplexity": torch.exp(loss)}, prog_bar=True)
-        self.log("val/tokens", tokens.float())
+        metrics = self.val_nll.compute()
+        self.log_dict({"val/loss": metrics["loss"], "val/perplexity": metrics["perplexity"]}, prog_bar=True)
+        self.log("val/tokens", metrics["tokens"])
         self.val_nll.reset()
-        self.val_tokens.reset()
