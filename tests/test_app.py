@@ -176,13 +176,27 @@ def test_cli_multirun_yields_one_run_per_init(rte, tmp_path):
     assert any("adapter.init=zeros" in o for o in overrides_seen)
 
 
-def test_head_lr_gives_the_head_its_own_param_group(rte, tmp_path):
+@pytest.mark.parametrize(
+    "overrides, adapter_scale, head_lr",
+    [
+        (["adapter.decomposition=lu"], 1.0, None),  # one group, as before rates could differ
+        ([], 30.0, None),  # the default: svd's z and sigma at 30 x optimizer.lr, the head at optimizer.lr
+        (["adapter.decomposition=qr"], 20.0, None),
+        (["adapter.decomposition=lu", "optimizer.head_lr=0.05"], 1.0, 0.05),
+        (["adapter.lr_scale=4", "optimizer.head_lr=0.05"], 4.0, 0.05),
+    ],
+)
+def test_the_adapter_and_the_head_train_at_their_own_rates(rte, tmp_path, overrides, adapter_scale, head_lr):
     from loldu_lightning.builders import build_task
 
-    cfg = compose_config([*rte, "optimizer.head_lr=0.05", "scheduler.name=none"], tmp_path)
+    cfg = compose_config([*rte, *overrides, "scheduler.name=none"], tmp_path)
     module, _ = build_task(cfg)
     adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
     module.model = adapter.apply(module.model, module.head_modules)
     groups = module.configure_optimizers().param_groups
-    assert [g["lr"] for g in groups] == [cfg.optimizer.lr, 0.05]
+    lr = cfg.optimizer.lr
+    if adapter_scale == 1.0 and head_lr is None:
+        assert [g["lr"] for g in groups] == [lr]
+        return
+    assert [g["lr"] for g in groups] == pytest.approx([lr * adapter_scale, lr if head_lr is None else head_lr])
     assert sum(p.numel() for p in groups[0]["params"]) == 2 * 2 * (8 + 1)  # only z and sigma

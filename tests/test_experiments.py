@@ -83,6 +83,9 @@ def test_every_experiment_composes_and_validates(experiment):
     )
     cfg = compose_full(overrides)
     validate_config(cfg)
+    if cfg.adapter.name == "loldu" and experiment not in LAYERS:  # a layer keeps the adapter it is put over
+        # the paper's decomposition, and the studies' as they ran, whatever the project default becomes
+        assert (cfg.adapter.decomposition, OmegaConf.select(cfg, "adapter.lr_scale")) in {("lu", None), ("lu", 1)}
     # every interpolation outside `hydra` must resolve (per-task tables keyed on ${task.name} included)
     OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
 

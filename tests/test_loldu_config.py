@@ -59,6 +59,23 @@ def test_alpha_none_means_alpha_equals_rank_and_full_rank_resolves_per_matrix():
     assert LoLDUConfig(rank=4, alpha=2).resolve_alpha(4) == 2.0
 
 
+@pytest.mark.parametrize("decomposition, scale", [("lu", 1.0), ("svd", 30.0), ("qr", 20.0)])
+def test_lr_scale_defaults_to_the_decompositions_and_an_explicit_one_wins(decomposition, scale):
+    assert LoLDUConfig(rank=8, decomposition=decomposition).resolve_lr_scale() == scale
+    assert LoLDUConfig(rank=8, decomposition=decomposition, lr_scale=2).resolve_lr_scale() == 2.0
+
+
+@pytest.mark.parametrize("lr_scale", [0, -1.0, float("nan"), float("inf"), "30", True])
+def test_invalid_lr_scale_is_rejected(lr_scale):
+    with pytest.raises(ValueError, match="lr_scale"):
+        LoLDUConfig(rank=8, lr_scale=lr_scale)
+
+
+def test_a_storage_that_needs_lu_names_the_decomposition_to_set():
+    with pytest.raises(ValueError, match="set decomposition 'lu'"):
+        LoLDUConfig(rank="full", decomposition="svd", storage="lu")
+
+
 @pytest.mark.parametrize("targets", [[], [""], "", None, 3])
 def test_invalid_target_modules_are_rejected(targets):
     with pytest.raises(ValueError, match="target_modules"):

@@ -24,6 +24,7 @@ def _overrides(glue_root, storage, rank):
         *TINY_GLUE,
         "task=glue/rte",
         f"data.data_dir={glue_root / 'RTE'}",
+        "adapter.decomposition=lu",  # the packed storages hold LU factors (the run default is svd)
         f"adapter.storage={storage}",
         f"adapter.rank={rank}",
     ]

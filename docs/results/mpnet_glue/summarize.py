@@ -57,7 +57,8 @@ def main(out: Path, glue_root: Path) -> None:
         task = metrics["task"].split("/")[1]
         final = metrics["final"]
         limit = overrides.get("data.val_limit")
-        majority = _majority(glue_root, task, int(limit) if limit else None, int(overrides.get("seed", 0)))
+        limit = None if limit in (None, "null") else int(limit)  # null: the whole dev set
+        majority = _majority(glue_root, task, limit, int(overrides.get("seed", 0)))
         f1 = f"{100 * final['val/f1']:.2f}" if "val/f1" in final else ""
         print(
             f"| {task} | {_arm(run)} | {metrics['params']['adapter']:,} | {metrics['params']['head']:,} | "

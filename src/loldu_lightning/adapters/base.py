@@ -108,6 +108,16 @@ class Adapter(abc.ABC):
     def merge(self, model: nn.Module) -> nn.Module:
         """A plain model with the adapter folded into its weights (same outputs, no inference overhead)."""
 
+    @classmethod
+    def saved_options(cls, directory: Path) -> dict[str, Any]:
+        """The options an adapter folder fixes for loading it (LoLDU: its decomposition), so that a
+        folder loaded on its own is read as it was trained, not with a config's defaults."""
+        return {}
+
+    def lr_scale(self) -> float:
+        """The multiplier of the run's learning rate for this adapter's own parameters (heads keep the rate)."""
+        return 1.0
+
     # -- hooks for the methods ------------------------------------------------------------
     @abc.abstractmethod
     def _inject(self, model: nn.Module) -> nn.Module:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -47,6 +48,14 @@ class LoLDUAdapter(Adapter):
 
     def merge(self, model: nn.Module) -> nn.Module:
         return loldu.unload(model, merge=True)
+
+    @classmethod
+    def saved_options(cls, directory: Path) -> dict[str, Any]:
+        # files written before the option existed have no key: they are LU (LoLDUConfig's default)
+        return {"decomposition": loldu.read_adapter_config(directory).get("decomposition", "lu")}
+
+    def lr_scale(self) -> float:
+        return self.options.resolve_lr_scale()
 
     def _is_adapter_layer(self, module: nn.Module) -> bool:
         return isinstance(module, loldu.LoLDULinear)

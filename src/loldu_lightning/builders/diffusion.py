@@ -197,7 +197,7 @@ def build_diffusion(
     task = DiffusionSubjectTask(
         parts,
         trains_text_encoder(model_cfg),
-        optimizer_config(options.optimizer),
+        optimizer_config(options),
         scheduler_config(options.scheduler),
         prior_weight=loss.prior_weight,
         val_timesteps=loss.val_timesteps,

@@ -59,7 +59,7 @@ def build_glue(cfg: Mapping[str, Any], options: RunOptions | None = None) -> tup
         model,
         info,
         model_cfg["head_modules"],
-        optimizer_config(options.optimizer),
+        optimizer_config(options),
         scheduler_config(options.scheduler),
     )
     return module, datamodule

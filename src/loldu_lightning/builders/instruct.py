@@ -84,7 +84,7 @@ def build_instruct(
     module = InstructTask(
         model,
         model_cfg["head_modules"],
-        optimizer_config(options.optimizer),
+        optimizer_config(options),
         scheduler_config(options.scheduler),
         callbacks,
     )

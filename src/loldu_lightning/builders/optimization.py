@@ -5,17 +5,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .schema import OptimizerOptions, SchedulerOptions
+from ..adapters import ADAPTERS
+from .schema import RunOptions, SchedulerOptions
 
 
-def optimizer_config(optimizer: OptimizerOptions) -> dict[str, Any]:
-    """`name` and `head_lr` (read by the task), then the torch optimizer's keyword arguments: `lr`,
-    `weight_decay` and the keys passed on as written (`+optimizer.betas=[0.9,0.98]`)."""
+def optimizer_config(options: RunOptions) -> dict[str, Any]:
+    """`name`, `head_lr` and `adapter_lr_scale` (read by the task), then the torch optimizer's keyword
+    arguments: `lr`, `weight_decay` and the keys passed on as written (`+optimizer.betas=[0.9,0.98]`).
+
+    `adapter_lr_scale` multiplies `lr` for every trainable parameter outside the heads: LoLDU's
+    `adapter.lr_scale` (by default its decomposition's, so one rate fits lu, svd and qr); 1 for the
+    other adapters."""
+    optimizer = options.optimizer
     return {
         "name": optimizer.name,
         "lr": optimizer.lr,
         "weight_decay": optimizer.weight_decay,
         "head_lr": optimizer.head_lr,
+        "adapter_lr_scale": ADAPTERS[options.adapter_name](options.adapter).lr_scale(),
         **optimizer.torch_options,
     }
 

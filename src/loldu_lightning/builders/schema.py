@@ -826,21 +826,24 @@ def sections() -> list[Section]:
 
 
 def adapter_sections() -> list[Section]:
-    """Each adapter's options, read from its own options dataclass (adapters/options.py)."""
+    """Each adapter's options, typed by its own options dataclass (adapters/options.py), with the
+    run's default: the value in the adapter's config file (conf/adapter/<name>.yaml) where it sets
+    one, the dataclass default otherwise (a library default that differs is named beside it)."""
+    import yaml
+
     from ..adapters import ADAPTERS
+    from ..config import config_dir
 
     result = []
     for name, adapter_type in ADAPTERS.items():
-        rows = [
-            OptionRow(
-                f"adapter.{spec_field.name}",
-                str(spec_field.type),
-                "(required)"
-                if spec_field.default is dataclasses.MISSING and spec_field.default_factory is dataclasses.MISSING
-                else _yaml(_default(spec_field)),
-                "",
-            )
-            for spec_field in dataclasses.fields(adapter_type.options_type)
-        ]
+        config_file = Path(config_dir()) / "adapter" / f"{name}.yaml"
+        run_defaults = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        rows = []
+        for spec_field in dataclasses.fields(adapter_type.options_type):
+            required = spec_field.default is dataclasses.MISSING and spec_field.default_factory is dataclasses.MISSING
+            library = "(required)" if required else _yaml(_default(spec_field))
+            run = _yaml(run_defaults[spec_field.name]) if spec_field.name in run_defaults else library
+            note = "" if run == library or required else f"library default ({adapter_type.options_type.__name__}): `{library}`"
+            rows.append(OptionRow(f"adapter.{spec_field.name}", str(spec_field.type), run, note))
         result.append(Section(f"adapter ({name})", rows))
     return result

@@ -79,7 +79,7 @@ def build_vision(
         model,
         len(class_names),
         model_cfg["head_modules"],
-        optimizer_config(options.optimizer),
+        optimizer_config(options),
         scheduler_config(options.scheduler),
     )
     return module, datamodule

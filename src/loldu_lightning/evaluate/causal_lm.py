@@ -112,7 +112,7 @@ def _find_adapter(run_dir: Path) -> Path:
 
 
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
-    from ..adapters import build_adapter
+    from ..adapters import ADAPTERS, build_adapter
     from ..errors import UserError, raised_on_purpose
     from ..models import load_causal_lm, load_tokenizer, model_label
 
@@ -151,6 +151,8 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     if adapter_dir is not None:
         name = AdapterManifest.read(adapter_dir).adapter
         options = cfg["adapter"] if cfg["adapter"]["name"] == name else {"name": name}
+        if run_dir is None:  # a folder on its own: read as it was trained, not with the composed defaults
+            options = {**options, **ADAPTERS[name].saved_options(adapter_dir)}
         adapter = build_adapter(options)
         try:
             model = adapter.load(model, adapter_dir)

@@ -51,6 +51,10 @@ class LoLDUConfig:
         ``packed`` (one m x n LU-packed matrix, full rank only) or ``lu`` (the packed LU replaces W0).
     decomposition: whose diagonal is trained (``decompositions.DECOMPOSITIONS``): ``lu`` (default,
         the paper's), ``svd`` (top-r singular values) or ``qr`` (diagonal of R); docs/decompositions.md.
+    lr_scale: the multiplier of the training learning rate for z and sigma (the head keeps the
+        rate); None = the decomposition's own (``Decomposition.lr_scale``: lu 1, svd 30, qr 20),
+        which gives each decomposition's components the same weight change per step at one rate.
+        The library does not build optimizers; ``resolve_lr_scale`` is what a trainer reads.
     """
 
     rank: int | str
@@ -67,6 +71,7 @@ class LoLDUConfig:
     save_factors: bool = False
     storage: str = "dense"
     decomposition: str = "lu"
+    lr_scale: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not (isinstance(self.rank, int) or self.rank == "full"):
@@ -92,9 +97,18 @@ class LoLDUConfig:
         if self.storage not in fitting:
             raise ValueError(
                 f"LoLDU config: storage {self.storage!r} keeps the factors in LAPACK's packed LU layout, which only "
-                f"decomposition 'lu' produces, got decomposition {self.decomposition!r}; use storage "
-                f"{' or '.join(repr(name) for name in sorted(fitting))} with it"
+                f"decomposition 'lu' produces, got decomposition {self.decomposition!r}; set decomposition 'lu' with "
+                f"it, or use storage {' or '.join(repr(name) for name in sorted(fitting))}"
             )
+        if self.lr_scale is not None:
+            if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)):
+                raise ValueError(f"LoLDU config: lr_scale must be a positive number or None, got {self.lr_scale!r}")
+            if not math.isfinite(self.lr_scale) or self.lr_scale <= 0:
+                raise ValueError(
+                    f"LoLDU config: lr_scale must be a positive finite number or None (= the decomposition's own), "
+                    f"got {self.lr_scale}"
+                )
+            self.lr_scale = float(self.lr_scale)
         if self.storage == "lu" and self.dtype in ("float16", "bfloat16"):
             # Measured (benchmarks/RESULTS.md, section 5): a 4096 x 4096 W0 rebuilt from bfloat16 LU
             # factors is off by 30% (relative Frobenius), from float32 ones by 1e-5.
@@ -114,6 +128,10 @@ class LoLDUConfig:
     def resolve_rank(self, max_rank: int) -> int:
         """The rank for a matrix whose ``min(out, in)`` is ``max_rank``."""
         return max_rank if self.rank == "full" else int(self.rank)
+
+    def resolve_lr_scale(self) -> float:
+        """The multiplier of the learning rate for z and sigma (None in the config: the decomposition's)."""
+        return DECOMPOSITIONS[self.decomposition].lr_scale if self.lr_scale is None else self.lr_scale
 
     def resolve_alpha(self, rank: int) -> float:
         """alpha for a matrix adapted at ``rank`` (None in the config means alpha = rank)."""

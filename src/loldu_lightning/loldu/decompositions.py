@@ -98,6 +98,14 @@ class Decomposition(abc.ABC):
     description: ClassVar[str]
     storages: ClassVar[frozenset[str]]
     """The factor storages (``storage.STORAGE_TYPES``) that can hold this decomposition's factors."""
+    lr_scale: ClassVar[float]
+    """The multiplier of the run's learning rate for z and sigma (``LoLDUConfig.lr_scale``'s default).
+
+    Adam moves each ``z_i`` by about the rate per step, and that moves the weight by the norm of
+    the component ``||lower_i|| ||upper_i||``: a median of 28.5 for ``lu``, 1 for ``svd`` and 1.57
+    for ``qr`` on the real MiniLM's query/value matrices (docs/results/defaults_study/). The scales
+    give ``svd`` and ``qr`` the weight change per step an LU component gets at the same rate, rounded
+    to the rates the defaults study ran (1e-3 x 30 and x 20)."""
 
     @abc.abstractmethod
     def decompose(self, weight: Tensor, rank: int, dtype: torch.dtype) -> LDUFactors:
@@ -111,6 +119,7 @@ class LUDecomposition(Decomposition):
     name = "lu"
     description = "W0 = P L diag(d) U1, LU with partial pivoting (the paper's)"
     storages = frozenset({"dense", "packed", "lu"})
+    lr_scale = 1.0
 
     def decompose(self, weight: Tensor, rank: int, dtype: torch.dtype) -> LDUFactors:
         return ldu_decompose(weight, rank, dtype)
@@ -120,6 +129,7 @@ class SVDDecomposition(Decomposition):
     name = "svd"
     description = "W0 = U diag(s) V^T; trains the top-r singular values"
     storages = frozenset({"dense"})
+    lr_scale = 30.0
 
     def decompose(self, weight: Tensor, rank: int, dtype: torch.dtype) -> LDUFactors:
         return svd_decompose(weight, rank, dtype)
@@ -129,6 +139,7 @@ class QRDecomposition(Decomposition):
     name = "qr"
     description = "W0 = Q diag(d) R1, Householder QR (no column pivoting), R normalised to a unit diagonal"
     storages = frozenset({"dense"})
+    lr_scale = 20.0
 
     def decompose(self, weight: Tensor, rank: int, dtype: torch.dtype) -> LDUFactors:
         return qr_decompose(weight, rank, dtype)

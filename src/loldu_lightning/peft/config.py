@@ -58,6 +58,14 @@ class LoLDUPeftConfig(PeftConfig):
     save_factors: bool = field(default=False, metadata={"help": "also save P, L_r, U_r (bit-exact portability)"})
     storage: str = field(default="dense", metadata={"help": "dense | packed | lu (see docs/factor_storage.md)"})
     decomposition: str = field(default="lu", metadata={"help": "whose diagonal is trained: lu | svd | qr"})
+    lr_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "the learning-rate multiplier for z and sigma that gives every decomposition the same step in the "
+            "weight (None = the decomposition's: lu 1, svd 30, qr 20); recorded only: give those parameters "
+            "lr x to_loldu_config().resolve_lr_scale() in your optimizer"
+        },
+    )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "modules trained fully and saved with the adapter (e.g. a classifier head)"}
     )

@@ -70,19 +70,22 @@ class AdaptedTask(L.LightningModule):
         options = dict(self.optimizer_cfg)
         name = options.pop("name")
         head_lr = options.pop("head_lr", None)
+        adapter_lr_scale = float(options.pop("adapter_lr_scale", 1.0))
         params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         if not params:
             raise ValueError("No trainable parameters: the adapter froze everything (check adapter and head_modules).")
-        if head_lr is None:
+        if head_lr is None and adapter_lr_scale == 1.0:
+            # One group, as before rates could differ: checkpoints of such runs keep their optimizer layout.
             groups = [{"params": [p for _, p in params]}]
         else:
 
             def is_head(name: str) -> bool:
                 return any(f".{head}." in f".{name}" for head in self.head_modules)
 
+            lr = options["lr"]
             groups = [
-                {"params": [p for n, p in params if not is_head(n)]},
-                {"params": [p for n, p in params if is_head(n)], "lr": head_lr},
+                {"params": [p for n, p in params if not is_head(n)], "lr": lr * adapter_lr_scale},
+                {"params": [p for n, p in params if is_head(n)], "lr": lr if head_lr is None else head_lr},
             ]
             groups = [g for g in groups if g["params"]]
         optimizer = OPTIMIZERS[name](groups, **options)
