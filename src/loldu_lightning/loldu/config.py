@@ -34,6 +34,16 @@ def _normalise_targets(name: str, value: Any, allow_none: bool) -> TargetSpec | 
     )
 
 
+def _positive_or_none(name: str, value: Any, none_means: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"LoLDU config: {name} must be a positive number or None (= {none_means}), got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"LoLDU config: {name} must be a positive finite number or None (= {none_means}), got {value}")
+    return float(value)
+
+
 @dataclass
 class LoLDUConfig:
     """Everything that defines a LoLDU adapter.
@@ -78,14 +88,7 @@ class LoLDUConfig:
             raise ValueError(f"LoLDU config: rank must be an integer >= 1 or 'full', got {self.rank!r}")
         if isinstance(self.rank, int) and self.rank < 1:
             raise ValueError(f"LoLDU config: rank must be >= 1 (or 'full'), got {self.rank}")
-        if self.alpha is not None:
-            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
-                raise ValueError(f"LoLDU config: alpha must be a positive number or None (= rank), got {self.alpha!r}")
-            if not math.isfinite(self.alpha) or self.alpha <= 0:
-                raise ValueError(
-                    f"LoLDU config: alpha must be a positive finite number or None (= rank), got {self.alpha}"
-                )
-            self.alpha = float(self.alpha)
+        self.alpha = _positive_or_none("alpha", self.alpha, "rank")
         check_choice("init", self.init, INITS)
         check_choice("scaling", self.scaling, SCALINGS)
         check_choice("residual", self.residual, RESIDUALS)
@@ -100,15 +103,7 @@ class LoLDUConfig:
                 f"decomposition 'lu' produces, got decomposition {self.decomposition!r}; set decomposition 'lu' with "
                 f"it, or use storage {' or '.join(repr(name) for name in sorted(fitting))}"
             )
-        if self.lr_scale is not None:
-            if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)):
-                raise ValueError(f"LoLDU config: lr_scale must be a positive number or None, got {self.lr_scale!r}")
-            if not math.isfinite(self.lr_scale) or self.lr_scale <= 0:
-                raise ValueError(
-                    f"LoLDU config: lr_scale must be a positive finite number or None (= the decomposition's own), "
-                    f"got {self.lr_scale}"
-                )
-            self.lr_scale = float(self.lr_scale)
+        self.lr_scale = _positive_or_none("lr_scale", self.lr_scale, "the decomposition's own")
         if self.storage == "lu" and self.dtype in ("float16", "bfloat16"):
             # Measured (benchmarks/RESULTS.md, section 5): a 4096 x 4096 W0 rebuilt from bfloat16 LU
             # factors is off by 30% (relative Frobenius), from float32 ones by 1e-5.
