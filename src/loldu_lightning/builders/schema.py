@@ -843,7 +843,11 @@ def adapter_sections() -> list[Section]:
             required = spec_field.default is dataclasses.MISSING and spec_field.default_factory is dataclasses.MISSING
             library = "(required)" if required else _yaml(_default(spec_field))
             run = _yaml(run_defaults[spec_field.name]) if spec_field.name in run_defaults else library
-            note = "" if run == library or required else f"library default ({adapter_type.options_type.__name__}): `{library}`"
+            note = (
+                ""
+                if run == library or required
+                else f"library default ({adapter_type.options_type.__name__}): `{library}`"
+            )
             rows.append(OptionRow(f"adapter.{spec_field.name}", str(spec_field.type), run, note))
         result.append(Section(f"adapter ({name})", rows))
     return result
