@@ -48,9 +48,10 @@ def _majority(glue_root: Path, task: str, limit: int | None, seed: int) -> float
 
 def main(out: Path, glue_root: Path) -> None:
     print(
-        "| task | arm | adapter numbers | head numbers | dev accuracy | dev F1 | majority class of the sample | train() time | lr |"
+        "| task | arm | adapter numbers | head numbers | dev accuracy | dev F1 | dev loss | majority class of the sample "
+        "| train() time | lr |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for metrics_file in sorted(out.glob("*/*/metrics.json")):
         run = metrics_file.parent
         metrics, overrides = json.loads(metrics_file.read_text()), _overrides(run)
@@ -62,7 +63,7 @@ def main(out: Path, glue_root: Path) -> None:
         f1 = f"{100 * final['val/f1']:.2f}" if "val/f1" in final else ""
         print(
             f"| {task} | {_arm(run)} | {metrics['params']['adapter']:,} | {metrics['params']['head']:,} | "
-            f"{100 * final['val/accuracy']:.2f} | {f1} | {100 * majority:.2f} | {metrics['time_s'] / 60:.1f} min | "
+            f"{100 * final['val/accuracy']:.2f} | {f1} | {final['val/loss']:.4f} | {100 * majority:.2f} | {metrics['time_s'] / 60:.1f} min | "
             f"{_lr(run)} |"
         )
 
