@@ -78,11 +78,11 @@ def params_vs_metric(groups: pd.DataFrame, by: list[str], notes: list[str]) -> F
         task_groups = usable[usable["task"] == task]
         # One series per group, named in a legend: groups often share an x (same adapter size), where
         # text beside the points would overlap.
-        for row in range(len(task_groups)):
+        labels = [group_label(group, by) for _, group in task_groups.iterrows()]
+        for row, label in enumerate(labels):
             group = task_groups.iloc[row : row + 1]
-            x = group["params.adapter"].to_numpy(float)
-            _errorbar(ax, x, group, fmt="o", markersize=6, label=group_label(group.iloc[0], by) or None)
-        if any(group_label(group, by) for _, group in task_groups.iterrows()):
+            _errorbar(ax, group["params.adapter"].to_numpy(float), group, fmt="o", markersize=6, label=label or None)
+        if any(labels):
             ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log")
         ax.set_xlabel("trainable adapter parameters")
