@@ -154,6 +154,10 @@ def test_typed_values_and_what_passes_through():
         ),
         (["data.group_by_length=1"], r"data.group_by_length=1 is not allowed: it must be true or false"),
         (
+            ["data.length_group_megabatch=0"],
+            r"data.length_group_megabatch=0 is not allowed: it must be an integer >= 1 \(or null\)",
+        ),
+        (
             ["scheduler.name=step"],
             r"scheduler.name='step' is not allowed: it must be one of constant, cosine, linear, none",
         ),

@@ -28,6 +28,7 @@ def build_glue_datamodule(data: GlueDataOptions, seed: int, info: GlueTaskInfo, 
         val_limit=data.val_limit,
         seed=seed,
         group_by_length=data.group_by_length,
+        length_group_megabatch=data.length_group_megabatch,
         train_from_dev=data.train_from_dev,
         split_seed=data.split_seed,
     )

@@ -36,6 +36,7 @@ def build_instruct_datamodule(
         val_limit=data.val_limit,
         seed=seed,
         group_by_length=data.group_by_length,
+        length_group_megabatch=data.length_group_megabatch,
     )
 
 

@@ -166,6 +166,12 @@ class DataOptions:
     eval_batch_size: int = option(64, "validation and test batch size per device", "64", minimum=1)
     num_workers: int = option(0, "DataLoader worker processes", "4", minimum=0)
     group_by_length: bool = option(True, "text: shuffled batches of similar lengths (less padding)", "false")
+    length_group_megabatch: int | None = option(
+        None,
+        "with group_by_length: batches per length-sorted megabatch (null = a quarter of the epoch, at most 50)",
+        "4",
+        minimum=1,
+    )
     train_limit: int | None = option(
         None, "a seeded random subset of the training split (null = all)", "1000", minimum=1
     )

@@ -227,6 +227,7 @@ class GlueDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         train_from_dev: int | None = None,
         split_seed: int = 0,
+        length_group_megabatch: int | None = None,
     ):
         super().__init__()
         self.info = glue_task(task_name)
@@ -240,6 +241,7 @@ class GlueDataModule(L.LightningDataModule):
         self.val_limit = val_limit
         self.seed = seed
         self.group_by_length = group_by_length
+        self.length_group_megabatch = length_group_megabatch
         if train_from_dev is not None and (len(self.info.val_splits) != 1 or train_from_dev < 1):
             raise ValueError(
                 f"data.train_from_dev={train_from_dev}: must be a positive number of dev examples, for a task with "
@@ -316,7 +318,13 @@ class GlueDataModule(L.LightningDataModule):
         # Batches of similar lengths (still shuffled) pad far less: SST-2 trains about twice as fast.
         lengths = [len(ids) for ids in train.encodings["input_ids"]] if self.group_by_length else None
         return training_loader(
-            train, self.batch_size, self.collate, self.num_workers, lengths, epoch_source=trainer_epoch(self)
+            train,
+            self.batch_size,
+            self.collate,
+            self.num_workers,
+            lengths,
+            epoch_source=trainer_epoch(self),
+            megabatch=self.length_group_megabatch,
         )
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -249,6 +249,7 @@ class InstructDataModule(L.LightningDataModule):
         val_limit: int | None = None,
         seed: int = 42,
         group_by_length: bool = True,
+        length_group_megabatch: int | None = None,
     ):
         super().__init__()
         if prompt_format not in PROMPT_FORMATS:
@@ -284,6 +285,7 @@ class InstructDataModule(L.LightningDataModule):
         self.val_limit = val_limit
         self.seed = int(seed)
         self.group_by_length = group_by_length
+        self.length_group_megabatch = length_group_megabatch
         self.collate = CausalLMCollator(pad_token_id(tokenizer))
         self._records: tuple[list[Record], list[Record]] | None = None
         self.datasets: dict[str, EncodedExamples] = {}
@@ -359,6 +361,7 @@ class InstructDataModule(L.LightningDataModule):
             self.num_workers,
             train.lengths if self.group_by_length else None,
             epoch_source=trainer_epoch(self),
+            megabatch=self.length_group_megabatch,
         )
 
     def val_dataloader(self) -> DataLoader:

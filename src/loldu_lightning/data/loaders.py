@@ -28,6 +28,13 @@ class EpochShuffleSampler(Sampler[int]):
     """A permutation that is a function of `(seed, epoch)`; with `lengths`, batches of similar lengths
     (transformers' length grouping, the same examples with less padding).
 
+    Length grouping shuffles, cuts the order into megabatches of `megabatch` batches and sorts each
+    megabatch by length, so every batch holds one length band of its megabatch. None is transformers'
+    size: a quarter of the epoch's batches, at most 50. A smaller megabatch keeps batches closer to a
+    plain shuffle (1 is one: sorting inside a batch changes nothing but which batch comes first), with
+    less padding saved; where length and label are correlated, one-band batches bias the gradient
+    (docs/results/length_grouping/).
+
     `epoch` is read when an epoch's iteration starts: from `epoch_source` (the trainer's current epoch,
     restored from a checkpoint before the loader is iterated) when given, else from `set_epoch`,
     which Lightning calls on a loader's sampler. The source is needed under DDP, where Lightning
@@ -41,13 +48,17 @@ class EpochShuffleSampler(Sampler[int]):
         lengths: Sequence[int] | None = None,
         batch_size: int | None = None,
         epoch_source: Callable[[], int] | None = None,
+        megabatch: int | None = None,
     ):
         if lengths is not None and (batch_size is None or len(lengths) != num_examples):
             raise ValueError("length grouping needs one length per example and the batch size")
+        if megabatch is not None and megabatch < 1:
+            raise ValueError(f"data.length_group_megabatch={megabatch}: must be a number of batches >= 1 (or null).")
         self.num_examples = num_examples
         self.seed = int(seed)
         self.lengths = list(lengths) if lengths is not None else None
         self.batch_size = batch_size
+        self.megabatch = megabatch
         self.epoch_source = epoch_source
         self.epoch = 0
 
@@ -61,7 +72,11 @@ class EpochShuffleSampler(Sampler[int]):
         # modulo the generator's 64-bit range: an unseeded process's initial seed is itself 64 bits wide
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         if self.lengths is not None:
-            return list(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+            return list(
+                get_length_grouped_indices(
+                    self.lengths, self.batch_size, mega_batch_mult=self.megabatch, generator=generator
+                )
+            )
         return torch.randperm(self.num_examples, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
@@ -81,8 +96,12 @@ def training_loader(
     seed: int | None = None,
     epoch_source: Callable[[], int] | None = None,
     pin_memory: bool = False,
+    megabatch: int | None = None,
 ) -> StatefulDataLoader:
     """Shuffled batches that a checkpoint can resume in the middle of an epoch.
+
+    With `lengths`, batches of similar lengths within megabatches of `megabatch` batches
+    (`EpochShuffleSampler`).
 
     `seed` defaults to the process's initial seed, which `seed_everything(cfg.seed)` set, so the
     order follows the run's seed and is the same in an interrupted and a resumed process.
@@ -94,6 +113,7 @@ def training_loader(
         lengths=lengths,
         batch_size=batch_size if lengths is not None else None,
         epoch_source=epoch_source,
+        megabatch=megabatch if lengths is not None else None,
     )
     return StatefulDataLoader(
         dataset,
