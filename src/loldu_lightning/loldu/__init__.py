@@ -8,6 +8,7 @@ No Lightning, no Hydra: decompositions (lu, svd, qr), the LoLDU layer with its s
 merge/unmerge/unload, adapter save/load and the parameter report.
 """
 
+from .adapter_bank import BASE, AdapterBank, PerExampleModule
 from .adapter_io import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -22,6 +23,7 @@ from .decomposition import LDUFactors, PackedLDU, ldu_decompose, ldu_decompose_p
 from .decompositions import DECOMPOSITIONS, Decomposition, qr_decompose, svd_decompose
 from .forward_cost import choose_forward_path
 from .layer import LoLDULinear, module_seed
+from .mixed_batch import per_example_update
 from .model_ops import disable, enable, inject, loldu_modules, merge, unload, unmerge
 from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, STORAGES
 from .storages import STORAGE_TYPES, FactorStorage
@@ -29,6 +31,9 @@ from .summary import parameter_counts, summary, trainable_parameters
 from .targeting import resolve_target_modules
 
 __all__ = [
+    "AdapterBank",
+    "BASE",
+    "PerExampleModule",
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "DECOMPOSE_DTYPES",
@@ -58,6 +63,7 @@ __all__ = [
     "merge",
     "module_seed",
     "parameter_counts",
+    "per_example_update",
     "qr_decompose",
     "read_adapter_config",
     "resolve_target_modules",

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .base_layers import is_supported_layer, out_in_weight
 from .config import LoLDUConfig
 from .decompositions import DECOMPOSITIONS
+from .mixed_batch import per_example_update
 from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUALS, SCALINGS, check_choice, initial_sigma
 from .storages import STORAGE_TYPES, FactorStorage
 
@@ -65,6 +66,8 @@ class LoLDULinear(nn.Module):
         self.in_features, self.out_features, self.rank = n, m, rank
         self.merged = False
         self.disabled = False
+        # (batch, r): one update vector per example while an ``AdapterBank`` serves a mixed batch.
+        self.example_scales: Tensor | None = None
         self.forward_mode = config.forward_mode
 
         storage_dtype = DTYPES[config.dtype] if config.dtype is not None else weight.dtype
@@ -193,6 +196,11 @@ class LoLDULinear(nn.Module):
             return self.base_layer(x)
         if self.disabled:
             return self.factor_storage.base_forward(self.base_layer, x, self.forward_path(x))
+        if self.example_scales is not None:
+            # Each example its own adapter (adapter_bank): W0 x plus the update with the example's v.
+            result = self.factor_storage.base_forward(self.base_layer, x, "factored")
+            lower, upper = self.dense_factors()
+            return result + per_example_update(x, lower, upper, self.example_scales).to(result.dtype)
         return self.factor_storage(self.base_layer, x, self.scale_vector(), self.forward_path(x))
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from loldu_lightning.loldu import LoLDULinear
 from loldu_lightning.loldu.base_layers import is_conv1d, out_in_weight
 
 from .config import LoLDUPeftConfig
+from .mixed_batch import mixed_batch_forward
 
 
 def _share_base_layer(adapter: LoLDULinear, base_layer: nn.Module) -> None:
@@ -97,6 +98,9 @@ class LoLDULayer(nn.Module, BaseTunerLayer):
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)  # one per example: PEFT's mixed adapter batches
+        if adapter_names is not None and not self.disable_adapters:
+            return mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()

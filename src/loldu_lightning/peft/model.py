@@ -7,6 +7,8 @@ fingerprints in the config when an adapter is created and checks them when one i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
@@ -15,6 +17,7 @@ from torch import nn
 from .config import LoLDUPeftConfig
 from .fingerprints import check_or_record
 from .layer import LoLDULayer
+from .mixed_batch import adapter_names_hooks
 
 PREFIX = "loldu_"
 
@@ -73,6 +76,12 @@ class LoLDUModel(BaseTuner):
                 )
             peft_config.target_modules = set(self.target_module_mapping[model_type])
         return peft_config
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        # adapter_names=[...] in forward/generate: each example its own adapter (mixed_batch.py).
+        with adapter_names_hooks(self, LoLDULayer, kwargs.get("adapter_names"), kwargs.get("num_beams")):
+            yield
 
     @staticmethod
     def _check_target_module_exists(peft_config: LoLDUPeftConfig, key: str) -> Any:
