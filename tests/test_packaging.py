@@ -72,6 +72,17 @@ def test_wheel_carries_the_config_tree(wheel_env):
     assert Path(conf, "config.yaml").is_file() and Path(conf, "task", "glue", "sst2.yaml").is_file()
 
 
+def test_wheel_carries_the_papers_published_tables(wheel_env):
+    read = _run(
+        wheel_env / "bin" / "python",
+        "-c",
+        "from loldu_lightning.report.paper import paper_tables; print(' '.join(paper_tables()))",
+        cwd=wheel_env.parent,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == ["I", "III", "IV", "V", "VI", "XI", "XII"]
+
+
 def test_installed_cli_composes_and_helps(wheel_env):
     outside = wheel_env.parent
     job = _run(wheel_env / "bin" / "loldu", "--cfg", "job", "task=glue/rte", cwd=outside)

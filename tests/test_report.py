@@ -142,12 +142,13 @@ def test_aggregates_over_seeds_per_varying_override(init_sweep: Path) -> None:
     assert (broken["n_failed"], broken["n_missing"]) == (1, 1)
 
 
-def test_writes_markdown_csvs_and_params_figure(init_sweep: Path) -> None:
+def test_writes_markdown_csvs_and_a_figure_per_swept_key(init_sweep: Path) -> None:
     report = build_report(init_sweep)
     names = {path.name for path in report.files}
-    assert names == {"results.md", "results.csv", "runs.csv", "params_vs_metric.png"}
+    # every arm has the same adapter size, so metric vs size would stand in one column: no such figure
+    assert names == {"results.md", "results.csv", "runs.csv", "init_vs_metric.png", "scaling_vs_metric.png"}
     assert all((init_sweep / name).stat().st_size > 0 for name in names)
-    assert (init_sweep / "params_vs_metric.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (init_sweep / "init_vs_metric.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (init_sweep / "results.md").read_text()
     assert "## glue/sst2 — val/accuracy" in markdown
     assert "| uniform | learned | 3 | **0.8200** | 0.8400 ± 0.0529 |" in markdown
@@ -251,7 +252,7 @@ def test_cli_prints_table_and_paths(init_sweep: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "| adapter.scaling | n | median |" in result.stdout
     assert f"wrote {out / 'results.md'}" in result.stdout
-    assert len(read_csv(out / "results.csv")) == 2 and (out / "params_vs_metric.png").is_file()
+    assert len(read_csv(out / "results.csv")) == 2 and (out / "scaling_vs_metric.png").is_file()
     assert not (init_sweep / "results.md").exists()
 
 

@@ -1,5 +1,5 @@
-"""`python -m loldu_lightning.report <multirun dir> [--by k1,k2] [--metric name] [--epoch ...] [--out dir]
-[--reference k=v,... [--candidates k=v,...]]`."""
+"""`python -m loldu_lightning.report <multirun dir | runs.csv> [--by k1,k2] [--metric name] [--epoch ...] [--out dir]
+[--reference k=v,... [--candidates k=v,...]] [--rows k1,k2 [--cols key] [--cell median|mean]] [--paper TABLE]`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Summarise a Hydra multirun of loldu_lightning: per-group tables over seeds, "
         "failed/missing runs, CSVs and figures.",
     )
-    parser.add_argument("sweep_dir", help="the multirun directory (holds multirun.yaml and one sub-directory per job)")
+    parser.add_argument(
+        "sweep_dir",
+        help="the multirun directory (holds multirun.yaml and one sub-directory per job), or a runs.csv this "
+        "report wrote (re-rendered without the job directories; needs --out)",
+    )
     parser.add_argument(
         "--by",
         default=None,
@@ -51,6 +55,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="with --reference: seeds a study asks for on every task (both sides) before a candidate is adopted",
     )
+    parser.add_argument(
+        "--rows",
+        default=None,
+        help="comma-separated config keys as the rows of a table in the paper's layout, e.g. adapter.name "
+        "(Tables I and IV: tasks as columns, Avg. and parameter counts) or adapter.init (Table V)",
+    )
+    parser.add_argument(
+        "--cols",
+        default="task",
+        help="the layout's column key: task (default) or a config key, e.g. adapter.scaling (Table V's "
+        "with / without cells; one table per task)",
+    )
+    parser.add_argument(
+        "--cell",
+        default="median",
+        choices=["median", "mean"],
+        help="each layout cell: the median over seeds (the paper's statistic) or the mean ± std",
+    )
+    parser.add_argument(
+        "--paper",
+        default=None,
+        help="the paper's published Table I, III, IV, V, VI, XI or XII beside each layout cell, with the "
+        "difference; none: no paper column; default: the table of the sweep's experiment=paper/* config",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             reference=args.reference,
             candidates=args.candidates,
             min_seeds=args.min_seeds,
+            rows=args.rows,
+            cols=args.cols,
+            cell=args.cell,
+            paper=args.paper,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -41,7 +41,8 @@ def parse_selector(text: str, keys: list[str], option: str) -> dict[str, list[st
     return selector
 
 
-def _same(value: Any, wanted: str) -> bool:
+def same_value(value: Any, wanted: str) -> bool:
+    """Whether a config value equals a value written on the command line (`3e-3` equals 0.003; `null` None)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return wanted in ("null", "None", "")
     if str(value) == wanted:
@@ -53,7 +54,7 @@ def _same(value: Any, wanted: str) -> bool:
 
 
 def _matches(row: pd.Series, selector: dict[str, list[str]]) -> bool:
-    return all(any(_same(row[key], wanted) for wanted in values) for key, values in selector.items())
+    return all(any(same_value(row[key], wanted) for wanted in values) for key, values in selector.items())
 
 
 @dataclass(frozen=True)

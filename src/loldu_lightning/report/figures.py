@@ -1,4 +1,5 @@
-"""Matplotlib figures of a sweep: metric vs adapter size (the paper's Figure 1), vs rank, vs lr.
+"""Matplotlib figures of a sweep: metric vs adapter size (the paper's Figure 1), vs rank, vs lr, and a
+dot-and-error-bar chart per categorical key (init, scaling, adapter, ...).
 
 Figures are built with the object-oriented API on an Agg canvas, so they neither depend on nor
 change the global pyplot backend: saving works headless and notebooks display them inline.
@@ -17,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
-from loldu_lightning.report.table import aggregate
+from loldu_lightning.report.table import aggregate, sort_key
 
 MAX_COLUMNS = 3
 
@@ -123,4 +124,67 @@ def axis_vs_metric(
         ax.set_ylabel(_metric_label(task_groups))
         if series_keys:
             ax.legend(fontsize=8)
+    return figure
+
+
+def _dodge(count: int, width: float = 0.6) -> np.ndarray:
+    """x offsets of `count` series side by side within one category."""
+    if count == 1:
+        return np.zeros(1)
+    return np.linspace(-width / 2, width / 2, count)
+
+
+def categorical_vs_metric(
+    runs: pd.DataFrame, key: str, by: list[str], reference: Any, notes: list[str], figure_name: str
+) -> Figure | None:
+    """A dot-and-error-bar chart of a categorical key (init, scaling, adapter, ...): per category the mean
+    over seeds with a ± std bar, every seed as a point; one panel per task, one series per combination
+    of the other --by keys; the reference arm (the defaults' value, or --reference's) shaded."""
+    usable = runs[(runs["status"] == "completed") & runs["metric"].notna() & runs[key].notna()]
+    if usable.empty:
+        notes.append(f"{figure_name}: no completed run with a metric and a {key}")
+        return None
+    categories = sorted(dict.fromkeys(usable[key]), key=sort_key)
+    position = {sort_key(value): index for index, value in enumerate(categories)}
+    series_keys = [other for other in by if other != key and other in usable]
+    tasks = sorted(usable["task"].unique())
+    figure, axes = _task_axes(tasks)
+    for ax, task in zip(axes, tasks, strict=True):
+        task_runs = usable[usable["task"] == task]
+        series = list(task_runs.groupby(series_keys, sort=False, dropna=False)) if series_keys else [((), task_runs)]
+        offsets = _dodge(len(series))
+        for (_, members), offset in zip(series, offsets, strict=True):
+            label = group_label(members.iloc[0], series_keys) or None
+            xs, means, stds = [], [], []
+            seed_x, seed_y = [], []
+            for value, arm in members.groupby(key, sort=False):
+                metric = arm["metric"].astype(float).to_numpy()
+                x = position[sort_key(value)] + offset
+                xs.append(x)
+                means.append(metric.mean())
+                stds.append(metric.std(ddof=1) if len(metric) > 1 else 0.0)
+                # seeds spread a little around the arm so equal values stay visible
+                seed_x.extend(x + np.linspace(-0.06, 0.06, len(metric)) if len(metric) > 1 else [x])
+                seed_y.extend(metric)
+            order = np.argsort(xs)
+            line = ax.errorbar(
+                np.asarray(xs)[order],
+                np.asarray(means)[order],
+                yerr=np.asarray(stds)[order],
+                fmt="o",
+                markersize=7,
+                capsize=4,
+                label=label,
+            )
+            ax.scatter(seed_x, seed_y, s=14, alpha=0.45, color=line[0].get_color(), zorder=3)
+        if reference is not None and sort_key(reference) in position:
+            at = position[sort_key(reference)]
+            ax.axvspan(at - 0.45, at + 0.45, color="0.88", zorder=0, label=f"reference ({key}={reference})")
+        ax.set_xticks(range(len(categories)))
+        ax.set_xticklabels([str(value) for value in categories], rotation=20 if len(categories) > 4 else 0)
+        ax.set_xlim(-0.6, len(categories) - 0.4)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{_metric_label(task_runs)} (mean ± std over seeds; dots: seeds)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     return figure
