@@ -23,3 +23,15 @@ class SlowFrom(L.Callback):
         if trainer.global_step >= self.step:
             self.marker.write_text(str(trainer.global_step))
             time.sleep(self.delay_s)
+
+
+class RecordStart(L.Callback):
+    """Appends the global step each training start begins at to `path`, one line per process: a resumed
+    run that silently started over would still end equal to the uninterrupted one, this tells them apart."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        with self.path.open("a") as file:
+            file.write(f"{trainer.global_step}\n")

@@ -1,0 +1,220 @@
+"""End to end on a real one-node SLURM cluster (scripts/slurm_local_cluster.sh, started once for this file).
+
+- a `-m` sweep submitted through `hydra/launcher=submitit_slurm`: two SLURM jobs, both complete;
+- a job that SLURM signals mid-epoch (`scancel --batch --signal=USR1`, what `sbatch --signal=B:USR1@<s>`
+  sends before a time limit): it saves, requeues itself with the real `scontrol`, SLURM runs it again
+  (`Restarts=1`) and it resumes by itself to the uninterrupted run's metrics and adapter values;
+- a job killed without warning (`scancel --batch --signal=KILL`) and submitted again with `ckpt_path=last`:
+  it loses only the steps since its last step checkpoint.
+
+Every job runs this test's Python (the project's virtual environment) on the real RTE with tiny-roberta.
+The tests skip, with the reason, where SLURM and munge are not installed or the user is not root.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import helpers
+import pytest
+import torch
+from helpers import TINY_GLUE, compose_config
+from safetensors.torch import load_file
+from slurm_cluster import LocalSlurm, job_script, local_slurm, skip_reason
+
+from loldu_lightning.train import train
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
+
+
+@pytest.fixture(scope="module")
+def slurm() -> LocalSlurm:
+    with local_slurm() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def rte_run(glue_root) -> list[str]:
+    """12 steps (2 epochs of 6) on 96 examples of the real RTE."""
+    return [
+        "task=glue/rte",
+        f"data.data_dir={glue_root / 'RTE'}",
+        *TINY_GLUE,
+        "trainer.max_epochs=2",
+        "data.train_limit=96",
+        "logger=none",
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(rte_run, tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted SLURM job must reproduce."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    result = train(compose_config(rte_run, run_dir))
+    assert result["status"] == "completed" and result["final"]["step"] == 12
+    return run_dir
+
+
+def slow_from(step: int, marker: Path) -> str:
+    """From global step `step` on, each batch takes 0.3 s longer and `marker` exists: a signal sent then
+    lands inside the first epoch."""
+    return f"+callbacks.extra.slow={{_target_:fault_helpers.SlowFrom,step:{step},marker:'{marker}',delay_s:0.3}}"
+
+
+def record_start(path: Path) -> str:
+    return f"+callbacks.extra.start={{_target_:fault_helpers.RecordStart,path:'{path}'}}"
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """The same final metrics and adapter values as the uninterrupted run."""
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
+    assert got["status"] == want["status"] == "completed"
+    for key in ("val/accuracy", "val/loss", "train/loss", "step", "epoch"):
+        assert got["final"][key] == pytest.approx(want["final"][key], rel=1e-5, abs=1e-6), key
+    a, b = (load_file(d / "adapter" / "last" / "adapter_model.safetensors") for d in (run_dir, reference))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def submit(slurm: LocalSlurm, folder: Path, args: list[str], name: str) -> str:
+    """sbatch the CLI with `args`, its log appended to folder/<name>.log across requeues; the job id."""
+    script = job_script(folder, args)
+    return slurm.sbatch(
+        script,
+        f"--job-name={name}",
+        "--cpus-per-task=1",
+        "--requeue",
+        "--open-mode=append",  # the requeued run appends to the first run's log instead of truncating it
+        f"--output={folder / name}.log",
+        f"--chdir={folder}",
+        "--time=10",
+    )
+
+
+def wait_for(path: Path, slurm: LocalSlurm, job_id: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        state = slurm.job(job_id).get("JobState")
+        if state not in ("PENDING", "RUNNING", "CONFIGURING"):
+            raise AssertionError(f"job {job_id} is {state} before {path.name} appeared")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} never wrote {path}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def job_env(monkeypatch, slurm):
+    """sbatch hands the submitting environment to the job: SLURM_CONF, the tests folder (for the
+    test callbacks) and one thread per run on 2 cores."""
+    for key, value in helpers.cli_env(OMP_NUM_THREADS="1", **slurm.env).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LOLDU_HYDRA_JOB", raising=False)
+
+
+def test_submitit_slurm_sweep_runs_two_jobs_on_the_cluster(slurm, rte_run, tmp_path):
+    sweep = tmp_path / "sweep"
+    output = helpers.run_cli(
+        [
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.partition=debug",
+            "hydra.launcher.timeout_min=10",
+            "hydra.launcher.cpus_per_task=1",
+            "adapter.init=uniform,normal",
+            *[arg for arg in rte_run if not arg.startswith(("trainer.max_epochs", "data.train_limit"))],
+            "data.train_limit=32",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=500,
+        OMP_NUM_THREADS="1",
+        **slurm.env,
+    )
+    assert "Submitit 'slurm' sweep output dir" in output and "#1 : adapter.init=normal" in output
+    # submitit's folders are named by SLURM's ids: one array job, tasks 0 and 1
+    job_ids = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir())
+    assert len(job_ids) == 2 and all("_" in job_id for job_id in job_ids), job_ids
+    print("SLURM jobs of the sweep:", job_ids)
+    for job_id in job_ids:
+        record = slurm.job(job_id)
+        assert record["JobState"] == "COMPLETED" and record["Partition"] == "debug", record
+    inits = set()
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        inits.add(json.loads((sweep / job / "adapter" / "last" / "adapter_config.json").read_text())["init"])
+    assert inits == {"uniform", "normal"}
+
+    from loldu_lightning.report import build_report
+
+    report = build_report(sweep)
+    assert len(report.runs) == 2 and set(report.runs["status"]) == {"completed"}
+
+
+def test_slurm_warning_signal_requeues_the_job_which_resumes_to_the_uninterrupted_run(
+    slurm, rte_run, reference, job_env, tmp_path
+):
+    run_dir, marker = tmp_path / "run", tmp_path / "reached"
+    starts = tmp_path / "starts"
+    args = [*rte_run, slow_from(2, marker), record_start(starts), f"hydra.run.dir={run_dir}"]
+    job_id = submit(slurm, tmp_path, args, "preempted")
+    print("preempted job:", job_id)
+    wait_for(marker, slurm, job_id)
+    # SLURM itself delivers the warning to the batch step (the CLI runs in its place), as --signal=B:USR1@<s> does
+    slurm.command("scancel", "--batch", "--signal=USR1", job_id)
+
+    record = slurm.wait(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout_s=400)
+    log = (tmp_path / "preempted.log").read_text()
+    assert record["JobState"] == "COMPLETED", log[-4000:]
+    print("requeue count read back from scontrol show job:", record["Restarts"])
+    assert record["Restarts"] == "1"  # one requeue, by the run's own `scontrol requeue`
+    assert "SIGUSR1 received" in log and "the SLURM job was requeued" in log
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("interrupted.ckpt")  # no ckpt_path: SLURM_RESTART_COUNT did it
+    saved_at = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=False)["global_step"]
+    # the first run started at 0 and stopped inside epoch 0; the requeued one continued from that step
+    assert 2 <= saved_at < 6 and starts.read_text().split() == ["0", str(saved_at)]
+    assert_same_run(run_dir, reference)
+
+
+def test_job_killed_without_warning_and_resubmitted_loses_only_the_steps_since_its_step_checkpoint(
+    slurm, rte_run, reference, job_env, tmp_path
+):
+    run_dir, marker = tmp_path / "run", tmp_path / "reached"
+    starts = tmp_path / "starts"
+    args = [*rte_run, "checkpoint.every_n_train_steps=2", record_start(starts), f"hydra.run.dir={run_dir}"]
+    job_id = submit(slurm, tmp_path, [*args, slow_from(5, marker)], "killed")
+    print("killed job:", job_id)
+    wait_for(marker, slurm, job_id)
+    # --batch: SIGKILL straight to the run; a plain `scancel` (any signal) cancels, which sends SIGTERM first
+    slurm.command("scancel", "--batch", "--signal=KILL", job_id)
+    record = slurm.wait(job_id, {"FAILED", "CANCELLED", "COMPLETED"})
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("FAILED", "0:9", "0"), record
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 4  # the step checkpoint before the kill (step 5 ran unsaved)
+
+    resubmitted = submit(slurm, tmp_path, [*args, "ckpt_path=last"], "resubmitted")
+    print("resubmitted job:", resubmitted)
+    record = slurm.wait(resubmitted, {"COMPLETED", "FAILED", "CANCELLED"}, timeout_s=400)
+    assert record["JobState"] == "COMPLETED", (tmp_path / "resubmitted.log").read_text()[-4000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"].endswith("last.ckpt")
+    assert starts.read_text().split() == ["0", "4"]  # steps 1-4 were not trained again
+    assert_same_run(run_dir, reference)
+
+
+def test_the_cluster_script_refuses_a_second_start_in_the_same_folder(slurm):
+    import subprocess
+
+    from slurm_cluster import SCRIPT
+
+    again = subprocess.run(["bash", str(SCRIPT), "start", str(slurm.folder)], capture_output=True, text=True)
+    assert again.returncode == 1
+    assert (
+        again.stderr.strip()
+        == f"error: a cluster already runs in {slurm.folder}: stop it first ({SCRIPT} stop {slurm.folder})"
+    )
