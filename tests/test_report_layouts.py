@@ -128,7 +128,8 @@ def test_table5_layout_pivots_init_by_scaling_per_task_with_the_papers_numbers(t
     assert f"{ours:.2f} (paper {theirs:.2f}, {ours - theirs:+.2f})" in avg
     caption = layout.markdown.split("####")[0]
     assert "Table V" in caption and "the model (all-MiniLM-L6-v2; the paper: vit-base" in caption
-    assert "subsets of 1000 examples" in caption
+    assert "subsets of 1000 examples" in caption and "the seeds (2 here; the paper: 1)" in caption
+    assert "adapter.decomposition" not in caption.split("differ in")[1]  # lu, as the paper's
     assert "layout.csv" not in {path.name for path in report.files}  # write=False
 
 

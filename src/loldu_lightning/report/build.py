@@ -215,7 +215,7 @@ def build_report(
     else:
         jobs = load_jobs(root)
         table = _paper_for(paper, jobs)
-        extra += table.match_keys() if table is not None else []
+        extra += [*table.match_keys(), *table.settings] if table is not None else []
         runs = runs_frame(jobs, metric, extra_keys=list(dict.fromkeys(extra)), epoch=epoch)
         overridden = override_keys(jobs)
     if keys is None:

@@ -28,6 +28,8 @@ from loldu_lightning.report.table import aggregate, sort_key
 TASK = "task"
 CELLS = ("median", "mean")
 AVG = "Avg."
+# Config keys that say whether a sweep ran the paper's setup (read into the runs by build_report).
+SETUP_KEYS = ("model.name_or_path", "adapter.decomposition", "trainer.max_epochs", "data.train_limit")
 
 
 @dataclass
@@ -236,49 +238,55 @@ def _by_key_tables(
     return "\n\n".join(parts)
 
 
-def _sweep_setup(runs: pd.DataFrame) -> dict[str, list[Any]]:
-    """The values of the setup keys that decide whether a comparison with the paper is like for like."""
-    keys = ("model.name_or_path", "adapter.decomposition", "trainer.max_epochs", "data.train_limit")
+def _sweep_setup(runs: pd.DataFrame, keys: Sequence[str]) -> dict[str, list[Any]]:
+    """The values the sweep's runs recorded for `keys` (those it recorded)."""
     return {key: _ordered(runs[key].dropna()) for key in keys if key in runs and runs[key].notna().any()}
 
 
-def paper_caption(frame: pd.DataFrame, runs: pd.DataFrame, paper: PaperTable, cell: str) -> str:
-    """Where the paper's numbers come from, what this sweep ran, and how the two setups differ."""
-    setup = _sweep_setup(runs)
-    seeds = runs.loc[runs["status"] == "completed", "seed"].nunique() if "seed" in runs else 0
-    ours = [f"{key} = {', '.join(map(str, values))}" for key, values in setup.items()]
+def _differences(frame: pd.DataFrame, runs: pd.DataFrame, paper: PaperTable, layout_keys: list[str]) -> list[str]:
+    """How this sweep's setup differs from the paper's, one phrase per difference."""
+    setup = _sweep_setup(runs, [*SETUP_KEYS, *paper.settings])
     differ = []
     models = [str(value) for value in setup.get("model.name_or_path", [])]
     if models and not any(paper.model.lower() in model.lower() for model in models):
         differ.append(f"the model ({', '.join(models)}; the paper: {paper.model})")
     if setup.get("data.train_limit"):
         differ.append(f"the training data (subsets of {', '.join(map(str, setup['data.train_limit']))} examples)")
-    decompositions = [str(value) for value in setup.get("adapter.decomposition", [])]
-    if any(value != "lu" for value in decompositions):
-        differ.append(f"the decomposition ({', '.join(decompositions)}; the paper: LU)")
-    tasks = _ordered(frame[TASK])
-    unmatched = [task for task in tasks if paper.column_for(str(task)) == AVG_COLUMN]
+    for key, wanted in paper.settings.items():
+        values = setup.get(key, [])
+        if key not in layout_keys and any(str(value) != str(wanted) for value in values):
+            differ.append(f"{key} ({', '.join(map(str, values))}; the paper: {wanted})")
+    unmatched = [task for task in _ordered(frame[TASK]) if paper.column_for(str(task)) == AVG_COLUMN]
     if unmatched:
         differ.append(
             f"the tasks ({', '.join(map(str, unmatched))} are no column of Table {paper.name}: "
             f"their cells are compared with its printed Avg. over {', '.join(paper.columns.values())})"
         )
-    if seeds and seeds < 5:
-        differ.append(f"the seeds ({seeds} here)")
+    seeds = runs.loc[runs["status"] == "completed", "seed"].nunique() if "seed" in runs else 0
+    if seeds and seeds != paper.seeds:
+        differ.append(f"the seeds ({seeds} here; the paper: {paper.seeds})")
+    return differ
+
+
+def paper_caption(frame: pd.DataFrame, runs: pd.DataFrame, paper: PaperTable, cell: str, layout_keys: list[str]) -> str:
+    """Where the paper's numbers come from, what this sweep ran, and how the two setups differ."""
+    setup = _sweep_setup(runs, [*SETUP_KEYS, *(key for key in paper.settings if key not in SETUP_KEYS)])
+    seeds = runs.loc[runs["status"] == "completed", "seed"].nunique() if "seed" in runs else 0
     statistic = "median over seeds" if cell == "median" else "mean ± std over seeds"
     lines = [
         f"Paper: {paper.title}, {PAPER}: {paper.setup}. Metric: {paper.metric}.",
         f"Each cell: this sweep's {statistic} (x {paper.scale:g}), then the paper's number for the same row "
         f"and the difference (ours - paper); `Avg.` compares the means over the same columns.",
     ]
-    if ours:
-        lines.append(f"This sweep: {'; '.join(ours)}; {seeds} seed(s).")
-    unknown = [key for key in ("model.name_or_path", "data.train_limit") if key not in setup]
-    if "model.name_or_path" in unknown:
+    if setup:
+        ours = "; ".join(f"{key} = {', '.join(map(str, values))}" for key, values in setup.items())
+        lines.append(f"This sweep: {ours}; {seeds} seed(s).")
+    if "model.name_or_path" not in setup:
         lines.append(
-            f"Not recorded in these runs: {', '.join(unknown)} (a runs.csv from before the report recorded "
-            "them); compare the model and budget with the paper's by hand."
+            "Not recorded in these runs: model.name_or_path, data.train_limit (a runs.csv from before the report "
+            "recorded them); compare the model and budget with the paper's by hand."
         )
+    differ = _differences(frame, runs, paper, layout_keys)
     if differ:
         lines.append(
             f"The setups differ in {'; '.join(differ)}: read the differences as a comparison, not a reproduction."
@@ -313,7 +321,7 @@ def pivot_layout(
         body = _by_key_tables(frame, rows, cols, cell, paper, digits)
     parts = [title]
     if paper is not None:
-        parts.append(paper_caption(frame, runs, paper, cell))
+        parts.append(paper_caption(frame, runs, paper, cell, [*rows, cols]))
     parts.append(body)
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))

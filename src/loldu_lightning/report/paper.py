@@ -60,6 +60,8 @@ class PaperTable:
     experiments: tuple[str, ...]
     columns: dict[str, str]
     rows: tuple[PaperRow, ...]
+    seeds: int = 1
+    settings: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def match_keys(self) -> list[str]:
@@ -150,6 +152,8 @@ def paper_tables() -> dict[str, PaperTable]:
             experiments=tuple(raw.get("experiments") or ()),
             columns=columns,
             rows=tuple(_row(str(name), row, columns) for row in raw["rows"]),
+            seeds=int(raw.get("seeds") or 1),
+            settings=dict(raw.get("settings") or {}),
             notes=tuple(raw.get("notes") or ()),
         )
     return tables
