@@ -113,6 +113,7 @@ class AdapterBank:
         self._fingerprints = {
             name: (layer.base_fingerprint(), tensor_sha256(layer.perm)) for name, layer in self.layers.items()
         }
+        # Row 0 of each matrix is the base model (zeros); rows past len(self._rows) are spare capacity.
         self._rows: dict[str, int] = {BASE: 0}
         self._scales = {
             name: torch.zeros(1, layer.rank, dtype=torch.float32, device=layer.z.device)
@@ -182,9 +183,13 @@ class AdapterBank:
         head_states = {module: dict(state) for module, state in (heads or {}).items()}
         for module, state in head_states.items():
             self._check_head(name, module, state)
+        row = len(self._rows)
         for module, vector in rows.items():
-            self._scales[module] = torch.cat([self._scales[module], vector[None]])
-        self._rows[name] = len(self._rows)
+            matrix = self._scales[module]
+            if row == matrix.shape[0]:  # full: double the rows, so adding N adapters copies O(N) numbers
+                matrix = self._scales[module] = torch.cat([matrix, torch.zeros_like(matrix)])
+            matrix[row] = vector
+        self._rows[name] = row
         for module, state in head_states.items():
             head = self._head(module)
             device = next(iter(head.module.parameters()), torch.empty(0)).device
@@ -243,9 +248,14 @@ class AdapterBank:
         if name == BASE:
             raise ValueError(f"AdapterBank: {BASE!r} is the base model itself and cannot be removed")
         row = self._rows.pop(name)
-        for module, matrix in self._scales.items():
-            self._scales[module] = torch.cat([matrix[:row], matrix[row + 1 :]])
-        self._rows = {n: (r if r < row else r - 1) for n, r in self._rows.items()}
+        last = len(self._rows)  # the highest row in use before the removal
+        if row != last:  # the last adapter moves into the freed row
+            moved = next(n for n, r in self._rows.items() if r == last)
+            for matrix in self._scales.values():
+                matrix[row] = matrix[last]
+            self._rows[moved] = row
+        for matrix in self._scales.values():
+            matrix[last] = 0
         for head in self._heads.values():
             head.states.pop(name, None)
 
