@@ -14,6 +14,9 @@ The tests skip, with the reason, where SLURM and munge are not installed or the 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -114,39 +117,65 @@ def job_env(monkeypatch, slurm):
     monkeypatch.delenv("LOLDU_HYDRA_JOB", raising=False)
 
 
-def test_submitit_slurm_sweep_runs_two_jobs_on_the_cluster(slurm, rte_run, tmp_path):
+def test_submitit_slurm_sweep_of_two_jobs_completes_with_one_job_preempted_and_requeued(
+    slurm, rte_run, reference, tmp_path
+):
+    """`-m hydra/launcher=submitit_slurm`: one SLURM array job, a task per sweep job. Task 0 gets SLURM's
+    warning mid-epoch (SIGUSR2, what submitit's `--signal=USR2@<signal_delay_s>` sends to the job step):
+    it saves, requeues itself, runs again and resumes; the sweep waits for it and reports both jobs."""
     sweep = tmp_path / "sweep"
-    output = helpers.run_cli(
+    # each job writes its own marker (reached_0, reached_1) once it is inside its first epoch
+    marker = f"{tmp_path}/reached_${{hydra:job.num}}"
+    sweep_process = subprocess.Popen(
         [
+            sys.executable,
+            "-m",
+            "loldu_lightning",
             "-m",
             "hydra/launcher=submitit_slurm",
             "hydra.launcher.partition=debug",
             "hydra.launcher.timeout_min=10",
             "hydra.launcher.cpus_per_task=1",
-            "adapter.init=uniform,normal",
-            *[arg for arg in rte_run if not arg.startswith(("trainer.max_epochs", "data.train_limit"))],
-            "data.train_limit=32",
+            "seed=42,7",  # job 0 is the reference's configuration
+            *rte_run,
+            f"+callbacks.extra.slow={{_target_:fault_helpers.SlowFrom,step:2,marker:'{marker}',delay_s:0.3}}",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
-        timeout=500,
-        OMP_NUM_THREADS="1",
-        **slurm.env,
+        env=helpers.cli_env(OMP_NUM_THREADS="1", **slurm.env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert "Submitit 'slurm' sweep output dir" in output and "#1 : adapter.init=normal" in output
-    # submitit's folders are named by SLURM's ids: one array job, tasks 0 and 1
-    job_ids = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir())
-    assert len(job_ids) == 2 and all("_" in job_id for job_id in job_ids), job_ids
-    print("SLURM jobs of the sweep:", job_ids)
-    for job_id in job_ids:
-        record = slurm.job(job_id)
-        assert record["JobState"] == "COMPLETED" and record["Partition"] == "debug", record
-    inits = set()
-    for job in ("0", "1"):
-        metrics = json.loads((sweep / job / "metrics.json").read_text())
-        assert metrics["status"] == "completed"
-        inits.add(json.loads((sweep / job / "adapter" / "last" / "adapter_config.json").read_text())["init"])
-    assert inits == {"uniform", "normal"}
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "reached_0").exists():
+            assert sweep_process.poll() is None, sweep_process.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "sweep job 0 never reached its first epoch"
+            time.sleep(0.2)
+        # submitit's folders are named by SLURM's ids: the array job's (its script) and one per task
+        task_ids = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+        assert len(task_ids) == 2 and task_ids[0].endswith("_0") and task_ids[1].endswith("_1"), task_ids
+        print("SLURM jobs of the sweep:", task_ids)
+        slurm.command("scancel", "--signal=USR2", task_ids[0])
+        output = sweep_process.communicate(timeout=500)[0]
+    finally:
+        if sweep_process.poll() is None:
+            sweep_process.kill()
+            sweep_process.wait()
+    assert sweep_process.returncode == 0, output[-4000:]
+    assert "Submitit 'slurm' sweep output dir" in output and "#1 : seed=7" in output
+
+    preempted, other = (slurm.job(task_id) for task_id in task_ids)
+    print("requeue counts read back from scontrol show job:", preempted["Restarts"], other["Restarts"])
+    assert (preempted["JobState"], preempted["Restarts"]) == ("COMPLETED", "1"), preempted
+    assert (other["JobState"], other["Restarts"], other["Partition"]) == ("COMPLETED", "0", "debug"), other
+    task_log = (sweep / ".submitit" / task_ids[0] / f"{task_ids[0]}_0_log.out").read_text()
+    assert "SIGUSR2 received" in task_log and task_log.count("Starting with JobEnvironment") == 2
+
+    # the requeued job resumed by itself and ended exactly where an uninterrupted run ends
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["resumed_from"].endswith("interrupted.ckpt")
+    assert_same_run(sweep / "0", reference)
 
     from loldu_lightning.report import build_report
 
