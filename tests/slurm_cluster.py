@@ -27,7 +27,9 @@ TOOLS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "sca
 def skip_reason() -> str | None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        return f"SLURM is not installed ({', '.join(missing)} not found): as root, apt-get install -y slurm-wlm munge"
+        return (
+            f"SLURM and munge not found ({', '.join(missing)} not on PATH): as root, apt-get install -y slurm-wlm munge"
+        )
     if os.geteuid() != 0:
         return "the local SLURM cluster runs its daemons as root; these tests need root"
     return None
