@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime
 import os
@@ -167,11 +168,13 @@ def main(argv: list[str] | None = None) -> None:
             stats = httpx.get(f"{url}/stats", timeout=60).json()
         finally:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
+                process.send_signal(signal.SIGTERM)  # the server stops its workers on SIGTERM
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+                    process.kill()
+            with contextlib.suppress(ProcessLookupError):  # a worker the server left behind: its session goes too
+                os.killpg(process.pid, signal.SIGKILL)
             log.close()
     per_adapter = loaded["bytes"]["a0"]
     lines = [

@@ -4,6 +4,7 @@ BERT that borrows MiniLM's tokenizer; and the Python API (AdapterService) for ge
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import socket
@@ -127,12 +128,14 @@ def server(folders: dict[str, Path]):
     finally:
         # Stop the server and the worker processes it started (its own session), by id.
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
+            process.send_signal(signal.SIGTERM)  # the server stops its workers on SIGTERM
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
                 process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):  # a worker the server left behind: its session goes too
+            os.killpg(process.pid, signal.SIGKILL)
         log.close()
 
 

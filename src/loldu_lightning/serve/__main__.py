@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -30,8 +31,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # Ctrl-C and `kill <pid>` both stop the server and its worker processes (LitServe's shutdown on
+    # KeyboardInterrupt), also when the shell started it in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     if not Path(args.adapters).is_dir():
         print(
             f"error: --adapters {args.adapters} is not a folder; pass a folder whose subfolders are adapters",
