@@ -77,3 +77,13 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, **extra_env: str) ->
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output
+
+
+def logged_values(run_dir: Path, key: str) -> list[float]:
+    """Every value of `key` the run's CSV logger wrote (logs/.../metrics.csv), in order: a record kept
+    apart from metrics.json, so a test can check metrics.json's best and objective against it."""
+    import csv
+
+    [path] = (run_dir / "logs").rglob("metrics.csv")
+    with path.open() as rows:
+        return [float(row[key]) for row in csv.DictReader(rows) if row.get(key)]

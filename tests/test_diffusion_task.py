@@ -130,6 +130,7 @@ def test_train_samples_exports_a_merged_unet_and_resumes(sd_cache, dog, tmp_path
         )
     )
     assert resumed["status"] == "completed" and resumed["final"]["step"] == 6
+    assert (resumed["start_step"], resumed["steps_run"]) == (4, 2)
     assert (tmp_path / "samples" / "step_000006.png").is_file()
 
 

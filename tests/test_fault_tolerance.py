@@ -68,6 +68,20 @@ def adapter_values(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "last" / "adapter_model.safetensors")
 
 
+def run_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def assert_continued(run_dir: Path, from_step: int, total_steps: int) -> None:
+    """The resumed process started at the checkpoint's global step and ran only the remaining steps.
+
+    Training is deterministic, so a resume that silently restarted from step 0 would still end equal
+    to the uninterrupted run: the step counts are what tell the two apart."""
+    metrics = run_metrics(run_dir)
+    assert from_step > 0
+    assert (metrics["start_step"], metrics["steps_run"]) == (from_step, total_steps - from_step)
+
+
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     got, want = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
     assert got["status"] == want["status"] == "completed"
@@ -96,16 +110,19 @@ def test_sigterm_mid_epoch_then_ckpt_path_last_reproduces_the_uninterrupted_run(
     )
     assert code == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Traceback" not in stderr
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "interrupted"
-    assert 0 < metrics["final"].get("step", 1) < 6  # stopped inside the first epoch
+    metrics = run_metrics(run_dir)
+    assert metrics["status"] == "interrupted" and metrics["final"] == {}  # no validation yet
+    assert metrics["start_step"] == 0 and 0 < metrics["steps_run"] < 6  # stopped inside the first epoch
+    stopped_at = metrics["steps_run"]
+    assert torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=False)["global_step"] == stopped_at
     resume_line = next(line for line in stderr.splitlines() if line.startswith("resume with: "))
     assert f"hydra.run.dir={run_dir}" in resume_line and "ckpt_path=last" in resume_line
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
 
     output = finish(cli([*GLUE, f"hydra.run.dir={run_dir}", "ckpt_path=last"], tmp_path))
     assert "not resumable" not in output
-    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"].endswith("interrupted.ckpt")
+    assert run_metrics(run_dir)["resumed_from"].endswith("interrupted.ckpt")
+    assert_continued(run_dir, from_step=stopped_at, total_steps=12)
     assert_same_run(run_dir, glue_reference)
 
 
@@ -119,6 +136,7 @@ def test_sigkill_loses_only_the_steps_since_the_last_step_checkpoint(glue_refere
 
     output = finish(cli([*args, "ckpt_path=last"], tmp_path))
     assert "not resumable" not in output
+    assert_continued(run_dir, from_step=4, total_steps=12)
     assert_same_run(run_dir, glue_reference)
 
 
@@ -142,11 +160,13 @@ def test_slurm_warning_signal_saves_requeues_and_the_requeued_job_resumes_by_its
     code, stderr = signal_when(cli([*args, slow_from(2, marker)], tmp_path, slurm), marker, signal.SIGUSR1)
     assert code == 128 + signal.SIGUSR1, stderr[-3000:]
     assert calls.read_text().split() == ["requeue", "4242"]
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "requeued"
+    requeued = run_metrics(run_dir)
+    assert requeued["status"] == "requeued" and requeued["start_step"] == 0
 
     # SLURM starts the same command again with SLURM_RESTART_COUNT set: no ckpt_path override needed
     finish(cli(args, tmp_path, {**slurm, "SLURM_RESTART_COUNT": "1"}))
-    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"].endswith("interrupted.ckpt")
+    assert run_metrics(run_dir)["resumed_from"].endswith("interrupted.ckpt")
+    assert_continued(run_dir, from_step=requeued["steps_run"], total_steps=12)
     assert_same_run(run_dir, glue_reference)
 
 
@@ -199,6 +219,7 @@ def test_instruct_with_gradient_accumulation_resumes_exactly_after_sigterm(tmp_p
     saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=False)
     assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] % 2 == 0
     finish(cli([*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], tmp_path))
+    assert_continued(run_dir, from_step=saved["global_step"], total_steps=run_metrics(reference)["steps_run"])
     assert_same_run(run_dir, reference)
 
 
@@ -239,18 +260,22 @@ def test_vision_with_random_augmentation_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(RunInterrupted):
         train(compose_config(args, tmp_path / "run"))
     monkeypatch.setattr(train_module, "build_callbacks", build)
+    stopped_at = run_metrics(tmp_path / "run")["steps_run"]
     train(compose_config([*args, "ckpt_path=last"], tmp_path / "run"))
+    assert_continued(tmp_path / "run", from_step=stopped_at, total_steps=run_metrics(reference)["steps_run"])
     assert_same_run(tmp_path / "run", reference)
 
 
 def test_resume_refuses_a_changed_max_epochs_and_the_named_override_accepts_it(tmp_path):
     one_epoch = [*TINY_GLUE, "data.train_limit=32"]
     train(compose_config(one_epoch, tmp_path))
+    before = (tmp_path / "metrics.json").read_text()
     with pytest.raises(CheckpointError) as refused:
         train(compose_config([*one_epoch, "trainer.max_epochs=2", "optimizer.lr=3e-3", "ckpt_path=last"], tmp_path))
     message = str(refused.value)
     assert "trainer.max_epochs: 1 -> 2" in message and "optimizer.lr: 0.001 -> 0.003" in message
     assert "+resume.allow_changes=[optimizer.lr,trainer.max_epochs]" in message
+    assert (tmp_path / "metrics.json").read_text() == before  # the refusal leaves the run's record as it was
     # a changed number of loader workers does not change the result and is not refused
     extended = train(
         compose_config(
@@ -259,6 +284,7 @@ def test_resume_refuses_a_changed_max_epochs_and_the_named_override_accepts_it(t
         )
     )
     assert extended["status"] == "completed" and extended["final"]["epoch"] == 1 and extended["final"]["step"] == 4
+    assert (extended["start_step"], extended["steps_run"]) == (2, 2)  # epoch 1 only, continued from step 2
 
 
 def test_ckpt_path_last_is_the_newest_whole_checkpoint_and_a_truncated_one_is_named(tmp_path):
@@ -294,13 +320,16 @@ def test_an_interrupted_sweep_completes_on_the_second_invocation_without_rerunni
     assert f"hydra.sweep.dir={sweep_dir}" in stderr
     first = (sweep_dir / "0" / "metrics.json").read_text()
     assert json.loads(first)["status"] == "completed"
-    assert json.loads((sweep_dir / "1" / "metrics.json").read_text())["status"] == "interrupted"
+    interrupted_record = (sweep_dir / "1" / "metrics.json").read_text()
+    assert json.loads(interrupted_record)["status"] == "interrupted"
     assert not (sweep_dir / "2").exists()
 
     finish(cli(args, tmp_path))
     assert (sweep_dir / "0" / "metrics.json").read_text() == first  # skipped, not re-run
+    interrupted = json.loads(interrupted_record)
     resumed = json.loads((sweep_dir / "1" / "metrics.json").read_text())
     assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("interrupted.ckpt")
+    assert (resumed["start_step"], resumed["steps_run"]) == (interrupted["steps_run"], 6 - interrupted["steps_run"])
     assert json.loads((sweep_dir / "2" / "metrics.json").read_text())["status"] == "completed"
     from loldu_lightning.report.jobs import load_jobs
 

@@ -177,6 +177,35 @@ def test_humaneval_and_lm_eval_on_the_adapted_tiny_llama(tiny_run: Path, tmp_pat
     assert 0.0 <= scores["acc"] <= 1.0 and document["lm-eval"]["n_samples"]["local_mc"] == 3
 
 
+def test_humaneval_credits_exactly_the_completions_that_pass(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """The scorer end to end with known completions: problem 0's canonical body passes, a wrong body fails.
+
+    A tiny random model scores 0 whatever the scorer does, so the run above cannot tell a scorer that
+    never credits a pass from a working one; this can."""
+    import loldu_lightning.generation
+
+    problems = read_problems()[:2]
+    answers = [problems[0]["canonical_solution"], "    return None\n"]
+    seen_prompts: list[str] = []
+
+    def known_completions(model, tokenizer, prompts, **kwargs):
+        seen_prompts.extend(prompts)
+        return list(answers)
+
+    monkeypatch.setattr(loldu_lightning.generation, "generate_texts", known_completions)
+    unsafe = [] if SANDBOX_PROBLEM is None else ["--unsafe-no-sandbox"]  # the canonical solution and `return None`
+    adapter = ["--adapter", str(tiny_run / "adapter" / "best"), "--model", "tiny-llama", "--output-dir", str(tmp_path)]
+    assert evaluate_main(["humaneval", *adapter, "--limit", "2", *unsafe]) == 0
+    assert [prompt.endswith(problem["prompt"]) for prompt, problem in zip(seen_prompts, problems, strict=True)] == [
+        True,
+        True,
+    ]
+    humaneval = json.loads((tmp_path / "eval.json").read_text())["humaneval"]
+    assert (humaneval["pass@1"], humaneval["passed"], humaneval["problems"]) == (0.5, 1, 2)
+    samples = [json.loads(line) for line in (tmp_path / "humaneval_samples.jsonl").read_text().splitlines()]
+    assert [sample["passed"] for sample in samples] == [True, False]
+
+
 def test_evaluating_needs_a_model(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Say what to evaluate"):
         evaluate_main(["perplexity", "--output-dir", str(tmp_path)])

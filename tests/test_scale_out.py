@@ -114,6 +114,7 @@ def test_ddp_two_ranks_one_set_of_outputs_synced_metrics_and_resume(rte, tmp_pat
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["status"] == "completed"
     assert [resumed["final"]["epoch"], resumed["final"]["step"]] == [1, 4]
+    assert (resumed["start_step"], resumed["steps_run"]) == (2, 2)  # continued, not restarted from step 0
     rank0, rank1 = probes(run_dir, step=4)
     assert rank0["factors"] == rank1["factors"] and rank0["trainable_at_end"] == rank1["trainable_at_end"]
 

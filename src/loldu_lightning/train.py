@@ -182,17 +182,19 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if finished is not None:
         log.info("%s already completed with this configuration; skipped (resume.auto)", output_dir)
         return finished
+    payload = _start_payload(run)
+    # before anything is written: a refused resume (changed configuration, damaged checkpoint) leaves the
+    # run's metrics.json as it was, since its checkpoint is still resumable with its own configuration
+    ckpt_path = _checkpoint_to_resume(run, payload)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(run.seed, workers=True)
     history = MetricsHistory()
     adapter_callback = AdapterCallback(run.adapter, output_dir / "adapter", base_model_name=run.base_model)
     tracking = build_tracking(run)
-    payload = _start_payload(run)
     start = time.perf_counter()
     group_opened_before = torch.distributed.is_available() and torch.distributed.is_initialized()
     launcher_environment = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
     try:
-        ckpt_path = _checkpoint_to_resume(run, payload)
         _fit(run, ckpt_path, adapter_callback, history, tracking, payload)
         payload["status"] = "completed"
     except RunInterrupted as interruption:
@@ -209,6 +211,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         payload.update(
             best=best, final=history.final, time_s=round(time.perf_counter() - start, 2), objective=best.get(monitor)
         )
+        payload.update(history.steps)  # start_step, steps_run: a resume that restarted from 0 shows it
         if adapter_callback.parameter_counts:
             payload["params"] = adapter_callback.parameter_counts
         # Every DDP/SLURM rank runs train(); one file per run, from global rank 0 (Lightning sets the

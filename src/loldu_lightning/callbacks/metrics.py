@@ -1,4 +1,5 @@
-"""Per-validation history, from which metrics.json takes the final and the best validation."""
+"""Per-validation history, from which metrics.json takes the final and the best validation, and the
+steps this process ran."""
 
 from __future__ import annotations
 
@@ -13,6 +14,24 @@ class MetricsHistory(L.Callback):
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
         self.best_index: int | None = None
+        # this process's own steps, never checkpointed: a resumed run reports where it continued from
+        self.start_step: int | None = None
+        self.end_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning restored a checkpoint's loops: the global step this process continues from
+        self.start_step = self.end_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        self.end_step = trainer.global_step
+
+    @property
+    def steps(self) -> dict[str, int]:
+        """`start_step` (0 unless resumed) and `steps_run` (optimizer steps in this process); empty
+        when training never started."""
+        if self.start_step is None:
+            return {}
+        return {"start_step": self.start_step, "steps_run": self.end_step - self.start_step}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
