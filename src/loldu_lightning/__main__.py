@@ -24,7 +24,7 @@ from .config import config_dir, register_resolvers, validate_config
 from .errors import exit_on_user_error, full_error_requested, user_error_message
 from .hydra_ddp import child_arguments, export_current_job
 from .interrupts import RunInterrupted
-from .overrides import check_override_keys, compose_single_run
+from .overrides import add_declared_options, check_override_keys, compose_single_run
 from .preflight import preflight
 from .resume_hint import resume_command
 
@@ -104,7 +104,8 @@ def check_command_line(args: list[str]) -> None:
 
 def main() -> None:
     register_resolvers()
-    sys.argv[1:] = child_arguments(sys.argv[1:])
+    # a listed option the composed config leaves out (trainer.max_steps) is set as key=value too
+    sys.argv[1:] = add_declared_options(child_arguments(sys.argv[1:]))
     try:
         check_command_line(sys.argv[1:])
     except Exception as error:

@@ -54,6 +54,51 @@ def check_override_keys(args: list[str]) -> None:
             raise unknown_key(cfg, key)
 
 
+def add_declared_options(args: list[str]) -> list[str]:
+    """`args` with `key=value` turned into `++key=value` for an option the schema declares
+    (builders/schema.py, docs/options.md) that the composed config leaves out, such as
+    `trainer.max_steps` where the trainer file sets none: every listed option is then set as
+    `key=value`, whichever files a run composes. `+key=value` keeps working; other keys are left
+    for check_override_keys and Hydra to refuse."""
+    from .builders.schema import group_keys
+
+    candidates = [(i, a) for i, a in enumerate(args) if "=" in a and not a.startswith("-")]
+    try:
+        parsed = [(i, OverridesParser.create().parse_overrides([a])[0]) for i, a in candidates]
+    except Exception:
+        return args  # a syntax error: reported by _parse_each or Hydra
+    groups = _groups()
+    selections, plain = [], []
+    for i, override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra") or override.is_add() or override.is_force_add() or override.is_delete():
+            continue
+        if key.split("/")[0] in groups and "." not in key:
+            if override.is_sweep_override():
+                return args  # the keys depend on each job's group options; Hydra checks each job
+            selections.append(override.input_line)
+        elif "." in key:
+            plain.append((i, key))
+    if not plain:
+        return args
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("config", overrides=selections)
+    except Exception:
+        return args  # a group option that does not exist: Hydra names it
+    result = list(args)
+    for i, key in plain:
+        present = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False, throw_on_resolution_failure=False)
+        if present is not _ABSENT:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        typed = group_keys(cfg, parent)
+        if typed is not None and leaf in typed[0]:
+            result[i] = "++" + args[i]
+    return result
+
+
 def unknown_key(cfg: DictConfig, key: str) -> ValueError:
     """`key` is not in the composed config: name the closest key and say how to set it, which
     depends on the group. A typed group (builders/schema.py) takes only its options (and, for

@@ -294,12 +294,83 @@ def _model_config_exists(name: str) -> bool:
     return (Path(config_dir()) / "model" / f"{name}.yaml").is_file()
 
 
+# model files transformers loads weights from (a GGUF file is named by model.gguf_file)
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth")
+
+
+def check_model_files(cfg: Mapping) -> None:
+    """A packaged model's package is installed, and a local model folder holds weights, not only a
+    config: found now rather than after the run folder, the data and the tokenizer are set up."""
+    model_cfg, family = cfg["model"], cfg["task"]["family"]
+    name = str(model_cfg.get("name_or_path") or "")
+    if model_cfg.get("tiny") or family not in _AUTO_CLASSES or not name:
+        return
+    if name == SMOLLM2:
+        from .models import smollm2_path
+
+        smollm2_path()  # names the package and its install command when it is missing
+        return
+    folder = Path(name).expanduser()
+    if name in _packaged_names() or not (folder / "config.json").is_file() or model_cfg.get("gguf_file"):
+        return
+    if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
+        raise UserError(
+            f"model.name_or_path={name} holds a config.json but no weights (model.safetensors or "
+            "pytorch_model.bin, or their shards). Download the whole model folder, or point "
+            "model.name_or_path at one that has its weights."
+        )
+
+
+def check_instruct_data(cfg: Mapping) -> None:
+    """The instruction records file parses and every record has the Alpaca fields (read once, quickly)."""
+    data = cfg.get("data") or {}
+    if cfg["task"]["family"] == "instruct" and data.get("path") not in (None, ""):
+        from .data.instruct import read_records
+
+        read_records(data["path"])
+
+
+# the Trainer arguments that choose the hardware; Lightning checks them together before anything runs
+_HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def check_trainer(trainer_kwargs: Mapping[str, Any]) -> None:
+    """Lightning's own check of the hardware options (`trainer.devices=0`, a GPU strategy on a CPU
+    machine), as one line naming the key instead of a MisconfigurationException traceback later."""
+    import re
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    hardware = {key: trainer_kwargs[key] for key in _HARDWARE_KEYS if key in trainer_kwargs}
+    if not isinstance(hardware.get("strategy", "auto"), str):
+        return  # a strategy object: Lightning checks it when the Trainer is built
+    try:
+        _AcceleratorConnector(**hardware)
+    except MisconfigurationException as error:
+        message = " ".join(str(error).split())
+        named = re.findall(r"Trainer\((\w+)=([^)]*)\)", message)
+        keys = ", ".join(f"trainer.{key}={value}" for key, value in named) or ", ".join(
+            f"trainer.{key}={value}" for key, value in hardware.items()
+        )
+        raise UserError(
+            f"{keys}: {message.rstrip('.')}. Change the trainer option it names (trainer.* here is "
+            "lightning.Trainer's argument of the same name)."
+        ) from None
+
+
 def preflight(cfg) -> None:
     """Everything that can be known about a run's inputs before loading them: the paths it names,
-    the hub, then the rank. `cfg` is a config that validate_config accepted."""
+    the hub, the model's files, the instruction data, Lightning's hardware options, then the rank.
+    `cfg` is a config that validate_config accepted."""
     from .builders.adapter import adapter_options
     from .builders.schema import check_paths, run_options
+    from .builders.trainer import trainer_options
 
-    check_paths(run_options(cfg))
+    options = run_options(cfg)
+    check_paths(options)
     check_hub(cfg)
+    check_model_files(cfg)
+    check_instruct_data(cfg)
+    check_trainer(trainer_options(options.trainer))
     check_rank(cfg, adapter_options(cfg))

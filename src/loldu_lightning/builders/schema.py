@@ -770,6 +770,7 @@ class OptionRow:
     allowed: str
     default: str
     help: str
+    example: str = ""  # a value to set it to (tests set every listed option)
 
 
 @dataclass(frozen=True)
@@ -803,7 +804,7 @@ def _rows(schema: type, prefix: str, inherited: type | None = None) -> list[Opti
         if _group_schema(annotation) is not None:
             rows += _rows(_group_schema(annotation), key)
             continue
-        rows.append(OptionRow(key, describe(annotation, spec), _yaml(_default(spec_field)), spec.help))
+        rows.append(OptionRow(key, describe(annotation, spec), _yaml(_default(spec_field)), spec.help, spec.example))
     return rows
 
 
