@@ -235,3 +235,16 @@ def test_peft_adapters_of_different_ranks_share_a_batch() -> None:
         for row, name in enumerate(["large", "small"]):
             model.set_adapter(name)
             torch.testing.assert_close(mixed[row], model(input_ids=IDS[row : row + 1]).logits[0], atol=ATOL, rtol=0)
+
+
+def test_benchmark_quick_run_writes_its_table(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "mixed.md"
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "benchmarks.mixed_batches", "--quick", "--sections", "minilm", "--out", str(out)]
+    subprocess.run(command, cwd=repo, check=True, capture_output=True, timeout=600)
+    report = out.read_text()
+    assert "| 1 |" in report and "| 4 |" in report  # one row per count of distinct adapters (--quick: 1 and 4)
+    assert "Memory per loaded adapter (its own tensors): LoLDU 21,512 bytes" in report  # 12 x 384 x 4 + head
