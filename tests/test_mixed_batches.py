@@ -3,6 +3,7 @@ PEFT's adapter_names=, for classification and generate; every example must get w
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import transformers
 from peft import get_peft_model
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
-from loldu_lightning.loldu import BASE, AdapterBank, LoLDUConfig, inject, load_adapter, save_adapter
+from loldu_lightning.loldu import BASE, AdapterBank, LoLDUConfig, inject, load_adapter, loldu_modules, save_adapter
 from loldu_lightning.peft import LoLDUPeftConfig
 
 ATOL = 1e-5  # float32; only the matrix products' summation order differs from a batch of one
@@ -248,3 +249,36 @@ def test_benchmark_quick_run_writes_its_table(tmp_path: Path) -> None:
     report = out.read_text()
     assert "| 1 |" in report and "| 4 |" in report  # one row per count of distinct adapters (--quick: 1 and 4)
     assert "Memory per loaded adapter (its own tensors): LoLDU 21,512 bytes" in report  # 12 x 384 x 4 + head
+
+
+@pytest.mark.slow
+def test_real_smollm2_mixed_generate_equals_each_adapter_alone() -> None:
+    """The instruct model itself: three random LoLDU adapters (r=full on q_proj/v_proj) and the base in
+    one greedy generate, each row against its adapter alone (prompts of one length: no padding)."""
+    pytest.importorskip("gguf", reason="SmolLM2 is a GGUF file: pip install gguf")
+    from benchmarks.smollm2 import load_smollm2
+
+    try:
+        base = load_smollm2(torch.device("cpu")).eval()
+    except FileNotFoundError as error:
+        pytest.skip(str(error).splitlines()[0])
+    bank = AdapterBank(copy.deepcopy(base), LoLDUConfig(rank="full", target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    scales = {}
+    for i in range(3):
+        scales[f"s{i}"] = {n: torch.randn(layer.rank, generator=generator) * 0.3 for n, layer in bank.layers.items()}
+        bank.add(f"s{i}", scales[f"s{i}"])
+    prompts = torch.randint(1000, 40000, (4, 8), generator=generator)
+    choice = ["s0", "s2", BASE, "s1"]
+    options = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "pad_token_id": base.config.eos_token_id}
+    with torch.no_grad(), bank.select(choice):
+        mixed = bank.model.generate(prompts, **options)
+    alone_model = copy.deepcopy(base)
+    inject(alone_model, LoLDUConfig(rank="full", target_modules=["q_proj", "v_proj"], forward_mode="factored"))
+    layers = dict(loldu_modules(alone_model))
+    for row, name in enumerate(choice):
+        with torch.no_grad():
+            for module, layer in layers.items():  # v = sigma z - c: set c so that v is the adapter's vector
+                layer.c.copy_(layer.sigma * layer.z - (scales[name][module] if name != BASE else 0))
+            alone = alone_model.generate(prompts[row : row + 1], **options)
+        assert torch.equal(mixed[row], alone[0]), name
