@@ -54,7 +54,10 @@ stepd_pids() {
 
 cmd_stop() {
   local dir=$1
-  [ -f "$dir/slurm.conf" ] || { echo "error: $dir/slurm.conf not found: not a cluster folder" >&2; exit 1; }
+  if [ ! -f "$dir/slurm.conf" ] && [ ! -f "$dir/munge/munged.pid" ]; then
+    echo "error: $dir holds no slurm.conf and no munged.pid: not a cluster folder of this script" >&2
+    exit 1
+  fi
   export SLURM_CONF=$dir/slurm.conf
   if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
     # the jobs first, so that no job process outlives the cluster (slurmd does not kill them when it stops)
