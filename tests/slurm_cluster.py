@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,10 +74,16 @@ class LocalSlurm:
             time.sleep(0.5)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
 @contextlib.contextmanager
 def local_slurm() -> Iterator[LocalSlurm]:
     # /tmp itself: the munge socket's path must stay under the 108 characters of a unix socket name
     folder = Path(tempfile.mkdtemp(prefix="loldu-slurm-", dir="/tmp"))
+    # the daemons outlive this process: a SIGTERM (a CI timeout) must unwind through the `finally` below too
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         started = subprocess.run(
             ["bash", str(SCRIPT), "start", str(folder)], capture_output=True, text=True, timeout=120
@@ -88,6 +95,7 @@ def local_slurm() -> Iterator[LocalSlurm]:
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True, timeout=120, check=False)
         shutil.rmtree(folder, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def job_script(folder: Path, args: list[str]) -> Path:
