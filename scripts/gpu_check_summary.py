@@ -3,8 +3,9 @@
     python scripts/gpu_check_summary.py OUT_DIR --mode gpu|dry-run --pytest-status N --pytest-seconds S
                                         --bench-status N --bench-seconds S
 
-Reads OUT/pytest/junit.xml (every test's outcome, with the reason of each skip and failure) and the
-Targets table of OUT/benchmarks/RESULTS.md. Prints the summary too. Standard library only, so it
+Reads OUT/environment/versions.txt (the versions in use, which open the summary), OUT/environment/bundle.txt
+(what a --bundle run installed), OUT/pytest/junit.xml (every test's outcome, with the reason of each skip and
+failure) and the Targets table of OUT/benchmarks/RESULTS.md. Prints the summary too. Standard library only, so it
 works in whatever environment runs the check.
 """
 
@@ -62,6 +63,26 @@ def read_targets(path: Path) -> list[str]:
     return rows
 
 
+def read_versions(environment: Path) -> list[str]:
+    """The versions in use as Markdown list items, and one line on the bundle when the run installed one."""
+    versions = environment / "versions.txt"
+    if not versions.is_file():
+        return ["No environment/versions.txt: the versions were not recorded."]
+    lines = [f"- {line}" for line in versions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    bundle = environment / "bundle.txt"
+    if bundle.is_file():
+        plan = bundle.read_text(encoding="utf-8").splitlines()
+        installed = sum(": install" in line for line in plan)
+        kept = sum(": keep the machine's" in line for line in plan)
+        source = plan[0].removeprefix("bundle: ") if plan else "?"
+        lines += [
+            "",
+            f"Bundle {source}: {installed} wheels installed, {kept} left to the machine's own copy "
+            "(environment/bundle.txt). (bundle) and (machine) above say where each package came from.",
+        ]
+    return lines
+
+
 def status_word(code: int) -> str:
     if code == 0:
         return "passed"
@@ -78,6 +99,8 @@ def build_summary(args: argparse.Namespace) -> str:
     lines = [
         f"# {title}",
         "",
+        *read_versions(out / "environment"),
+        "",
         f"Written: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         "",
     ]
@@ -92,7 +115,9 @@ def build_summary(args: argparse.Namespace) -> str:
         "|---|---|---|---|",
         f"| pytest -m gpu | {status_word(args.pytest_status)} | {args.pytest_seconds} | pytest/junit.xml, pytest/output.log |",
         f"| benchmarks | {status_word(args.bench_status)} | {args.bench_seconds} | benchmarks/RESULTS.md, benchmarks/output.log |",
-        "| environment | recorded | | environment/versions.txt, environment/nvidia-smi.txt, environment/pip-freeze.txt |",
+        "| environment | recorded | | environment/versions.txt, environment/nvidia-smi.txt, environment/pip-freeze.txt"
+        + (", environment/bundle.txt" if (out / "environment" / "bundle.txt").is_file() else "")
+        + " |",
         "",
         "## Tests",
         "",

@@ -3,12 +3,16 @@ leave the record a real GPU run leaves. This is how CI runs the GPU check, so it
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
+import importlib.util
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +87,105 @@ def test_the_real_check_without_cuda_points_at_the_dry_run(tmp_path):
     result = run_script("--out", str(tmp_path / "real"), timeout=120)
     assert result.returncode == 2 and "--dry-run" in result.stderr
     assert not (tmp_path / "real").exists()  # nothing half-written
+
+
+# --- the offline bundle (scripts/gpu_bundle.sh, gpu_check.sh --bundle) ---------------------------------------
+
+BUNDLE_SCRIPT = REPO / "scripts" / "gpu_bundle.sh"
+_spec = importlib.util.spec_from_file_location("gpu_bundle", REPO / "scripts" / "gpu_bundle.py")
+gpu_bundle = sys.modules["gpu_bundle"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_bundle)
+
+
+@pytest.fixture(scope="module")
+def project_bundle(tmp_path_factory) -> Path:
+    """A bundle of this checkout's wheel alone (no download): what --bundle installs for the code under test."""
+    folder = tmp_path_factory.mktemp("bundle")
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(BUNDLE_SCRIPT), "--project-only", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        # building needs setuptools>=68 here, else an isolated build fetches it from the package index
+        pytest.skip(f"could not build this checkout's wheel (offline, without setuptools>=68?): {result.stderr[-500:]}")
+    return folder
+
+
+def fake_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
+    """A minimal wheel file: only its METADATA matters to the bundle's plan."""
+    path = folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    meta = "\n".join(
+        ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+    )
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name.replace('-', '_')}-{version}.dist-info/METADATA", meta + "\n")
+    return path
+
+
+def test_the_plan_keeps_the_machines_copy_only_where_it_satisfies_the_bundle(tmp_path):
+    pluggy = metadata.version("pluggy")
+    wheels = [
+        gpu_bundle.read_wheel(fake_wheel(tmp_path, "pluggy", "1.0.0")),
+        gpu_bundle.read_wheel(fake_wheel(tmp_path, "pytest", "8.0.0")),
+        gpu_bundle.read_wheel(fake_wheel(tmp_path, "not-on-this-machine", "1.0")),
+    ]
+    # nothing asks more of pluggy than any version: the machine's is kept
+    assert gpu_bundle.decide(wheels[0], wheels) == f"keep the machine's {pluggy}: satisfies (any version)"
+    assert gpu_bundle.decide(wheels[2], wheels) == "install: the machine lacks it"
+    # a bundle wheel that needs a pluggy the machine does not have: the bundle's copy goes in
+    wheels.append(gpu_bundle.read_wheel(fake_wheel(tmp_path, "needs-new-pluggy", "1.0", ("pluggy>=999",))))
+    assert gpu_bundle.decide(wheels[0], wheels) == f"install: the machine's {pluggy} is outside >=999"
+    # the project's requirements count with their extras (peft's pinned range lives in the peft extra)
+    wheels.append(
+        gpu_bundle.read_wheel(fake_wheel(tmp_path, "loldu-lightning", "0.1.0", ('pytest<1; extra == "test"',)))
+    )
+    wheels[-1].extras = ["test"]
+    assert gpu_bundle.decide(wheels[1], wheels).startswith(
+        f"install: the machine's {metadata.version('pytest')} is outside <1"
+    )
+
+
+def test_a_bundle_holding_torch_or_another_checkout_is_refused(project_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(project_bundle, bundle)
+    install = [sys.executable, str(REPO / "scripts" / "gpu_bundle.py"), "install", str(bundle), str(tmp_path / "site")]
+
+    checkout = tmp_path / "checkout"  # this checkout with one module changed after the bundle was made
+    shutil.copytree(REPO / "src", checkout / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "conf", checkout / "conf")
+    changed = checkout / "src" / "loldu_lightning" / "train.py"
+    changed.write_text(changed.read_text() + "\n# changed\n")
+    result = subprocess.run([*install, "--repo", str(checkout)], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "is not this checkout (1 files differ, e.g. src/loldu_lightning/train.py)" in result.stderr
+    assert f"bash scripts/gpu_bundle.sh {bundle}" in result.stderr and not (tmp_path / "site").exists()
+
+    fake_wheel(bundle, "torch", "2.0.0")
+    result = subprocess.run([*install, "--repo", str(REPO)], capture_output=True, text=True)
+    assert result.returncode == 2 and "the check runs on the machine's own torch" in result.stderr, result.stderr
+
+
+def test_setup_only_with_a_bundle_installs_this_checkout_over_the_environment(project_bundle, tmp_path):
+    out = tmp_path / "record"
+    result = run_script("--dry-run", "--bundle", str(project_bundle), "--setup-only", "--out", str(out), timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    versions = (out / "environment" / "versions.txt").read_text().splitlines()
+    assert versions[0].startswith("python: ")
+    assert f"torch: {torch.__version__} (built for CUDA {torch.version.cuda}) (machine)" in versions
+    assert "loldu-lightning: 0.1.0 (bundle)" in versions
+    assert f"lightning: {metadata.version('lightning')} (machine)" in versions
+    plan = (out / "environment" / "bundle.txt").read_text()
+    assert "loldu-lightning 0.1.0: install: the code under test (matches this checkout)" in plan
+    site = Path(re.search(r"installed into: (\S+)", plan).group(1))
+    assert not site.exists(), "the temporary install folder outlives the check"
+    assert not (out / "pytest" / "junit.xml").exists() and "did not run" in result.stdout
+
+
+def test_a_missing_bundle_is_refused_before_anything_is_written(tmp_path):
+    result = run_script("--dry-run", "--bundle", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), timeout=60)
+    assert result.returncode == 2 and "scripts/gpu_bundle.sh" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .runtime import lightning_accelerator
+from .runtime import lightning_accelerator, require_diffusers, tiny_roberta_tokenizer
 
 FAMILIES = ("glue", "vision", "instruct", "diffusion")
 STEPS = 2
@@ -55,6 +55,7 @@ def family_overrides(family: str, request: pytest.FixtureRequest, tmp_path: Path
             "task=glue/rte",
             f"data.data_dir={glue_root / 'RTE'}",
             "model=tiny-roberta",
+            *tiny_roberta_tokenizer(),
             "data.train_limit=16",
             "data.val_limit=4",
             "data.max_length=64",
@@ -90,6 +91,7 @@ def family_overrides(family: str, request: pytest.FixtureRequest, tmp_path: Path
             *batch,
         ]
     if family == "diffusion":
+        require_diffusers()
         from diffusion_helpers import tiny_sd_overrides
 
         sd_cache, subject = request.getfixturevalue("sd_cache"), request.getfixturevalue("dog")

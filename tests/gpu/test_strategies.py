@@ -26,7 +26,7 @@ from loldu_lightning.adapters import build_adapter
 from loldu_lightning.builders import build_task
 from loldu_lightning.train import train
 
-from .runtime import lightning_accelerator, require_cuda
+from .runtime import lightning_accelerator, require_cuda, tiny_roberta_tokenizer
 
 pytestmark = pytest.mark.gpu
 
@@ -39,6 +39,7 @@ def _run(glue_root: Path) -> list[str]:
         "task=glue/rte",
         f"data.data_dir={glue_root / 'RTE'}",
         "model=tiny-roberta",
+        *tiny_roberta_tokenizer(),
         "trainer.precision=32-true",
         "trainer.max_epochs=1",
         "data.train_limit=32",
