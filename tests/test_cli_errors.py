@@ -162,7 +162,7 @@ def _cases(inputs: Path, runs: Path) -> dict[str, dict]:
         ),
         "model_folder_without_weights": (
             ["task=glue/sst2", f"model.name_or_path={config_only}", f"data.data_dir={sst2}"],
-            ["model.name_or_path", "config_only_model", "no weights"],
+            ["model.name_or_path", "config_only_model", "without model weights"],
         ),
         "devices_zero": ([*TINY_QUICKSTART, "trainer.devices=0"], ["trainer.devices=0"]),
     }

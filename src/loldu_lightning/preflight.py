@@ -294,31 +294,17 @@ def _model_config_exists(name: str) -> bool:
     return (Path(config_dir()) / "model" / f"{name}.yaml").is_file()
 
 
-# model files transformers loads weights from (a GGUF file is named by model.gguf_file)
-_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth")
-
-
 def check_model_files(cfg: Mapping) -> None:
-    """A packaged model's package is installed, and a local model folder holds weights, not only a
-    config: found now rather than after the run folder, the data and the tokenizer are set up."""
+    """The model's package is installed (model=smollm2-135m) and a local model folder holds its
+    weights: found now, not after the run folder, the data and the tokenizer are set up."""
     model_cfg, family = cfg["model"], cfg["task"]["family"]
     name = str(model_cfg.get("name_or_path") or "")
-    if model_cfg.get("tiny") or family not in _AUTO_CLASSES or not name:
+    # split-zip packages are unpacked on first use (models.packaged_model_path checks their parts)
+    if model_cfg.get("tiny") or family not in _AUTO_CLASSES or not name or name in _packaged_names() - {SMOLLM2}:
         return
-    if name == SMOLLM2:
-        from .models import smollm2_path
+    from .models import check_model_files as check_local_model
 
-        smollm2_path()  # names the package and its install command when it is missing
-        return
-    folder = Path(name).expanduser()
-    if name in _packaged_names() or not (folder / "config.json").is_file() or model_cfg.get("gguf_file"):
-        return
-    if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
-        raise UserError(
-            f"model.name_or_path={name} holds a config.json but no weights (model.safetensors or "
-            "pytorch_model.bin, or their shards). Download the whole model folder, or point "
-            "model.name_or_path at one that has its weights."
-        )
+    check_local_model(model_cfg)
 
 
 def check_instruct_data(cfg: Mapping) -> None:
