@@ -34,12 +34,12 @@ try:
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.specifiers import SpecifierSet
     from packaging.utils import canonicalize_name
-    from packaging.version import Version
+    from packaging.version import InvalidVersion, Version
 except ImportError:  # pip vendors it
     from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
     from pip._vendor.packaging.specifiers import SpecifierSet
     from pip._vendor.packaging.utils import canonicalize_name
-    from pip._vendor.packaging.version import Version
+    from pip._vendor.packaging.version import InvalidVersion, Version
 
 PROJECT = "loldu-lightning"
 MANIFEST = "BUNDLE.md"
@@ -113,7 +113,10 @@ def machine_version(name: str) -> str | None:
 
 
 def satisfied(version: str, spec: SpecifierSet) -> bool:
-    return spec.contains(Version(version), prereleases=True)
+    try:
+        return spec.contains(Version(version), prereleases=True)
+    except InvalidVersion:  # a local build with a version pip cannot compare: the bundle's copy is the safe one
+        return False
 
 
 def checkout_differences(wheel: Wheel, repo: Path) -> list[str]:

@@ -169,6 +169,16 @@ def test_a_bundle_holding_torch_or_another_checkout_is_refused(project_bundle, t
     assert result.returncode == 2 and "the check runs on the machine's own torch" in result.stderr, result.stderr
 
 
+def test_a_bundle_over_the_size_limit_fails_its_description(project_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(project_bundle, bundle)
+    size = sum(path.stat().st_size for path in bundle.iterdir() if path.name != "BUNDLE.md")
+    assert gpu_bundle.describe(bundle, limit_mib=60) == 0
+    assert gpu_bundle.describe(bundle, limit_mib=0.5 * size / 2**20) == 1
+    manifest = (bundle / "BUNDLE.md").read_text()
+    assert f"Total: {size:,} bytes" in manifest and "| loldu_lightning-0.1.0-py3-none-any.whl |" in manifest
+
+
 def test_setup_only_with_a_bundle_installs_this_checkout_over_the_environment(project_bundle, tmp_path):
     out = tmp_path / "record"
     result = run_script("--dry-run", "--bundle", str(project_bundle), "--setup-only", "--out", str(out), timeout=300)
