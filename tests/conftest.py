@@ -8,7 +8,14 @@ import torch
 
 SHARED_DATA = Path(os.environ.get("LOLDU_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (`-n 2`, pyproject's addopts) the workers share the cores: each worker, and the
+# command-line runs it starts (OMP_NUM_THREADS), takes its share, so two workers on two cores do not
+# oversubscribe them. The same count in and out of process keeps in-process and CLI runs comparable.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, torch.get_num_threads()) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
