@@ -88,7 +88,7 @@ def test_outputs_and_gradients_match_the_naive_reference(decomposition, storage,
     # z is float32 in the library (its trainable vector), so agreement is to float32 rounding.
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x_lib.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(layer.sigma.grad.double(), reference.sigma.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(layer.sigma.grad.double().reshape(()), reference.sigma.grad, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(
         (layer.z.grad * layer.z).double(), reference.z.grad * reference.z.detach(), atol=1e-4, rtol=1e-5
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import torch
 import transformers
 from peft import PeftModel, get_peft_model
 from peft.utils import PeftType
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import loldu_lightning.peft as loldu_peft
 from loldu_lightning import loldu
@@ -82,7 +83,7 @@ def test_every_loldu_option_has_a_peft_field():
     peft_fields = {field.name for field in dataclasses.fields(LoLDUPeftConfig)}
     missing = [name for name in loldu.LoLDUConfig.field_names() if PEFT_FIELD_NAMES.get(name, name) not in peft_fields]
     assert not missing, f"add these loldu.LoLDUConfig options to LoLDUPeftConfig: {missing}"
-    config = LoLDUPeftConfig(r="full", loldu_alpha=3.0, init_loldu_weights="zeros", decomposition="qr", seed=4)
+    config = LoLDUPeftConfig(r="full", loldu_alpha=3.0, init_weights="zeros", decomposition="qr", seed=4)
     native = config.to_loldu_config()
     assert (native.rank, native.alpha, native.init, native.decomposition, native.seed) == (
         "full",
@@ -96,15 +97,68 @@ def test_every_loldu_option_has_a_peft_field():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"init_loldu_weights": "gaussian"}, "unknown init 'gaussian'.*init_loldu_weights = init"),
+        ({"init_weights": "gaussian"}, "unknown init 'gaussian'.*init_weights = init"),
+        ({"init_loldu_weights": "gaussian"}, "unknown init 'gaussian'.*init_weights = init"),
+        ({"init_weights": "zeros", "init_loldu_weights": "ones"}, "init_loldu_weights is the older name"),
+        ({"init_weights": 0.5}, "init_weights must be True, False or the name"),
+        ({"init_weights": False, "residual": "authors"}, "init_weights=False sets residual 'ldu'"),
         ({"r": 0}, "rank must be >= 1"),
-        ({"bias": "all"}, "bias='all' is not supported"),
+        ({"bias": "lora_only"}, "unknown bias 'lora_only'; allowed values: none, all, loldu_only"),
         ({"storage": "lu", "dtype": "bfloat16"}, "storage 'lu'"),
     ],
 )
 def test_bad_options_fail_when_the_config_is_built(fields, message):
     with pytest.raises(ValueError, match=message):
         LoLDUPeftConfig(target_modules=["query"], **fields)
+
+
+def update_at_creation(config: LoLDUPeftConfig) -> float:
+    """The largest ||delta W|| / ||W0|| over the adapted layers of a freshly created model."""
+    model = get_peft_model(tiny_roberta(), config)
+    layers = [module for module in model.modules() if isinstance(module, LoLDULayer)]
+    return max(float(layer.get_delta_weight("default").norm() / layer.base_layer.weight.norm()) for layer in layers)
+
+
+def test_init_weights_true_keeps_the_base_model_and_false_does_not():
+    assert update_at_creation(LoLDUPeftConfig(r=4, target_modules=["query"])) == 0.0
+    assert update_at_creation(LoLDUPeftConfig(r=4, target_modules=["query"], init_weights="normal")) == 0.0
+    moved = LoLDUPeftConfig(r=4, target_modules=["query"], init_weights=False)
+    assert (moved.residual, moved.to_loldu_config().init) == ("ldu", "uniform")
+    assert update_at_creation(moved) > 0.1  # the top-4 LU components of W0 replaced by random ones
+
+
+def test_a_folder_written_with_init_loldu_weights_and_a_0d_sigma_still_loads(tmp_path):
+    """Adapter folders saved before init_weights and the length-1 sigma: the config alias and the
+    0-d sigma are read, through PEFT and through the native converter, with the same logits."""
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query"], init_weights="normal"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.1)
+        expected = model(input_ids=IDS).logits
+    model.save_pretrained(tmp_path)
+    config_path, weights_path = tmp_path / "adapter_config.json", tmp_path / "adapter_model.safetensors"
+    document = json.loads(config_path.read_text())
+    assert document["init_weights"] == "normal" and document["init_loldu_weights"] is None
+    del document["init_weights"]
+    document["init_loldu_weights"] = "normal"
+    config_path.write_text(json.dumps(document))
+    tensors = load_file(weights_path)
+    sigmas = [key for key in tensors if key.endswith(".sigma")]
+    assert sigmas and all(tensors[key].shape == (1,) for key in sigmas)
+    save_file({key: value.reshape(()) if key in sigmas else value for key, value in tensors.items()}, weights_path)
+
+    loaded = PeftModel.from_pretrained(tiny_roberta(), tmp_path).eval()
+    assert loaded.peft_config["default"].init_weights == "normal"
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=IDS).logits, expected)
+
+    from loldu_lightning.export import peft_to_native
+
+    native = loldu.load_adapter(tiny_roberta(), peft_to_native(tmp_path, tmp_path / "native"))
+    assert json.loads((tmp_path / "native" / "adapter_config.json").read_text())["init"] == "normal"
+    with torch.no_grad():
+        assert torch.equal(native(input_ids=IDS).logits, expected)
 
 
 def test_registration_is_idempotent_and_survives_a_reimport():

@@ -21,6 +21,7 @@ read the input folder's manifest (or, for a folder without one, its ``adapter_co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from torch import Tensor
 from loldu_lightning.loldu import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoLDUConfig, read_adapter_config
 from loldu_lightning.loldu.adapter_io import FORMAT_VERSION, METHOD, MODULES_TO_SAVE_PREFIX
 from loldu_lightning.loldu.manifest import AdapterManifest
-from loldu_lightning.peft import PEFT_FIELD_NAMES, LoLDUPeftConfig, loldu_peft_type
+from loldu_lightning.peft import LoLDUPeftConfig, loldu_peft_type
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_CONTAINER = "loldu_adapter."
@@ -83,12 +84,11 @@ def peft_to_native(peft_dir: str | Path, out_dir: str | Path) -> Path:
     fingerprints: dict[str, Any] = document["fingerprints"]
     modules = list(fingerprints)
     heads = list(document.get("modules_to_save") or [])
-    values = {
-        name: document[PEFT_FIELD_NAMES.get(name, name)]
-        for name in LoLDUConfig.field_names()
-        if PEFT_FIELD_NAMES.get(name, name) in document
-    }
-    config = LoLDUConfig.from_dict({**values, "target_modules": modules, "exclude_modules": None})
+    # Read through LoLDUPeftConfig so PEFT's conventions (init_weights True/False, the older
+    # init_loldu_weights) resolve exactly as they do when PEFT loads the folder.
+    peft_fields = {field.name for field in dataclasses.fields(LoLDUPeftConfig)} - {"target_modules", "exclude_modules"}
+    peft_config = LoLDUPeftConfig(**{key: value for key, value in document.items() if key in peft_fields})
+    config = dataclasses.replace(peft_config.to_loldu_config(), target_modules=tuple(modules), exclude_modules=None)
 
     converted: dict[str, Tensor] = {}
     for key, tensor in tensors.items():

@@ -244,6 +244,8 @@ def _load_layer(
     with torch.no_grad():
         for key, target in targets.items():
             value = tensors[f"{name}.{key}"]
+            if key == "sigma" and value.dim() == 0:  # written before sigma was a length-1 vector
+                value = value.reshape(1)
             if value.shape != target.shape:
                 raise ValueError(
                     f"LoLDU adapter tensor {name}.{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}"

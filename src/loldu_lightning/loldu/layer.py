@@ -26,6 +26,13 @@ from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUAL
 from .storages import STORAGE_TYPES, FactorStorage
 
 
+def _read_scalar_sigma(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load a 0-d sigma (adapter files and checkpoints written before sigma was a length-1 vector)."""
+    value = state_dict.get(f"{prefix}sigma")
+    if value is not None and value.dim() == 0:
+        state_dict[f"{prefix}sigma"] = value.reshape(1)
+
+
 def module_seed(seed: int, module_name: str) -> int:
     """A seed from the config seed and the module name: stable across runs and module order."""
     return zlib.crc32(f"{seed}:{module_name}".encode())
@@ -34,7 +41,8 @@ def module_seed(seed: int, module_name: str) -> int:
 class LoLDULinear(nn.Module):
     """Wraps ``base_layer`` (``nn.Linear`` or transformers ``Conv1D``) with a LoLDU adapter.
 
-    Parameters: ``z`` (length r) and ``sigma`` (scalar; a buffer unless the scaling is learned).
+    Parameters: ``z`` (length r) and ``sigma`` (one number, a length-1 vector; a buffer unless the
+    scaling is learned).
     Persistent buffers: ``c`` (and ``sigma`` when frozen). The frozen factors are non-persistent
     buffers of ``factor_storage``, recomputed from the base weight at construction; they can also
     be read as attributes of the layer (``layer.perm``, ``layer.lower`` for the dense storage,
@@ -92,10 +100,14 @@ class LoLDULinear(nn.Module):
 
         device = weight.device
         self.z = nn.Parameter(z0.to(device))
+        # sigma is a length-1 vector rather than a 0-d tensor: FSDP (and fully_shard) refuse 0-d
+        # parameters. Files and checkpoints that hold a 0-d sigma still load (_read_scalar_sigma).
+        sigma = sigma0.reshape(1).to(device)
         if SCALINGS[config.scaling]:
-            self.sigma = nn.Parameter(sigma0.to(device))
+            self.sigma = nn.Parameter(sigma)
         else:
-            self.register_buffer("sigma", sigma0.to(device))
+            self.register_buffer("sigma", sigma)
+        self.register_load_state_dict_pre_hook(_read_scalar_sigma)
         self.register_buffer("c", c.to(device))
         del storage.kept_diag, weight
         self.factor_storage: FactorStorage = storage

@@ -17,6 +17,7 @@ from .registration import check_peft_version
 check_peft_version()  # before anything touches PEFT's internals
 
 from .config import PEFT_FIELD_NAMES, LoLDUPeftConfig  # noqa: E402
+from .fingerprints import BaseModelMismatch  # noqa: E402
 from .layer import LoLDULayer  # noqa: E402
 from .model import LoLDUModel  # noqa: E402
 from .peft_type import loldu_peft_type  # noqa: E402
@@ -26,6 +27,7 @@ register()
 
 __all__ = [
     "PEFT_FIELD_NAMES",
+    "BaseModelMismatch",
     "SUPPORTED_PEFT",
     "LoLDULayer",
     "LoLDUModel",

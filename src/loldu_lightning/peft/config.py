@@ -20,11 +20,17 @@ from loldu_lightning.loldu import LoLDUConfig
 from .peft_type import loldu_peft_type
 
 # LoLDUConfig field -> the PEFT config field that carries it (fields not listed keep their name).
-PEFT_FIELD_NAMES: dict[str, str] = {"rank": "r", "alpha": "loldu_alpha", "init": "init_loldu_weights"}
+PEFT_FIELD_NAMES: dict[str, str] = {"rank": "r", "alpha": "loldu_alpha", "init": "init_weights"}
+
+# The init of z for init_weights=True, and the one init_weights=False starts from.
+DEFAULT_INIT = "uniform"
 
 # PEFT matches target_modules itself (before any LoLDU layer exists); the LoLDU config only needs a
 # valid value, and one that says where the module list lives.
 _TARGETS_MATCHED_BY_PEFT = "matched-by-peft"
+
+# PEFT's bias options: none, all, or "<method>_only" (the biases of the adapted layers).
+BIAS_CHOICES = ("none", "all", "loldu_only")
 
 
 @dataclass
@@ -40,9 +46,16 @@ class LoLDUPeftConfig(PeftConfig):
         default=8, metadata={"help": "components kept per matrix: an int >= 1 or 'full' (min(out, in))"}
     )
     loldu_alpha: float | None = field(default=None, metadata={"help": "sigma0 = loldu_alpha / r; None means r"})
-    init_loldu_weights: str = field(
-        default="uniform",
-        metadata={"help": "init of z: ldu|constant|uniform|uniform_unit|normal|normal_unit|zeros|ones"},
+    init_weights: bool | str = field(
+        default=True,
+        metadata={
+            "help": "True: z from 'uniform' and the adapted model equals the base model at creation (PEFT's identity "
+            "init); the name of an init of z (ldu|constant|uniform|uniform_unit|normal|normal_unit|zeros|ones); "
+            "False: PEFT's non-identity start, the paper's Algorithm 1 as printed (z uniform, residual 'ldu')"
+        },
+    )
+    init_loldu_weights: str | None = field(
+        default=None, metadata={"help": "the older name of init_weights (an init name), still read"}
     )
     scaling: str = field(default="learned", metadata={"help": "sigma: learned | fixed | none"})
     residual: str = field(default="init", metadata={"help": "c from the initial z (init), from d_r (ldu) or authors"})
@@ -75,7 +88,13 @@ class LoLDUPeftConfig(PeftConfig):
     layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "name of the layer list layers_to_transform indexes (e.g. 'layers')"}
     )
-    bias: str = field(default="none", metadata={"help": "only 'none': LoLDU trains no bias"})
+    bias: str = field(
+        default="none",
+        metadata={
+            "help": "biases trained beside the adapter, as PEFT's methods do: 'none', 'all' (every bias of the model) "
+            "or 'loldu_only' (the biases of the adapted layers); saved with the adapter"
+        },
+    )
     fingerprints: dict[str, dict[str, Any]] | None = field(
         default=None,
         metadata={
@@ -87,11 +106,23 @@ class LoLDUPeftConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = loldu_peft_type()
-        if self.bias != "none":
+        if self.bias not in BIAS_CHOICES:
             raise ValueError(
-                f"LoLDUPeftConfig: bias={self.bias!r} is not supported; LoLDU trains no bias (use bias='none', or put "
-                "the module in modules_to_save to train it fully)"
+                f"LoLDUPeftConfig: unknown bias {self.bias!r}; allowed values: {', '.join(BIAS_CHOICES)} (a bias "
+                "trained alongside the adapter; put a module in modules_to_save to train all of it)"
             )
+        self._resolve_init_alias()
+        if not isinstance(self.init_weights, (bool, str)):
+            raise ValueError(
+                f"LoLDUPeftConfig: init_weights must be True, False or the name of an init of z, got {self.init_weights!r}"
+            )
+        if self.init_weights is False:
+            if self.residual not in ("init", "ldu"):
+                raise ValueError(
+                    f"LoLDUPeftConfig: init_weights=False sets residual 'ldu' (the non-identity start); it cannot be "
+                    f"combined with residual {self.residual!r}; drop one of the two"
+                )
+            self.residual = "ldu"
         if isinstance(self.target_modules, (list, tuple)):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, (list, tuple)):
@@ -107,6 +138,7 @@ class LoLDUPeftConfig(PeftConfig):
             peft_name = PEFT_FIELD_NAMES.get(name, name)
             if hasattr(self, peft_name):
                 values[name] = getattr(self, peft_name)
+        values["init"] = self.init_weights if isinstance(self.init_weights, str) else DEFAULT_INIT
         values["target_modules"] = _TARGETS_MATCHED_BY_PEFT
         values["exclude_modules"] = None
         try:
@@ -114,6 +146,18 @@ class LoLDUPeftConfig(PeftConfig):
         except ValueError as error:
             renamed = ", ".join(f"{peft} = {loldu}" for loldu, peft in PEFT_FIELD_NAMES.items())
             raise ValueError(f"LoLDUPeftConfig: {error} (PEFT field names: {renamed})") from None
+
+    def _resolve_init_alias(self) -> None:
+        """Read ``init_loldu_weights`` (adapter folders and configs written before ``init_weights``) as ``init_weights``."""
+        alias = self.init_loldu_weights
+        if alias is None:
+            return
+        if self.init_weights not in (True, alias):
+            raise ValueError(
+                f"LoLDUPeftConfig: init_weights={self.init_weights!r} and init_loldu_weights={alias!r} disagree; "
+                "init_loldu_weights is the older name of init_weights, give only init_weights"
+            )
+        self.init_weights, self.init_loldu_weights = alias, None
 
     @classmethod
     def from_loldu_config(cls, config: LoLDUConfig, **peft_fields: Any) -> LoLDUPeftConfig:

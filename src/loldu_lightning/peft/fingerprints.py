@@ -25,8 +25,12 @@ def fingerprint(layer: LoLDULinear) -> dict[str, Any]:
     }
 
 
-def mismatch(module: str, what: str, expected: object, found: object) -> ValueError:
-    return ValueError(
+class BaseModelMismatch(ValueError):
+    """An adapter is put on a base model other than the one it was made on (refused before any value is used)."""
+
+
+def mismatch(module: str, what: str, expected: object, found: object) -> BaseModelMismatch:
+    return BaseModelMismatch(
         f"LoLDU adapter does not fit this base model: module {module!r} {what} differs (expected {expected}, found "
         f"{found}). The adapter was made for a different base model, or, for the pivot order, the LU decomposition "
         "pivoted differently on this hardware/library. Load the exact base model it was trained on (or save the "

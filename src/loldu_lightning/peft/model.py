@@ -11,11 +11,12 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
 from torch import nn
 
 from .config import LoLDUPeftConfig
-from .fingerprints import check_or_record
+from .fingerprints import BaseModelMismatch, check_or_record
 from .layer import LoLDULayer
 from .mixed_batch import adapter_names_hooks
 
@@ -51,7 +52,7 @@ class LoLDUModel(BaseTuner):
         }
         if expected and adapted != expected:
             missing, extra = sorted(expected - adapted), sorted(adapted - expected)
-            raise ValueError(
+            raise BaseModelMismatch(
                 f"LoLDU adapter {adapter_name!r} does not fit this base model: it was made for modules this model "
                 f"lacks or does not target ({missing or 'none'}), and this model adds targets it has no fingerprint "
                 f"for ({extra or 'none'}). Load it onto the base model it was trained on."
@@ -116,16 +117,20 @@ class LoLDUModel(BaseTuner):
         # The LoLDU adapter already sits on the base weight's device (it is computed from it).
         setattr(parent, child_name, new_module)
 
-    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
-        adapter_parameters = {
-            id(parameter)
-            for module in model.modules()
-            if isinstance(module, LoLDULayer)
-            for parameter in module.loldu_adapter.parameters()
-        }
-        for parameter in model.parameters():
-            if id(parameter) not in adapter_parameters:
-                parameter.requires_grad_(False)
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # PEFT's convention: with autocast_adapter_dtype (its default) the adapter's own tensors are float32 whatever
+        # the base model's dtype (how LoLDU creates z, sigma and c); without it they take the base weight's dtype.
+        # The frozen factors keep the dtype the config gives them either way.
+        for module in self.model.modules():
+            if isinstance(module, LoLDULayer) and adapter_name in module.loldu_adapter:
+                weight = module.base_layer.weight
+                if autocast_adapter_dtype:
+                    dtype = torch.float32
+                elif weight is not None and weight.is_floating_point():
+                    dtype = weight.dtype
+                else:  # storage 'lu' released W0: nothing to follow
+                    continue
+                cast_adapter_vectors(module.loldu_adapter[adapter_name], dtype)
 
     def _unload_and_optionally_merge(
         self,
@@ -163,3 +168,15 @@ class LoLDUModel(BaseTuner):
         if hasattr(self.model, "peft_config"):
             del self.model.peft_config
         return self.model
+
+
+def cast_adapter_vectors(adapter: nn.Module, dtype: torch.dtype) -> None:
+    """Give ``z``, ``sigma`` and ``c`` the dtype ``dtype`` (parameters stay parameters, with their requires_grad)."""
+    for name in ("z", "sigma", "c"):
+        tensor = getattr(adapter, name)
+        if tensor.dtype == dtype:
+            continue
+        if isinstance(tensor, nn.Parameter):
+            setattr(adapter, name, nn.Parameter(tensor.detach().to(dtype), requires_grad=tensor.requires_grad))
+        else:
+            adapter._buffers[name] = tensor.to(dtype)
