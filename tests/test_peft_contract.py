@@ -230,7 +230,7 @@ def test_several_named_adapters_switch_and_delete(case):
     with torch.no_grad():
         first = run(model, case)
 
-    model.add_adapter("second", config_for(case, init_loldu_weights="normal", seed=7))
+    model.add_adapter("second", config_for(case, init_weights="normal", seed=7))
     with torch.no_grad():
         assert torch.equal(run(model, case), first)  # adding an adapter does not activate it
     model.set_adapter("second")

@@ -127,6 +127,40 @@ def test_init_weights_true_keeps_the_base_model_and_false_does_not():
     assert update_at_creation(moved) > 0.1  # the top-4 LU components of W0 replaced by random ones
 
 
+@pytest.mark.parametrize("bias", ["loldu_only", "all"])
+def test_bias_trains_and_travels_with_the_adapter(bias, tmp_path):
+    model = get_peft_model(tiny_roberta(), LoLDUPeftConfig(r=4, target_modules=["query"], bias=bias))
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    biases = {name for name in trainable if name.endswith(".bias")}
+    adapted = {name for name in biases if ".query.base_layer." in name}
+    assert len(adapted) == 2 and (biases == adapted) == (bias == "loldu_only")
+    assert trainable - biases == {name for name in trainable if name.endswith((".z", ".sigma"))}
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in biases:
+                parameter.add_(0.5)
+        expected = model(input_ids=IDS).logits
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_roberta(), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=IDS).logits, expected)
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_adapter_dtype_follows_peft_autocast_adapter_dtype(autocast):
+    base = tiny_roberta().to(torch.bfloat16)
+    with torch.no_grad():
+        base_logits = base(input_ids=IDS).logits
+    model = get_peft_model(base, LoLDUPeftConfig(r=4, target_modules=["query"]), autocast_adapter_dtype=autocast)
+    layer = next(module for module in model.modules() if isinstance(module, LoLDULayer))
+    adapter = layer.loldu_adapter["default"]
+    expected = torch.float32 if autocast else torch.bfloat16
+    assert {adapter.z.dtype, adapter.sigma.dtype, adapter.c.dtype} == {expected}
+    assert adapter.z.requires_grad and isinstance(adapter.sigma, torch.nn.Parameter)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=IDS).logits, base_logits)  # sigma0 = 1, so exact in either dtype
+
+
 def test_a_folder_written_with_init_loldu_weights_and_a_0d_sigma_still_loads(tmp_path):
     """Adapter folders saved before init_weights and the length-1 sigma: the config alias and the
     0-d sigma are read, through PEFT and through the native converter, with the same logits."""
