@@ -1,7 +1,8 @@
 """A pytest plugin that adds LoLDU's cases to PEFT's own generic test suite and runs only them.
 
-PEFT asks a new method to add its cases to ``tests/test_custom_models.py`` (``TEST_CASES``, the
-multiple-active-adapter cases, and through them the per-method lists). This plugin does that to an
+PEFT asks a new method to add its cases to ``tests/test_custom_models.py``: ``TEST_CASES``, from
+which PEFT derives ``ALL_PEFT_CONFIG_CLASSES`` (the tests parametrized by config class), and
+``MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES``. This plugin does that to an
 unmodified copy of PEFT's tests, fetched from the package index by ``tests/test_peft_suite.py``:
 after pytest imports PEFT's module and before it builds the parametrized tests, the LoLDU cases
 are appended to those lists, and at the end of collection every test that does not run a LoLDU

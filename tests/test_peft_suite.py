@@ -59,7 +59,8 @@ def peft_sdist(tmp_path_factory) -> Path:
             f"PEFT {version}'s sdist could not be fetched from the package index ({' '.join(command[2:])}): {reason}"
         )
     with tarfile.open(archives[0]) as archive:
-        archive.extractall(download, filter="data")
+        # the "data" filter (no absolute paths, links out or devices) where this Python has it (3.10.12+)
+        archive.extractall(download, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     root = download / f"peft-{version}"
     if not (root / PEFT_TEST_FILE).is_file():
         pytest.skip(f"PEFT {version}'s sdist has no {PEFT_TEST_FILE}")
