@@ -7,10 +7,13 @@ and resumed (a row already in results.csv is not run again).
     python docs/results/length_grouping/measure.py --dry-run      # print the commands that would run
 
 Every run is `python -m loldu_lightning` (the quickstart's MiniLM, SST-2, batch 32, max length 64,
-lr 1e-3, linear schedule with 6% warmup, full dev set) with the overrides below, started by
-`flock /tmp/loldu_measure.lock python measure.py --one ...` with OMP_NUM_THREADS=2. The wall time is
-the training process's, from inside the lock (model load, tokenizing, fit, validation, checkpoints);
-the load average is read as it starts and ends. Set LOLDU_SOURCE=<folder with src/ and conf/> to
+lr 1e-3, linear schedule with 6% warmup, full dev set) with the overrides below and OMP_NUM_THREADS=2,
+inside the machine-wide lock (`flock /tmp/loldu_measure.lock python measure.py --hold ...`), one run at
+a time. Other measurements share the lock; a short run (30 s on a quiet machine) would spend far
+longer waiting for it than running, so one acquisition runs the grid's next runs one after another
+and releases the lock before starting a run once `--hold` seconds (default 300) have passed. The wall
+time is the training process's (model load, tokenizing, fit, validation, checkpoints); the load
+average is read as it starts and ends. Set LOLDU_SOURCE=<folder with src/ and conf/> to
 run a frozen copy of the code (PYTHONPATH), so that edits of the checkout cannot change a run mid-grid.
 """
 
@@ -101,6 +104,11 @@ def grid(budgets: list[str]) -> list[tuple[str, str, str, int]]:
     ]
 
 
+def pending(budgets: list[str]) -> list[tuple[str, str, str, int]]:
+    finished = done()
+    return [run for run in grid(budgets) if key(*run) not in finished]
+
+
 def done() -> set[str]:
     if not RESULTS.is_file():
         return set()
@@ -161,25 +169,29 @@ def main() -> None:
     parser.add_argument("--budget", action="append", choices=list(BUDGETS), help="only these budgets (repeatable)")
     parser.add_argument("--runs-root", default="/tmp/loldu_length_grouping", help="run folders (deleted after)")
     parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--one", nargs=4, metavar=("BUDGET", "SETTING", "ADAPTER", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--hold", type=float, default=300, help="seconds after which no new run starts in one lock")
+    parser.add_argument("--locked", action="store_true", help=argparse.SUPPRESS)  # the lock is held: run
     args = parser.parse_args()
     runs_root = Path(args.runs_root)
-    if args.one:
-        budget, setting, adapter, seed = args.one
-        run_one(budget, setting, adapter, int(seed), runs_root)
-        return
-    for budget, setting, adapter, seed in grid(args.budget or list(BUDGETS)):
-        if key(budget, setting, adapter, seed) in done():
-            continue
-        one = [sys.executable, str(Path(__file__).resolve()), "--one", budget, setting, adapter, str(seed)]
-        one += ["--runs-root", str(runs_root)]
-        if args.dry_run:
+    budgets = args.budget or list(BUDGETS)
+    if args.dry_run:
+        for budget, setting, adapter, seed in pending(budgets):
             print(
                 "python -m loldu_lightning "
                 + " ".join(overrides(budget, setting, adapter, seed, runs_root / key(budget, setting, adapter, seed)))
             )
-            continue
-        subprocess.run(["flock", LOCK, *one], check=True)
+        return
+    if args.locked:
+        start = time.perf_counter()
+        for run in pending(budgets):
+            if time.perf_counter() - start >= args.hold:
+                break
+            run_one(*run, runs_root)
+        return
+    while pending(budgets):
+        locked = [sys.executable, str(Path(__file__).resolve()), "--locked", "--hold", str(args.hold)]
+        locked += ["--runs-root", str(runs_root), *(f"--budget={budget}" for budget in budgets)]
+        subprocess.run(["flock", LOCK, *locked], check=True)
 
 
 if __name__ == "__main__":
