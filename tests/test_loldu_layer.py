@@ -277,3 +277,29 @@ def test_autocast_runs_both_paths_in_the_autocast_dtype(dtype, mode, storage):
     assert x.grad.dtype == torch.float32 and layer.z.grad.dtype == torch.float32
     assert torch.isfinite(layer.z.grad).all() and torch.isfinite(x.grad).all()
     torch.testing.assert_close(output.float(), _reference(layer, x), atol=0.1, rtol=0.05)
+
+
+def test_a_checkpoint_with_a_0d_sigma_resumes():
+    """Model state and optimizer state written when sigma was 0-d load into the length-1 sigma."""
+    from loldu_lightning.tasks.base import match_state_shapes
+
+    layer = LoLDULinear(nn.Linear(6, 4), LoLDUConfig(rank=2, target_modules=["x"]), "x")
+    old_sigma = nn.Parameter(torch.tensor(0.75))
+    old_optimizer = torch.optim.AdamW([old_sigma])
+    old_sigma.grad = torch.tensor(0.5)
+    old_optimizer.step()
+    state = {key: value.reshape(()) if key == "sigma" else value for key, value in layer.state_dict().items()}
+    state["sigma"] = old_sigma.detach().clone()
+    layer.load_state_dict(state)
+    assert layer.sigma.shape == (1,) and float(layer.sigma) == float(old_sigma)
+
+    optimizer = torch.optim.AdamW([layer.sigma])
+    optimizer.register_load_state_dict_post_hook(match_state_shapes)
+    optimizer.load_state_dict(old_optimizer.state_dict())
+    assert optimizer.state[layer.sigma]["exp_avg"].shape == (1,)
+    assert optimizer.state[layer.sigma]["step"].shape == ()
+    layer.sigma.grad = torch.tensor([0.5])
+    old_sigma.grad = torch.tensor(0.5)
+    optimizer.step()
+    old_optimizer.step()
+    assert float(layer.sigma) == float(old_sigma)

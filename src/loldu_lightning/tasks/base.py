@@ -24,6 +24,21 @@ SCHEDULES = {
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
+def match_state_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state the shape of its parameter when only the shape changed.
+
+    LoLDU's sigma became a length-1 vector (it was 0-d); a checkpoint written before holds 0-d
+    moments for it, which the next step could not update in place. Same numbers, new shape.
+    """
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for key, value in state.items():
+                if key != "step" and torch.is_tensor(value) and value.shape != parameter.shape:
+                    if value.numel() == parameter.numel():
+                        state[key] = value.reshape(parameter.shape)
+
+
 class AdaptedTask(L.LightningModule):
     """Holds `self.model` (a transformers model) that the adapter callback adapts at `setup()`.
 
@@ -89,6 +104,7 @@ class AdaptedTask(L.LightningModule):
             ]
             groups = [g for g in groups if g["params"]]
         optimizer = OPTIMIZERS[name](groups, **options)
+        optimizer.register_load_state_dict_post_hook(match_state_shapes)
         schedule = dict(self.scheduler_cfg)
         kind = schedule.pop("name")
         if kind == "none":
