@@ -166,7 +166,9 @@ def test_submitit_slurm_sweep_of_two_jobs_completes_with_one_job_preempted_and_r
     assert sweep_process.returncode == 0, output[-4000:]
     assert "Submitit 'slurm' sweep output dir" in output and "#1 : seed=7" in output
 
-    preempted, other = (slurm.job(task_id) for task_id in task_ids)
+    # the sweep returns once each task wrote its result; SLURM may still be ending the task
+    ended = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+    preempted, other = (slurm.wait(task_id, ended, timeout_s=60) for task_id in task_ids)
     print("requeue counts read back from scontrol show job:", preempted["Restarts"], other["Restarts"])
     assert (preempted["JobState"], preempted["Restarts"]) == ("COMPLETED", "1"), preempted
     assert (other["JobState"], other["Restarts"], other["Partition"]) == ("COMPLETED", "0", "debug"), other
