@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
 from loldu_lightning.config import config_dir
+from loldu_lightning.models.diffusion import load_sd_parts
 from loldu_lightning.peft import LoLDUPeftConfig
-from loldu_lightning.sd_models import load_sd_parts
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambooth" / "dog"
 

@@ -97,7 +97,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def sd_cache(tmp_path_factory) -> Path:
     """A cache folder holding the tiny-sd pipeline, written once per test session."""
-    from loldu_lightning.sd_models import tiny_sd_folder
+    from loldu_lightning.models.diffusion import tiny_sd_folder
 
     cache = tmp_path_factory.mktemp("sd_cache")
     tiny_sd_folder(cache_dir=cache)

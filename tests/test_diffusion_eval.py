@@ -31,7 +31,7 @@ CAPTIONS = ["a red square", "a green square", "a blue square", "a yellow square"
 def metric_models(sd_cache, tmp_path_factory):
     from transformers import CLIPTokenizer
 
-    from loldu_lightning.sd_models import tiny_sd_folder
+    from loldu_lightning.models.diffusion import tiny_sd_folder
 
     root = tmp_path_factory.mktemp("metric_models")
     tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_folder(cache_dir=sd_cache) / "tokenizer")

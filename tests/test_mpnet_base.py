@@ -17,8 +17,8 @@ from loldu_lightning.adapters import count_parameters
 from loldu_lightning.builders.adapter import build_run_adapter
 from loldu_lightning.config import validate_config
 from loldu_lightning.loldu import LoLDULinear
-from loldu_lightning.model_packages import MPNET_BASE, MissingPartsError, find_installed_parts
 from loldu_lightning.models import load_model, load_tokenizer, resolve_name_or_path
+from loldu_lightning.models.packages import MPNET_BASE, MissingPartsError, find_installed_parts
 from loldu_lightning.train import train
 
 PAPER_MRPC = ["experiment=paper/glue_mrpc", "model=mpnet-base", "trainer=cpu"]

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from helpers import compose_config
 
-from loldu_lightning import model_packages, models
 from loldu_lightning.builders.adapter import build_run_adapter
 from loldu_lightning.config import validate_config
-from loldu_lightning.model_packages import (
+from loldu_lightning.models import alias_target_modules
+from loldu_lightning.models import loading as models
+from loldu_lightning.models import packages as model_packages
+from loldu_lightning.models.packages import (
     MARKER,
     MissingPartsError,
     Part,
@@ -32,7 +34,6 @@ from loldu_lightning.model_packages import (
     find_installed_parts,
     packaged_model_path,
 )
-from loldu_lightning.models import alias_target_modules
 
 REQUIRED = ("config.json", "model.safetensors")
 MODEL = SplitZipModel(

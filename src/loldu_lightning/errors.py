@@ -42,7 +42,7 @@ _DELIBERATE: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, F
 # up among the imported modules, since an error of a type whose module was never imported cannot occur.
 _PROJECT_USER_ERRORS = (
     "loldu_lightning.checkpoints:CheckpointError",  # a checkpoint that cannot resume this run
-    "loldu_lightning.model_packages:SplitZipError",  # a packaged model's parts are missing or damaged
+    "loldu_lightning.models.packages:SplitZipError",  # a packaged model's parts are missing or damaged
 )
 
 

@@ -43,7 +43,7 @@ _RANK_768_MODELS = {
 def _packaged_names() -> set[str]:
     names = {MINILM, SMOLLM2}
     try:
-        from .model_packages import PACKAGED_MODELS
+        from .models.packages import PACKAGED_MODELS
     except ImportError:  # an install without split-zip models
         return names
     return names | set(PACKAGED_MODELS)

@@ -21,7 +21,7 @@ from ..callbacks.sampling import DiffusionExportCallback, SamplingCallback
 from ..data.class_images import default_class_dir, ensure_class_images
 from ..data.diffusion import SubjectDataModule, check_images, format_prompt, list_images, resolve_subject
 from ..loldu import resolve_target_modules
-from ..sd_models import SDParts, load_sd_parts
+from ..models.diffusion import SDParts, load_sd_parts
 from ..tasks.diffusion import DiffusionSubjectTask, SubjectModel
 from .optimization import optimizer_config, scheduler_config
 from .plain import plain
@@ -65,7 +65,7 @@ def read_subject(data: DiffusionDataOptions) -> Subject:
 
 def generation_options(sampling: SamplingOptions, resolution: int) -> dict[str, Any]:
     """How every image of the run is sampled (samples during training, class images, the export).
-    `sampling.scheduler` is one of sd_models.SAMPLERS (the schema refuses any other name)."""
+    `sampling.scheduler` is one of models.diffusion.SAMPLERS (the schema refuses any other name)."""
     return {
         "num_inference_steps": sampling.num_inference_steps,
         "guidance_scale": sampling.guidance_scale,

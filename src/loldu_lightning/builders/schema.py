@@ -402,7 +402,7 @@ class SamplingOptions:
     num_inference_steps: int = option(25, "denoising steps per image", "25", minimum=1)
     guidance_scale: float = option(7.5, "classifier-free guidance scale", "7.5", minimum=0)
     scheduler: str = option(
-        "dpm", "sampler, built from the model's scheduler config", "dpm", choices=_registry("..sd_models", "SAMPLERS")
+        "dpm", "sampler, built from the model's scheduler config", "dpm", choices=_registry("..models.diffusion", "SAMPLERS")
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..sd_models import SDParts, cache_root, make_pipeline, sampling_scheduler
+from ..models.diffusion import SDParts, cache_root, make_pipeline, sampling_scheduler
 
 log = logging.getLogger(__name__)
 

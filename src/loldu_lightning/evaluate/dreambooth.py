@@ -268,7 +268,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..data.diffusion import check_images, evaluation_prompts, format_prompt, list_images
-    from ..sd_models import sampling_scheduler
+    from ..models.diffusion import sampling_scheduler
 
     s = _settings(args)
     real_paths = list_images(s["instance_dir"], "instance (subject photo)", "--instance-dir")

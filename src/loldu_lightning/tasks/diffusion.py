@@ -22,7 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ..adapters import unwrap_model
-from ..sd_models import SDParts, make_pipeline, sampling_scheduler
+from ..models.diffusion import SDParts, make_pipeline, sampling_scheduler
 from .base import AdaptedTask
 
 log = logging.getLogger(__name__)

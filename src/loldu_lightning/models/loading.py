@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .model_packages import PACKAGED_MODELS, packaged_model_path
+from .packages import PACKAGED_MODELS, packaged_model_path
 
 MINILM = "minilm"
 SMOLLM2 = "smollm2"
