@@ -235,18 +235,23 @@ finally:
 """
 
 
-def report_run_options_calls() -> None:
-    """Runs one tiny CPU training run through `python -m loldu_lightning`'s main() and counts how often
-    the composed config is read into typed options (every module's reference to run_options counts)."""
+def count_run_options_calls(overrides: list[str] = TINY_RUN) -> tuple[int | None, str]:
+    """Runs one training run through `python -m loldu_lightning`'s main() in a subprocess and counts how
+    often the composed config is read into typed options (every module's reference to run_options
+    counts); None and the error's last line when the run fails."""
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-c", COUNT_CALLS, *TINY_RUN, f"hydra.run.dir={folder}"]
+        command = [sys.executable, "-c", COUNT_CALLS, *overrides, f"hydra.run.dir={folder}"]
         result = subprocess.run(command, capture_output=True, text=True, cwd=folder, timeout=600)
     line = next((line for line in result.stderr.splitlines() if line.startswith("RUN_OPTIONS_CALLS=")), None)
-    print("\n## run_options calls in one command-line run\n")
     if line is None or result.returncode != 0:
-        print(f"the tiny run failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
-        return
-    print(f"{line.split('=')[1]} (`python -m loldu_lightning {' '.join(TINY_RUN)}`)")
+        return None, f"the run failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}"
+    return int(line.split("=")[1]), ""
+
+
+def report_run_options_calls() -> None:
+    calls, error = count_run_options_calls()
+    print("\n## run_options calls in one command-line run\n")
+    print(error or f"{calls} (`python -m loldu_lightning {' '.join(TINY_RUN)}`)")
 
 
 # -- import cycles ------------------------------------------------------------------------------------
@@ -257,6 +262,17 @@ def module_name(package: Path, path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node of a module except those under `if TYPE_CHECKING:` (imports for annotations only,
+    which never run)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in [child, *runtime_nodes(child)])
+            continue
+        yield node
+        yield from runtime_nodes(node)
+
+
 def import_graph(package: Path) -> dict[str, set[str]]:
     """Module -> the package's modules it imports, at any depth (an import inside a function counts: it
     runs whenever that function does). `from .x import y` names the submodule x.y where y is one."""
@@ -265,7 +281,7 @@ def import_graph(package: Path) -> dict[str, set[str]]:
     for name, path in files.items():
         is_package = path.name == "__init__.py"
         here = name.split(".") if is_package else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

@@ -9,6 +9,7 @@ its message in its metrics.json and the sweep goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import config_dir, register_resolvers, validate_config
 from .errors import exit_on_user_error, full_error_requested, user_error_message
@@ -29,6 +30,28 @@ from .preflight import preflight
 from .resume_hint import resume_command
 
 log = logging.getLogger(__name__)
+
+# main()'s check of a single run: its config without the run folder, and the typed options read from
+# it; the job Hydra then starts takes these options rather than reading the same config again
+_CHECKED_RUN: dict[str, object] = {}
+
+
+def _app_config(cfg: DictConfig) -> dict:
+    """The config as composed, without `output_dir` (the run folder Hydra decides when the job starts)."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("output_dir", None)
+    return config
+
+
+def _job_options(cfg: DictConfig, multirun: bool):
+    """The typed options of this job: main()'s, when it checked this same single run, with the job's run
+    folder; else read (and checked before anything loads: paths, hub, model files, rank) here."""
+    checked = _CHECKED_RUN.get("options")
+    if not multirun and checked is not None and _CHECKED_RUN.get("config") == _app_config(cfg):
+        return dataclasses.replace(checked, output_dir=str(cfg.output_dir))
+    options = validate_config(cfg)
+    preflight(cfg, options)
+    return options
 
 
 def _record_failure(cfg: DictConfig, error: BaseException) -> None:
@@ -66,9 +89,7 @@ def _run(cfg: DictConfig) -> float | None:
     export_current_job()  # DDP ranks 1..N-1 re-run exactly this job (hydra_ddp.py)
     try:
         # per job: a sweep's jobs differ (a single run's config was checked in main() already)
-        validate_config(cfg)
-        preflight(cfg)
-        result = train(cfg)
+        result = train(cfg, _job_options(cfg, multirun))
     except RunInterrupted as interruption:
         interruption.resume_command = resume_command(multirun)
         raise
@@ -98,8 +119,9 @@ def check_command_line(args: list[str]) -> None:
     if cfg is None:  # a sweep: its jobs are checked one by one in _run; a misspelt key fails them all
         check_override_keys(args)
         return
-    validate_config(cfg)
-    preflight(cfg)
+    options = validate_config(cfg)
+    preflight(cfg, options)
+    _CHECKED_RUN.update(config=_app_config(cfg), options=options)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def _hidden(group: str) -> bool:
 
 def config_groups() -> str:
     """`group: options` per folder of the config tree that holds options, sorted, one per line."""
-    from .config import config_dir
+    from .builders.config_tree import config_dir
 
     root = Path(config_dir())
     lines = []

@@ -345,15 +345,16 @@ def check_trainer(trainer_kwargs: Mapping[str, Any]) -> None:
         ) from None
 
 
-def preflight(cfg) -> None:
+def preflight(cfg, options=None) -> None:
     """Everything that can be known about a run's inputs before loading them: the paths it names,
     the hub, the model's files, the instruction data, Lightning's hardware options, then the rank.
-    `cfg` is a config that validate_config accepted."""
+    `cfg` is a config that validate_config accepted and `options` what it returned (read here when
+    not given)."""
     from .builders.adapter import adapter_options
     from .builders.schema import check_paths, run_options
     from .builders.trainer import trainer_options
 
-    options = run_options(cfg)
+    options = options if options is not None else run_options(cfg)
     check_paths(options)
     check_hub(cfg)
     check_model_files(cfg)

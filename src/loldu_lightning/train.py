@@ -21,7 +21,7 @@ from .builders import build_task
 from .builders.callbacks import build_callbacks
 from .builders.loggers import build_loggers, build_tracking
 from .builders.run import Run, build_run
-from .builders.schema import run_options
+from .builders.schema import RunOptions, run_options
 from .builders.trainer import trainer_options
 from .callbacks.adapter import AdapterCallback
 from .callbacks.metrics import MetricsHistory
@@ -169,14 +169,15 @@ def _fit(
         history.load_state_dict(kept)
 
 
-def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def train(cfg: Mapping[str, Any], options: RunOptions | None = None) -> dict[str, Any]:
     """Fit one composed configuration; writes checkpoints/, adapter/, logs and metrics.json under its output_dir.
 
     Returns the metrics.json payload; `objective` is the best value of the monitored metric (what a
-    sweeper optimises).
+    sweeper optimises). `options` are the config's typed options (`validate_config(cfg)`), read here
+    when not given.
     """
     # validates the whole config (what validate_config does), once: the builders read these options
-    run = build_run(cfg, run_options(cfg))
+    run = build_run(cfg, options if options is not None else run_options(cfg))
     output_dir, monitor = run.output_dir, run.task.monitor
     finished = completed_run(output_dir, run.defining) if run.auto_resume else None
     if finished is not None:

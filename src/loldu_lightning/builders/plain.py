@@ -10,12 +10,12 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import register_resolvers
+from .config_tree import register_value_resolvers
 
 
 def plain(node: Any) -> Any:
     """`node` with interpolations resolved, as dicts and lists; a value that is already plain is returned as is."""
     if isinstance(node, (DictConfig, ListConfig)):
-        register_resolvers()  # the tree's own interpolations (${package_path:...}), also outside the CLI
+        register_value_resolvers()  # the tree's own interpolations (${package_path:...}), also outside the CLI
         return OmegaConf.to_container(node, resolve=True)
     return node

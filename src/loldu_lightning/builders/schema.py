@@ -709,10 +709,10 @@ def run_options(cfg: DictConfig | Mapping[str, Any]) -> RunOptions:
     """The composed config (or its plain conversion) as typed objects; the first value or key that does
     not fit is refused with a ValueError naming it. Reads only the config (paths, the hub and the model
     are preflight's)."""
-    from ..config import register_resolvers
     from .adapter import adapter_options
+    from .config_tree import register_value_resolvers
 
-    register_resolvers()
+    register_value_resolvers()
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     top = read_group(TopLevelOptions, cfg, "", open_keys=True)
@@ -839,7 +839,7 @@ def adapter_sections() -> list[Section]:
     import yaml
 
     from ..adapters import ADAPTERS
-    from ..config import config_dir
+    from .config_tree import config_dir
 
     result = []
     for name, adapter_type in ADAPTERS.items():
