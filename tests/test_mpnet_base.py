@@ -14,7 +14,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from loldu_lightning.adapters import count_parameters
-from loldu_lightning.builders.adapter import build_run_adapter
+from loldu_lightning.builders.adapter import run_adapter
+from loldu_lightning.builders.schema import run_options
 from loldu_lightning.config import validate_config
 from loldu_lightning.loldu import LoLDULinear
 from loldu_lightning.models import load_model, load_tokenizer, resolve_name_or_path
@@ -102,7 +103,7 @@ def test_loldu_at_rank_768_on_real_mpnet(mpnet, paper_mrpc):
     model, batch = mpnet
     cfg = compose_config(paper_mrpc)
     validate_config(cfg)
-    adapter = build_run_adapter(cfg)
+    adapter = run_adapter(run_options(cfg))
     before = _outputs(model, batch)
     adapted = adapter.apply(model, cfg.model.head_modules)
     try:
@@ -154,7 +155,7 @@ def test_trainable_counts_of_each_arm_match_table1(paper_mrpc):
         with torch.device("meta"):  # counting needs shapes, not weights
             model = AutoModelForSequenceClassification.from_config(config)
         validate_config(cfg)
-        adapted = build_run_adapter(cfg).apply(model, cfg.model.head_modules)
+        adapted = run_adapter(run_options(cfg)).apply(model, cfg.model.head_modules)
         counts = count_parameters(adapted, cfg.model.head_modules)
         assert counts["adapter"] == adapter_count, (method, extra)
         assert counts["head"] == 768 * 768 + 768 + 768 * 2 + 2

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from helpers import compose_config
 
-from loldu_lightning.builders.adapter import build_run_adapter
+from loldu_lightning.builders.adapter import run_adapter
+from loldu_lightning.builders.schema import run_options
 from loldu_lightning.config import validate_config
 from loldu_lightning.models import alias_target_modules
 from loldu_lightning.models import loading as models
@@ -253,7 +254,7 @@ def test_the_paper_glue_experiment_runs_on_mpnet_with_one_override(method, rank,
     )
     assert cfg.model.name_or_path == "all-mpnet-base-v2" and cfg.data.max_length == 512
     validate_config(cfg)
-    adapter = build_run_adapter(cfg)
+    adapter = run_adapter(run_options(cfg))
     found = getattr(adapter.options, "target_modules", None)
     assert (list(found) if found is not None else None) == targets
     assert getattr(adapter.options, "rank", None) == rank

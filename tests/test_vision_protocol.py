@@ -19,7 +19,8 @@ from test_vision_task import PAPER_DATASETS, TINY_VIT
 from torch.utils.data import Subset
 
 from loldu_lightning.builders import build_task
-from loldu_lightning.builders.adapter import build_run_adapter
+from loldu_lightning.builders.adapter import run_adapter
+from loldu_lightning.builders.schema import run_options
 from loldu_lightning.config import config_dir, validate_config
 from loldu_lightning.data.vision import build_image_transform
 from loldu_lightning.report import build_report
@@ -167,7 +168,7 @@ def test_tiny_run_tests_the_best_checkpoint_once_and_reports_it(tmp_path: Path) 
     # the same number from the best checkpoint, evaluated by hand on test/ (12 images, resize + crop)
     L.seed_everything(cfg.seed)  # the tiny ViT's random base weights, as train() drew them
     module, datamodule = build_task(cfg)
-    module.model = build_run_adapter(cfg).apply(module.model, module.head_modules)
+    module.model = run_adapter(run_options(cfg)).apply(module.model, module.head_modules)
     state = torch.load(tmp_path / "run" / "checkpoints" / test["checkpoint"], map_location="cpu", weights_only=False)
     missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
     assert not unexpected and set(missing) <= module._frozen_keys()

@@ -1,13 +1,17 @@
-"""The run's adapter: its options from `adapter`, module names translated by the model's aliases."""
+"""The run's adapter: its options from `adapter`, module names translated by the model's aliases, and
+the one way a run's adapter is built from its typed options."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..adapters import Adapter, build_adapter
+from ..adapters import ADAPTERS, Adapter
 from ..models import alias_target_modules
 from .plain import plain
+
+if TYPE_CHECKING:
+    from .schema import RunOptions
 
 
 def adapter_options(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -16,5 +20,6 @@ def adapter_options(config: Mapping[str, Any]) -> dict[str, Any]:
     return alias_target_modules(plain(config["adapter"]), plain(config["model"].get("target_module_aliases")))
 
 
-def build_run_adapter(config: Mapping[str, Any]) -> Adapter:
-    return build_adapter(adapter_options(config))
+def run_adapter(options: RunOptions) -> Adapter:
+    """The run's adapter from its typed options (`run_options(cfg)`, which read `adapter_options`)."""
+    return ADAPTERS[options.adapter_name](options.adapter)

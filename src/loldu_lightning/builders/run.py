@@ -12,9 +12,10 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from ..adapters import ADAPTERS, Adapter
+from ..adapters import Adapter
 from ..checkpoints import defining_config
 from ..models import model_label
+from .adapter import run_adapter
 from .loggers import RunContext, check_logger_packages, run_context
 from .plain import plain
 from .schema import RunOptions, TaskOptions, run_options
@@ -81,7 +82,7 @@ def build_run(cfg: Mapping[str, Any], options: RunOptions | None = None) -> Run:
         config=config,
         output_dir=Path(options.output_dir),
         auto_resume=auto_resume(options.resume.auto),
-        adapter=ADAPTERS[options.adapter_name](options.adapter),
+        adapter=run_adapter(options),
         base_model=model_label(config["model"]),
         context=run_context(options.output_dir),
     )
