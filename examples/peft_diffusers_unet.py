@@ -27,7 +27,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
-from loldu_lightning.config import config_dir
+from loldu_lightning.cli.config import config_dir
 from loldu_lightning.models.diffusion import load_sd_parts
 from loldu_lightning.peft import LoLDUPeftConfig
 

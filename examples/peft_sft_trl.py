@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
-from loldu_lightning.config import config_dir
+from loldu_lightning.cli.config import config_dir
 from loldu_lightning.models import load_model, load_tokenizer
 from loldu_lightning.peft import LoLDUPeftConfig
 

@@ -222,7 +222,7 @@ def counting(*args, **kwargs):
     calls.append(1)
     return original(*args, **kwargs)
 import loldu_lightning.__main__ as cli
-import loldu_lightning.train, loldu_lightning.preflight, loldu_lightning.config
+import loldu_lightning.train, loldu_lightning.cli.preflight, loldu_lightning.cli.config
 import loldu_lightning.builders, loldu_lightning.builders.run
 for module in list(sys.modules.values()):
     if getattr(module, "__name__", "").startswith("loldu_lightning") and getattr(module, "run_options", None) is original:

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
-from loldu_lightning.config import config_dir, register_resolvers
+from loldu_lightning.cli.config import config_dir, register_resolvers
 
 # tiny model, a few batches: a full train() on 2 CPU cores in seconds
 TINY_GLUE = [

@@ -21,7 +21,7 @@ from loldu_lightning.adapters import (
     resolve_head_modules,
     unwrap_model,
 )
-from loldu_lightning.config import config_dir
+from loldu_lightning.cli.config import config_dir
 from loldu_lightning.loldu.manifest import MANIFEST_NAME, AdapterManifest
 
 ROBERTA_TARGETS = ["query", "value"]

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from test_adapters import FOLDER_FILES
 
 from loldu_lightning.adapters import build_adapter
-from loldu_lightning.config import validate_config
+from loldu_lightning.cli.config import validate_config
+from loldu_lightning.cli.overrides import check_override_keys
 from loldu_lightning.loldu.manifest import AdapterManifest
-from loldu_lightning.overrides import check_override_keys
 from loldu_lightning.train import train
 
 

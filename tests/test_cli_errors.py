@@ -334,7 +334,7 @@ def test_a_missing_model_package_is_refused_before_the_run_folder(monkeypatch, t
     import importlib.util
 
     from loldu_lightning.__main__ import check_command_line
-    from loldu_lightning.errors import user_error_message
+    from loldu_lightning.cli.errors import user_error_message
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -393,7 +393,7 @@ def test_trainer_auto_takes_the_gpu_in_the_paper_precision_when_there_is_one(
 ):
     import torch
 
-    from loldu_lightning.config import auto_precision
+    from loldu_lightning.cli.config import auto_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
@@ -414,7 +414,7 @@ def test_an_unreachable_hub_is_found_out_at_once_without_hf_hub_offline(monkeypa
 
     from huggingface_hub import constants
 
-    from loldu_lightning import preflight
+    from loldu_lightning.cli import preflight
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -28,8 +28,8 @@ from loldu_lightning.builders.schema import (
     VisionDataOptions,
     run_options,
 )
-from loldu_lightning.config import config_dir, validate_config
-from loldu_lightning.help_text import options_page
+from loldu_lightning.cli.config import config_dir, validate_config
+from loldu_lightning.cli.help_text import options_page
 
 OPTIONS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 # one task per family, composed with the model its tests use
@@ -213,7 +213,7 @@ def test_another_familys_options_are_refused_by_name():
 
 def test_the_options_page_is_the_schemas():
     assert OPTIONS_PAGE.read_text() == options_page() + "\n", (
-        "docs/options.md differs from the schema: python -m loldu_lightning.options --markdown > docs/options.md"
+        "docs/options.md differs from the schema: python -m loldu_lightning.cli.options --markdown > docs/options.md"
     )
 
 
@@ -222,11 +222,11 @@ def test_importing_registers_no_resolver_and_a_notebook_composition_still_resolv
     resolvers, so compose() + validate_config/train(cfg) in a notebook resolves ${package_path:...}."""
     script = """
 from omegaconf import OmegaConf
-import loldu_lightning.config, loldu_lightning.train, loldu_lightning.__main__, loldu_lightning.builders.schema
+import loldu_lightning.cli.config, loldu_lightning.train, loldu_lightning.__main__, loldu_lightning.builders.schema
 names = ("glue_dir", "package_path", "auto_precision", "help_config_groups", "help_options")
 print("at import:", [name for name in names if OmegaConf.has_resolver(name)])
 from hydra import compose, initialize_config_dir
-from loldu_lightning.config import config_dir, validate_config
+from loldu_lightning.cli.config import config_dir, validate_config
 with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
     cfg = compose("config", overrides=["output_dir=unused"])
 validate_config(cfg)

@@ -19,7 +19,7 @@ from helpers import compose_config, list_config_options
 from omegaconf import OmegaConf
 
 from loldu_lightning.builders.schema import run_options
-from loldu_lightning.config import config_dir
+from loldu_lightning.cli.config import config_dir
 
 SNAPSHOT = Path(__file__).resolve().parent / "snapshots" / "resolved_configs.json"
 PACKAGE_ROOT = str(Path(config_dir()).resolve().parent)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.builders.diffusion import build_diffusion
-from loldu_lightning.config import validate_config
+from loldu_lightning.cli.config import validate_config
 from loldu_lightning.tasks.diffusion import SubjectModel
 from loldu_lightning.train import train
 

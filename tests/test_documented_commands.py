@@ -19,8 +19,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from loldu_lightning.__main__ import check_command_line
-from loldu_lightning.errors import user_error_message
-from loldu_lightning.overrides import add_declared_options
+from loldu_lightning.cli.errors import user_error_message
+from loldu_lightning.cli.overrides import add_declared_options
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -14,8 +14,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from loldu_lightning.builders.schema import adapter_sections, run_options, sections
-from loldu_lightning.config import config_dir, register_resolvers
-from loldu_lightning.overrides import add_declared_options
+from loldu_lightning.cli.config import config_dir, register_resolvers
+from loldu_lightning.cli.overrides import add_declared_options
 
 # a task of each family, for the options only that family reads
 FAMILY_TASKS = {

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from loldu_lightning.adapters import build_adapter, count_parameters
-from loldu_lightning.config import config_dir, register_resolvers, validate_config
+from loldu_lightning.cli.config import config_dir, register_resolvers, validate_config
 from loldu_lightning.loldu import INITS, RESIDUALS, SCALINGS
 from loldu_lightning.models import load_model
 
@@ -71,6 +71,13 @@ WITHIN_TABLE = {"paper/table1_glue_method/": "paper/table1_glue", "paper/table3_
 # Layers over another family's experiment (their files say so): composed over a task they fit, since their
 # options (vision's data.holdout_fraction, task.test_split) are refused on the default GLUE task.
 LAYERS = {"paper/vit_fourierft": ["task=vision/cifar10"]}
+# The base-size study's svd arms compare the run default's rate (30) with the width-matched one (50): both
+# rates are written in their files, so a later width-aware default cannot change what they ran.
+PINNED_SVD = {
+    "mpnet_study": {("svd", 30)},
+    "studies/mpnet_study_arm/svd_x30": {("svd", 30)},
+    "studies/mpnet_study_arm/svd_x50": {("svd", 50)},
+}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -85,7 +92,8 @@ def test_every_experiment_composes_and_validates(experiment):
     validate_config(cfg)
     if cfg.adapter.name == "loldu" and experiment not in LAYERS:  # a layer keeps the adapter it is put over
         # the paper's decomposition, and the studies' as they ran, whatever the project default becomes
-        assert (cfg.adapter.decomposition, OmegaConf.select(cfg, "adapter.lr_scale")) in {("lu", None), ("lu", 1)}
+        pinned = PINNED_SVD.get(experiment, {("lu", None), ("lu", 1)})
+        assert (cfg.adapter.decomposition, OmegaConf.select(cfg, "adapter.lr_scale")) in pinned
     # every interpolation outside `hydra` must resolve (per-task tables keyed on ${task.name} included)
     OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
 

@@ -11,7 +11,7 @@ import torch
 from helpers import compose_config, logged_values
 
 from loldu_lightning.adapters import build_adapter
-from loldu_lightning.config import validate_config
+from loldu_lightning.cli.config import validate_config
 from loldu_lightning.generation import generate_texts
 from loldu_lightning.models import byte_level_tokenizer, load_causal_lm
 from loldu_lightning.train import train

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from loldu_lightning.adapters import count_parameters
 from loldu_lightning.builders.adapter import run_adapter
 from loldu_lightning.builders.schema import run_options
-from loldu_lightning.config import validate_config
+from loldu_lightning.cli.config import validate_config
 from loldu_lightning.loldu import LoLDULinear
 from loldu_lightning.models import load_model, load_tokenizer, resolve_name_or_path
 from loldu_lightning.models.packages import MPNET_BASE, MissingPartsError, find_installed_parts

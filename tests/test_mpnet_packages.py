@@ -20,7 +20,7 @@ from helpers import compose_config
 
 from loldu_lightning.builders.adapter import run_adapter
 from loldu_lightning.builders.schema import run_options
-from loldu_lightning.config import validate_config
+from loldu_lightning.cli.config import validate_config
 from loldu_lightning.models import alias_target_modules
 from loldu_lightning.models import loading as models
 from loldu_lightning.models import packages as model_packages

@@ -63,7 +63,7 @@ def test_wheel_carries_the_config_tree(wheel_env):
     located = _run(
         wheel_env / "bin" / "python",
         "-c",
-        "import loldu_lightning, loldu_lightning.config as c; print(loldu_lightning.__file__); print(c.config_dir())",
+        "import loldu_lightning, loldu_lightning.cli.config as c; print(loldu_lightning.__file__); print(c.config_dir())",
         cwd=outside,
     )
     assert located.returncode == 0, located.stderr

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
-from loldu_lightning.config import config_dir
+from loldu_lightning.cli.config import config_dir
 from loldu_lightning.models import load_model
 from loldu_lightning.peft import LoLDULayer, LoLDUPeftConfig
 

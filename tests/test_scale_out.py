@@ -243,7 +243,7 @@ def test_fp16_autocast_with_grad_scaler_keeps_fp32_adapter(rte, tmp_path):
 def test_slurm_launcher_config_asks_one_task_per_device_on_every_node():
     from hydra import compose, initialize_config_dir
 
-    from loldu_lightning.config import config_dir
+    from loldu_lightning.cli.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
@@ -279,7 +279,7 @@ def test_adapter_from_a_sharded_fsdp2_model_loads_into_a_plain_model(tmp_path):
 
 
 def test_ddp_child_runs_its_parent_job_not_the_sweep(monkeypatch):
-    from loldu_lightning.hydra_ddp import JOB_ENV, child_arguments
+    from loldu_lightning.cli.hydra_ddp import JOB_ENV, child_arguments
 
     sweep = ["-m", "-cn", "config", "--config-dir=/extra", "adapter.init=uniform,normal", "trainer=ddp"]
     monkeypatch.delenv("LOCAL_RANK", raising=False)

@@ -15,7 +15,7 @@ from helpers import TINY_GLUE, compose_config
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
-from loldu_lightning.errors import user_error_message
+from loldu_lightning.cli.errors import user_error_message
 from loldu_lightning.train import train
 
 pytest.importorskip("tensorboard", reason="the tracking extra: pip install -e '.[tracking]'")

@@ -21,7 +21,7 @@ from torch.utils.data import Subset
 from loldu_lightning.builders import build_task
 from loldu_lightning.builders.adapter import run_adapter
 from loldu_lightning.builders.schema import run_options
-from loldu_lightning.config import config_dir, validate_config
+from loldu_lightning.cli.config import config_dir, validate_config
 from loldu_lightning.data.vision import build_image_transform
 from loldu_lightning.report import build_report
 from loldu_lightning.train import train

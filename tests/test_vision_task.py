@@ -12,7 +12,7 @@ from test_vision_data import fake_cifar, fake_imagefolder
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from loldu_lightning.builders.vision import build_vision
-from loldu_lightning.config import validate_config
+from loldu_lightning.cli.config import validate_config
 from loldu_lightning.train import train
 
 VISION_TASKS = [name for name in list_config_options("task") if name.startswith("vision/")]

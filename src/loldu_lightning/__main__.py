@@ -1,6 +1,6 @@
 """`python -m loldu_lightning` / `loldu`: parse the Hydra config and call train(cfg).
 
-A user error (errors.py) is printed as one line, `error: ...`, with exit status 2; a bug keeps its
+A user error (cli/errors.py) is printed as one line, `error: ...`, with exit status 2; a bug keeps its
 traceback. A single run's config is checked before Hydra starts the job, so a bad value, a missing
 folder, an unreachable hub or a rank the model cannot take is reported within seconds and before
 any run folder, weights or data. In a sweep, each job checks its own config; a failed job records
@@ -21,13 +21,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import config_dir, register_resolvers, validate_config
-from .errors import exit_on_user_error, full_error_requested, user_error_message
-from .hydra_ddp import child_arguments, export_current_job
+from .cli.config import config_dir, register_resolvers, validate_config
+from .cli.errors import exit_on_user_error, full_error_requested, user_error_message
+from .cli.hydra_ddp import child_arguments, export_current_job
+from .cli.overrides import add_declared_options, check_override_keys, compose_single_run
+from .cli.preflight import preflight
+from .cli.resume_hint import resume_command
 from .interrupts import RunInterrupted
-from .overrides import add_declared_options, check_override_keys, compose_single_run
-from .preflight import preflight
-from .resume_hint import resume_command
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _run(cfg: DictConfig) -> float | None:
 
     register_resolvers()  # a launcher (submitit, joblib) may run this job in a process that skipped main()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    export_current_job()  # DDP ranks 1..N-1 re-run exactly this job (hydra_ddp.py)
+    export_current_job()  # DDP ranks 1..N-1 re-run exactly this job (cli/hydra_ddp.py)
     try:
         # per job: a sweep's jobs differ (a single run's config was checked in main() already)
         result = train(cfg, _job_options(cfg, multirun))

@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 
 from ..callbacks.tracking import TrackingCallback
-from ..errors import UserError
+from ..cli.errors import UserError
 
 if TYPE_CHECKING:
     from .run import Run

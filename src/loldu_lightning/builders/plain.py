@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .config_tree import register_value_resolvers
+from ..cli.config_tree import register_value_resolvers
 
 
 def plain(node: Any) -> Any:

@@ -4,7 +4,7 @@ Each option is declared once, as a dataclass field: its type, its default and an
 means, its allowed range or choices, an example value). `run_options` turns a composed config into
 these dataclasses, refusing in one line that names the key a value of the wrong type, out of range
 or not among the choices, and a key that no schema declares (naming the closest declared one).
-`--help`, `python -m loldu_lightning.options` and docs/options.md list the options from here.
+`--help`, `python -m loldu_lightning.cli.options` and docs/options.md list the options from here.
 
 What is typed: the top-level `seed`, `ckpt_path` and `output_dir`; the groups `task` and `data`
 (options every family reads, plus each family's own); `optimizer`, `scheduler`, `checkpoint`,
@@ -402,7 +402,10 @@ class SamplingOptions:
     num_inference_steps: int = option(25, "denoising steps per image", "25", minimum=1)
     guidance_scale: float = option(7.5, "classifier-free guidance scale", "7.5", minimum=0)
     scheduler: str = option(
-        "dpm", "sampler, built from the model's scheduler config", "dpm", choices=_registry("..models.diffusion", "SAMPLERS")
+        "dpm",
+        "sampler, built from the model's scheduler config",
+        "dpm",
+        choices=_registry("..models.diffusion", "SAMPLERS"),
     )
 
 
@@ -601,7 +604,7 @@ def unknown_key_error(prefix: str, key: str, known: Iterable[str], where: str = 
     guess = f"; did you mean {prefix}.{close[0]}?" if close else "."
     return ValueError(
         f"{prefix}.{key} is not an option of {prefix}{where}{guess} Options of {prefix}: {', '.join(known)} "
-        f"(all listed by `python -m loldu_lightning.options`)"
+        f"(all listed by `python -m loldu_lightning.cli.options`)"
     )
 
 
@@ -709,8 +712,8 @@ def run_options(cfg: DictConfig | Mapping[str, Any]) -> RunOptions:
     """The composed config (or its plain conversion) as typed objects; the first value or key that does
     not fit is refused with a ValueError naming it. Reads only the config (paths, the hub and the model
     are preflight's)."""
+    from ..cli.config_tree import register_value_resolvers
     from .adapter import adapter_options
-    from .config_tree import register_value_resolvers
 
     register_value_resolvers()
     if not isinstance(cfg, DictConfig):
@@ -761,7 +764,7 @@ def check_paths(options: RunOptions) -> None:
                 )
 
 
-# -- listing the options (--help, python -m loldu_lightning.options, docs/options.md) -------------
+# -- listing the options (--help, python -m loldu_lightning.cli.options, docs/options.md) -------------
 
 
 @dataclass(frozen=True)
@@ -839,7 +842,7 @@ def adapter_sections() -> list[Section]:
     import yaml
 
     from ..adapters import ADAPTERS
-    from .config_tree import config_dir
+    from ..cli.config_tree import config_dir
 
     result = []
     for name, adapter_type in ADAPTERS.items():
@@ -855,6 +858,10 @@ def adapter_sections() -> list[Section]:
                 if run == library or required
                 else f"library default ({adapter_type.options_type.__name__}): `{library}`"
             )
-            rows.append(OptionRow(f"adapter.{spec_field.name}", str(spec_field.type), run, note))
+            # an options type that declares its options' meaning and allowed names (LoLDUConfig) is listed with them
+            choices = spec_field.metadata.get("choices")
+            allowed = f"one of: {' | '.join(sorted(choices))}" if choices else str(spec_field.type)
+            meaning = "; ".join(part for part in (spec_field.metadata.get("help", ""), note) if part)
+            rows.append(OptionRow(f"adapter.{spec_field.name}", allowed, run, meaning))
         result.append(Section(f"adapter ({name})", rows))
     return result

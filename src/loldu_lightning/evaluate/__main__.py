@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_cli(argv: list[str] | None = None) -> int:
     """main() with user errors (a missing folder, an adapter for another model) as one `error:` line, exit 2."""
-    from ..errors import exit_on_user_error
+    from ..cli.errors import exit_on_user_error
 
     try:
         return main(argv)

@@ -82,7 +82,7 @@ def _compose(model: str | None, overrides: list[str]) -> dict[str, Any]:
     the composition root's conversion; a run directory is read without either (`run_config.py`).
     """
     from ..builders.plain import plain
-    from ..overrides import compose_single_run
+    from ..cli.overrides import compose_single_run
 
     base = ["task=instruct/alpaca", *([f"model={model}"] if model else []), "output_dir=unused"]
     cfg = compose_single_run([*base, *overrides])
@@ -113,7 +113,7 @@ def _find_adapter(run_dir: Path) -> Path:
 
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     from ..adapters import ADAPTERS, build_adapter
-    from ..errors import UserError, raised_on_purpose
+    from ..cli.errors import UserError, raised_on_purpose
     from ..models import load_causal_lm, load_tokenizer, model_label
 
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else None

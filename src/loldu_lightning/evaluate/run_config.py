@@ -89,9 +89,9 @@ def resolve(config: Mapping[str, Any], resolvers: Mapping[str, Callable[..., Any
 
 
 def _default_resolvers() -> dict[str, Callable[..., Any]]:
-    # The config tree's own resolvers are plain functions kept in config.py (which imports OmegaConf to
+    # The config tree's own resolvers are plain functions kept in cli/config_tree.py (which imports OmegaConf to
     # register them), so they are looked up only for a config that calls one.
-    from ..config import auto_precision, glue_dir, package_path
+    from ..cli.config_tree import auto_precision, glue_dir, package_path
 
     return {"auto_precision": auto_precision, "glue_dir": glue_dir, "package_path": package_path}
 

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..cli.errors import UserError
 
 BWRAP = "bwrap"
 SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup

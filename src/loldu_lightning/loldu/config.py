@@ -14,6 +14,22 @@ from .registries import DECOMPOSE_DTYPES, DTYPES, FORWARD_MODES, INITS, RESIDUAL
 TargetSpec = str | tuple[str, ...]
 
 
+def _option(help: str, choices: Any = None) -> dict[str, Any]:
+    """A LoLDUConfig field's metadata: what it means and, for a named choice, the registry of allowed
+    names (read when listed, so a registered name is listed too). PEFT's config, `--help` and the options
+    page read both from here (`option_help`)."""
+    return {"help": help, "choices": choices}
+
+
+def option_help(name: str, with_choices: bool = True) -> str:
+    """The help of LoLDUConfig's option `name`, ending with its allowed names where it has them."""
+    metadata = next(f for f in dataclasses.fields(LoLDUConfig) if f.name == name).metadata
+    choices = metadata.get("choices")
+    if not with_choices or not choices:
+        return metadata["help"]
+    return f"{metadata['help']}; one of: {' | '.join(sorted(choices))}"
+
+
 def _normalise_targets(name: str, value: Any, allow_none: bool) -> TargetSpec | None:
     """A string stays a string (regex or ``all-linear``); any other sequence becomes a tuple of names."""
     if value is None:
@@ -67,21 +83,69 @@ class LoLDUConfig:
         The library does not build optimizers; ``resolve_lr_scale`` is what a trainer reads.
     """
 
-    rank: int | str
-    alpha: float | None = None
-    init: str = "uniform"
-    scaling: str = "learned"
-    residual: str = "init"
-    target_modules: TargetSpec = ("query", "value")
-    exclude_modules: TargetSpec | None = None
-    dtype: str | None = None
-    forward_mode: str = "auto"
-    seed: int = 0
-    decompose_dtype: str = "float32"
-    save_factors: bool = False
-    storage: str = "dense"
-    decomposition: str = "lu"
-    lr_scale: float | None = None
+    rank: int | str = dataclasses.field(
+        metadata=_option("components kept per matrix: an integer >= 1, or 'full' (= min(out, in) of each matrix)")
+    )
+    alpha: float | None = dataclasses.field(
+        default=None, metadata=_option("sigma0 = alpha / rank; null means alpha = rank (sigma0 = 1)")
+    )
+    init: str = dataclasses.field(default="uniform", metadata=_option("how z starts (the paper's Table V)", INITS))
+    scaling: str = dataclasses.field(
+        default="learned",
+        metadata=_option("sigma: trained from alpha / rank (learned), that constant (fixed) or 1 (none)", SCALINGS),
+    )
+    residual: str = dataclasses.field(
+        default="init",
+        metadata=_option(
+            "the frozen c: from the initial z, the model unchanged at step 0 (init); from d_r, Algorithm 1 as "
+            "printed (ldu); as the authors' released code (authors)",
+            RESIDUALS,
+        ),
+    )
+    target_modules: TargetSpec = dataclasses.field(
+        default=("query", "value"),
+        metadata=_option("modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'"),
+    )
+    exclude_modules: TargetSpec | None = dataclasses.field(
+        default=None, metadata=_option("modules never adapted, in target_modules' forms")
+    )
+    dtype: str | None = dataclasses.field(
+        default=None, metadata=_option("storage dtype of the frozen factors; null = the base weight's", DTYPES)
+    )
+    forward_mode: str = dataclasses.field(
+        default="auto",
+        metadata=_option("factored (per token), merged (once per step) or auto (chosen per layer)", FORWARD_MODES),
+    )
+    seed: int = dataclasses.field(default=0, metadata=_option("base of the per-module seeds of the random inits"))
+    decompose_dtype: str = dataclasses.field(
+        default="float32", metadata=_option("precision of the decomposition", DECOMPOSE_DTYPES)
+    )
+    save_factors: bool = dataclasses.field(
+        default=False, metadata=_option("also store L, U and the permutation in adapter files (bit-exact portability)")
+    )
+    storage: str = dataclasses.field(
+        default="dense",
+        metadata=_option(
+            "how the frozen factors are kept: P L_r, U_r beside W0 (dense), one m x n LU matrix beside W0 "
+            "(packed, full rank) or the LU replacing W0 (lu); docs/factor_storage.md",
+            STORAGES,
+        ),
+    )
+    decomposition: str = dataclasses.field(
+        default="lu",
+        metadata=_option(
+            "whose diagonal is trained: the paper's LU, the top-r singular values (svd) or R's diagonal (qr); "
+            "docs/decompositions.md",
+            DECOMPOSITIONS,
+        ),
+    )
+    lr_scale: float | None = dataclasses.field(
+        default=None,
+        metadata=_option(
+            "z and sigma train at the learning rate x this (the head keeps the rate); null = the decomposition's "
+            "own (lu 1, svd 30, qr 20: the same weight change per step)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not (isinstance(self.rank, int) or self.rank == "full"):

@@ -16,6 +16,7 @@ from typing import Any
 from peft.config import PeftConfig
 
 from loldu_lightning.loldu import LoLDUConfig
+from loldu_lightning.loldu.config import option_help
 
 from .peft_type import loldu_peft_type
 
@@ -42,40 +43,37 @@ class LoLDUPeftConfig(PeftConfig):
     (docs/design.md section 1). The LoLDU options mean what they mean in ``loldu.LoLDUConfig``.
     """
 
-    r: int | str = field(
-        default=8, metadata={"help": "components kept per matrix: an int >= 1 or 'full' (min(out, in))"}
-    )
+    r: int | str = field(default=8, metadata={"help": option_help("rank")})
     loldu_alpha: float | None = field(default=None, metadata={"help": "sigma0 = loldu_alpha / r; None means r"})
     init_weights: bool | str = field(
         default=True,
         metadata={
             "help": "True: z from 'uniform' and the adapted model equals the base model at creation (PEFT's identity "
-            "init); the name of an init of z (ldu|constant|uniform|uniform_unit|normal|normal_unit|zeros|ones); "
+            "init); the name of an init of z (" + option_help("init").split("; ")[-1] + "); "
             "False: PEFT's non-identity start, the paper's Algorithm 1 as printed (z uniform, residual 'ldu')"
         },
     )
     init_loldu_weights: str | None = field(
         default=None, metadata={"help": "the older name of init_weights (an init name), still read"}
     )
-    scaling: str = field(default="learned", metadata={"help": "sigma: learned | fixed | none"})
-    residual: str = field(default="init", metadata={"help": "c from the initial z (init), from d_r (ldu) or authors"})
+    scaling: str = field(default="learned", metadata={"help": option_help("scaling")})
+    residual: str = field(default="init", metadata={"help": option_help("residual")})
     target_modules: list[str] | str | None = field(
         default=None,
-        metadata={"help": "module names (exact or '.'-suffix), a regex (full match) or 'all-linear'"},
+        metadata={"help": option_help("target_modules")},
     )
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "modules never adapted"})
-    dtype: str | None = field(default=None, metadata={"help": "storage dtype of the factors; None = the weight's"})
-    forward_mode: str = field(default="auto", metadata={"help": "auto | factored | merged"})
-    seed: int = field(default=0, metadata={"help": "base of the per-module seeds of the random inits"})
-    decompose_dtype: str = field(default="float32", metadata={"help": "float32 | float64"})
-    save_factors: bool = field(default=False, metadata={"help": "also save P, L_r, U_r (bit-exact portability)"})
-    storage: str = field(default="dense", metadata={"help": "dense | packed | lu (see docs/factor_storage.md)"})
-    decomposition: str = field(default="lu", metadata={"help": "whose diagonal is trained: lu | svd | qr"})
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": option_help("exclude_modules")})
+    dtype: str | None = field(default=None, metadata={"help": option_help("dtype")})
+    forward_mode: str = field(default="auto", metadata={"help": option_help("forward_mode")})
+    seed: int = field(default=0, metadata={"help": option_help("seed")})
+    decompose_dtype: str = field(default="float32", metadata={"help": option_help("decompose_dtype")})
+    save_factors: bool = field(default=False, metadata={"help": option_help("save_factors")})
+    storage: str = field(default="dense", metadata={"help": option_help("storage")})
+    decomposition: str = field(default="lu", metadata={"help": option_help("decomposition")})
     lr_scale: float | None = field(
         default=None,
         metadata={
-            "help": "the learning-rate multiplier for z and sigma that gives every decomposition the same step in the "
-            "weight (None = the decomposition's: lu 1, svd 30, qr 20); recorded only: give those parameters "
+            "help": option_help("lr_scale") + "; recorded only: give those parameters "
             "lr x to_loldu_config().resolve_lr_scale() in your optimizer"
         },
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from loldu_lightning.config import config_dir
+from loldu_lightning.cli.config_tree import config_dir
 
 
 def _default_choice(group: str) -> str | None:

@@ -139,9 +139,9 @@ def read_job(sweep_dir: Path, job_dir: Path) -> Job:
 
 def load_jobs(sweep_dir: str | Path) -> list[Job]:
     """All jobs of a multirun directory, in job order."""
-    from ..config import register_resolvers
+    from ..cli.config_tree import register_value_resolvers
 
-    register_resolvers()  # the jobs' configs hold the tree's own interpolations (${glue_dir:...})
+    register_value_resolvers()  # the jobs' configs hold the tree's own interpolations (${glue_dir:...})
     root = Path(sweep_dir).expanduser()
     if not root.exists():
         raise FileNotFoundError(

@@ -1,8 +1,9 @@
 """The config tree: where it is, and the resolvers its own values use (`${glue_dir:...}`,
 `${package_path:...}`, `${auto_precision:...}`).
 
-A leaf of the package's import graph: the schema, the converters and the command line all read
-it, and it imports none of them.
+A leaf of the package's import graph: the schema and converters of builders/, the command line and
+evaluate/ (which resolves a run folder's config without the composition root) all read it, and it
+imports none of them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def config_dir() -> str:
     The tree lives at the repository root (`conf/`). A wheel carries it as the `loldu_lightning.conf`
     package directory; an editable install has no copy inside the package, so it reads the root folder.
     """
-    package = Path(__file__).resolve().parents[1]  # builders/ -> loldu_lightning/
+    package = Path(__file__).resolve().parents[1]  # cli/ -> loldu_lightning/
     for candidate in (package / "conf", package.parents[1] / "conf"):
         if (candidate / "config.yaml").is_file():
             return str(candidate)

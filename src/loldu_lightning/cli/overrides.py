@@ -60,7 +60,7 @@ def add_declared_options(args: list[str]) -> list[str]:
     `trainer.max_steps` where the trainer file sets none: every listed option is then set as
     `key=value`, whichever files a run composes. `+key=value` keeps working; other keys are left
     for check_override_keys and Hydra to refuse."""
-    from .builders.schema import group_keys
+    from ..builders.schema import group_keys
 
     candidates = [(i, a) for i, a in enumerate(args) if "=" in a and not a.startswith("-")]
     try:
@@ -104,7 +104,7 @@ def unknown_key(cfg: DictConfig, key: str) -> ValueError:
     depends on the group. A typed group (builders/schema.py) takes only its options (and, for
     `optimizer` and `trainer`, the keys it passes on), so `+key` helps only for one of those; keys
     elsewhere (the top level, `model`, `logger`) are free to add with `+key`."""
-    from .builders.schema import group_keys
+    from ..builders.schema import group_keys
 
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
@@ -126,7 +126,7 @@ def unknown_key(cfg: DictConfig, key: str) -> ValueError:
         how = f"'{parent_key}' is typed and takes no other keys"
         if passed_on:
             how += f" than these and the ones it passes on ({_passed_on_what(parent_key)}) with +{dotted}<key>=..."
-        how += "; every option is listed by `python -m loldu_lightning.options`"
+        how += "; every option is listed by `python -m loldu_lightning.cli.options`"
     return ValueError(f"Unknown config key '{key}'.{guess} Keys {where}: {', '.join(allowed)}. ({how})")
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ..models import BYTE_TOKENIZER, MINILM, SMOLLM2
 from .errors import UserError
-from .models import BYTE_TOKENIZER, MINILM, SMOLLM2
 
 CONNECT_TIMEOUT_S = 3.0
 # the families whose model comes from transformers, with the class each one trains
@@ -43,7 +43,7 @@ _RANK_768_MODELS = {
 def _packaged_names() -> set[str]:
     names = {MINILM, SMOLLM2}
     try:
-        from .models.packages import PACKAGED_MODELS
+        from ..models.packages import PACKAGED_MODELS
     except ImportError:  # an install without split-zip models
         return names
     return names | set(PACKAGED_MODELS)
@@ -172,7 +172,7 @@ def _offline_choices(cfg: Mapping, model_name: str | None, needs_data: bool) -> 
         choices.append(f"{packaged}model.name_or_path=/path/to/{folder} (a downloaded copy)")
     if needs_data:
         if family == "glue":
-            from .data.glue import glue_task
+            from ..data.glue import glue_task
 
             directory = glue_task(name).directory
             choices.append(
@@ -216,7 +216,7 @@ def _model_config(model_cfg: Mapping, family: str):
     if model_cfg.get("gguf_file") or name in _packaged_names() - {MINILM}:
         return None  # the config sits in a GGUF file or a zip that is unpacked on first use
     if name == MINILM:
-        from .models import minilm_path
+        from ..models import minilm_path
 
         folder = Path(minilm_path())
     else:
@@ -243,8 +243,8 @@ def _target_shapes(config, family: str, targets: Any, excludes: Any) -> dict[str
     import torch
     import transformers
 
-    from .loldu.base_layers import out_in_weight
-    from .loldu.targeting import resolve_target_modules
+    from ..loldu.base_layers import out_in_weight
+    from ..loldu.targeting import resolve_target_modules
 
     auto_class = getattr(transformers, _AUTO_CLASSES[family])
     with torch.device("meta"):
@@ -302,7 +302,7 @@ def check_model_files(cfg: Mapping) -> None:
     # split-zip packages are unpacked on first use (models.packaged_model_path checks their parts)
     if model_cfg.get("tiny") or family not in _AUTO_CLASSES or not name or name in _packaged_names() - {SMOLLM2}:
         return
-    from .models import check_model_files as check_local_model
+    from ..models import check_model_files as check_local_model
 
     check_local_model(model_cfg)
 
@@ -311,7 +311,7 @@ def check_instruct_data(cfg: Mapping) -> None:
     """The instruction records file parses and every record has the Alpaca fields (read once, quickly)."""
     data = cfg.get("data") or {}
     if cfg["task"]["family"] == "instruct" and data.get("path") not in (None, ""):
-        from .data.instruct import read_records
+        from ..data.instruct import read_records
 
         read_records(data["path"])
 
@@ -350,9 +350,9 @@ def preflight(cfg, options=None) -> None:
     the hub, the model's files, the instruction data, Lightning's hardware options, then the rank.
     `cfg` is a config that validate_config accepted and `options` what it returned (read here when
     not given)."""
-    from .builders.adapter import adapter_options
-    from .builders.schema import check_paths, run_options
-    from .builders.trainer import trainer_options
+    from ..builders.adapter import adapter_options
+    from ..builders.schema import check_paths, run_options
+    from ..builders.trainer import trainer_options
 
     options = options if options is not None else run_options(cfg)
     check_paths(options)

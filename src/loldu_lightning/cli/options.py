@@ -1,4 +1,4 @@
-"""`python -m loldu_lightning.options`: every option with its type, default and allowed values.
+"""`python -m loldu_lightning.cli.options`: every option with its type, default and allowed values.
 
 `--markdown` prints docs/options.md instead (the same schemas, as tables).
 """
@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["--markdown"]):
-        print("usage: python -m loldu_lightning.options [--markdown]", file=sys.stderr)
+        print("usage: python -m loldu_lightning.cli.options [--markdown]", file=sys.stderr)
         return 2
     print(options_page() if args else options_listing(full_adapters=True))
     return 0

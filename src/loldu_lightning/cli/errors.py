@@ -24,7 +24,7 @@ import sys
 from types import TracebackType
 
 EXIT_USER_ERROR = 2
-PACKAGE = __name__.rpartition(".")[0]
+PACKAGE = __name__.split(".")[0]  # the whole package, not only cli/
 
 
 class UserError(Exception):

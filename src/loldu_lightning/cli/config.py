@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-# the tree's location and value resolvers live in builders/config_tree.py (imported by the schema too)
-from .builders.config_tree import auto_precision, config_dir, glue_dir, package_path, register_value_resolvers
+# the tree's location and value resolvers live in cli/config_tree.py (imported by the schema too)
+from .config_tree import auto_precision, config_dir, glue_dir, package_path, register_value_resolvers
 
 if TYPE_CHECKING:
-    from .builders.schema import RunOptions
+    from ..builders.schema import RunOptions
 
 __all__ = ["auto_precision", "config_dir", "glue_dir", "package_path", "register_resolvers", "validate_config"]
 
@@ -45,7 +45,7 @@ def validate_config(cfg: DictConfig) -> RunOptions:
     composed in a notebook validates (and resolves) without the CLI. Returns the typed options
     (`RunOptions`), which preflight and train take as they are, so one run reads its config once.
     """
-    from .builders.schema import run_options
+    from ..builders.schema import run_options
 
     register_resolvers()
     return run_options(cfg)

@@ -6,7 +6,7 @@ Hydra's own list (`$APP_CONFIG_GROUPS`) shows every folder of the config tree. T
 the listing keeps Hydra's `group: option, option` lines.
 
 `options_page()` is docs/options.md, written from the same schemas
-(`python -m loldu_lightning.options --markdown > docs/options.md`; a test keeps the page in step).
+(`python -m loldu_lightning.cli.options --markdown > docs/options.md`; a test keeps the page in step).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _hidden(group: str) -> bool:
 
 def config_groups() -> str:
     """`group: options` per folder of the config tree that holds options, sorted, one per line."""
-    from .builders.config_tree import config_dir
+    from .config_tree import config_dir
 
     root = Path(config_dir())
     lines = []
@@ -37,8 +37,8 @@ def config_groups() -> str:
 
 def options_listing(full_adapters: bool = False) -> str:
     """Every typed option as `key=default  allowed values  meaning`, by group (`--help` and
-    `python -m loldu_lightning.options`); with `full_adapters`, each adapter's options too."""
-    from .builders.schema import adapter_sections, sections
+    `python -m loldu_lightning.cli.options`); with `full_adapters`, each adapter's options too."""
+    from ..builders.schema import adapter_sections, sections
 
     lines = []
     for section in [*sections(), *(adapter_sections() if full_adapters else [])]:
@@ -57,7 +57,7 @@ def options_listing(full_adapters: bool = False) -> str:
             lines.append(f"  ({section.note})")
     if not full_adapters:
         # each adapter's options come from its options dataclass, which imports PEFT: not for --help
-        lines.append("adapter (each adapter's own options, typed: python -m loldu_lightning.options)")
+        lines.append("adapter (each adapter's own options, typed: python -m loldu_lightning.cli.options)")
     return "\n".join(lines)
 
 
@@ -73,13 +73,13 @@ def _cell(text: str) -> str:
 
 def options_page() -> str:
     """docs/options.md: one table per group of options, generated from the schemas."""
-    from .builders.schema import adapter_sections, sections
+    from ..builders.schema import adapter_sections, sections
 
     lines = [
         "# Options",
         "",
         "<!-- Generated from src/loldu_lightning/builders/schema.py by "
-        "`python -m loldu_lightning.options --markdown > docs/options.md`; tests/test_config_schema.py "
+        "`python -m loldu_lightning.cli.options --markdown > docs/options.md`; tests/test_config_schema.py "
         "fails when this page and the schema disagree. -->",
         "",
         "Every option the app reads, with its type, default and allowed values. Set one on the command line",
