@@ -90,6 +90,21 @@ LOLDU_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [
     ),
 ]
 
+# (name, first adapter's config, second's) as in PEFT's MIXED_ADAPTER_TEST_CASES: adapter_names=[...]
+# batches over two adapters of one layout, and of two (other ranks take their own factored product).
+LOLDU_MIXED_ADAPTER_TEST_CASES = [
+    (
+        "LoLDU mixed adapter",
+        LoLDUPeftConfig(target_modules=["lin0"], r=4, init_weights=False),
+        LoLDUPeftConfig(target_modules=["lin0"], r=4, init_weights=False, seed=1),
+    ),
+    (
+        "LoLDU mixed adapter, two ranks",
+        LoLDUPeftConfig(target_modules=["lin0"], r=4, init_weights=False),
+        LoLDUPeftConfig(target_modules=["lin0"], r=8, init_weights=False),
+    ),
+]
+
 # PEFT tests that load an adapter onto a base model with other weights than it was made on.
 REFUSED_BY_FINGERPRINT = {
     "test_loading_model_requires_grad_set_correctly",
@@ -109,11 +124,14 @@ def add_loldu_cases(module) -> None:
     module.TEST_CASES.extend(LOLDU_TEST_CASES)
     module.ALL_PEFT_CONFIG_CLASSES.append(LoLDUPeftConfig)
     module.MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES.extend(LOLDU_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES)
+    module.MIXED_ADAPTER_TEST_CASES.extend(LOLDU_MIXED_ADAPTER_TEST_CASES)
 
 
 def _loldu_case(item: pytest.Item) -> str | None:
     """The LoLDU case an item runs (its name, or the config class's), None for other methods."""
     params = getattr(getattr(item, "callspec", None), "params", {})
+    if isinstance(params.get("config0"), LoLDUPeftConfig):  # the mixed adapter batch tests
+        return params["test_name"]
     if params.get("config_cls") is not LoLDUPeftConfig:
         return None
     return params.get("test_name", LoLDUPeftConfig.__name__)

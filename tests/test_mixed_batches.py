@@ -199,10 +199,12 @@ def test_peft_adapter_names_in_forward() -> None:
             torch.testing.assert_close(mixed[row], alone, atol=ATOL, rtol=0)
         model.set_adapter("a0")
         assert (model(input_ids=IDS).logits[1] - mixed[1]).abs().max() > 1e-2
-    with pytest.raises(ValueError, match="no adapter named 'nope'"):
+    with pytest.raises(ValueError, match="non-existing adapter\\(s\\): nope"):
         model(input_ids=IDS[:1], adapter_names=["nope"])
+    with pytest.raises(ValueError, match="Length of `adapter_names`"):
+        model(input_ids=IDS[:2], adapter_names=["a0"])
     model.train()
-    with pytest.raises(ValueError, match="for inference"):
+    with pytest.raises(ValueError, match="training mode"):
         model(input_ids=IDS[:1], adapter_names=["a0"])
 
 

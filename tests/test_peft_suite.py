@@ -23,7 +23,12 @@ from pathlib import Path
 
 import peft
 import pytest
-from peft_suite_plugin import LOLDU_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES, LOLDU_TEST_CASES, REFUSED_BY_FINGERPRINT
+from peft_suite_plugin import (
+    LOLDU_MIXED_ADAPTER_TEST_CASES,
+    LOLDU_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES,
+    LOLDU_TEST_CASES,
+    REFUSED_BY_FINGERPRINT,
+)
 
 TESTS_DIR = Path(__file__).resolve().parent
 PEFT_TEST_FILE = "tests/test_custom_models.py"
@@ -115,7 +120,9 @@ def test_peft_suite_passes_every_loldu_case(peft_sdist, tmp_path):
     assert result.returncode == 0, tail
     # Every LoLDU case ran (a case PEFT's parametrization lost would otherwise go unnoticed).
     ran = " ".join(found["passed"] + found["xfailed"])
-    cases = {row[0] for row in LOLDU_TEST_CASES + LOLDU_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES}
+    cases = {
+        row[0] for row in LOLDU_TEST_CASES + LOLDU_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES + LOLDU_MIXED_ADAPTER_TEST_CASES
+    }
     assert {case for case in cases if f"[{case}-" not in ran and f"-{case}-" not in ran} == set()
     assert len(found["passed"]) >= 500, {kind: len(ids) for kind, ids in found.items()}
     # The fingerprint refusals happen, and only where documented (strict xfail: they must raise it).

@@ -40,11 +40,16 @@ def mixed_batch_forward(
     """``W0 x`` plus, for each example, the update of its own adapter."""
     if layer.merged:
         raise ValueError(
-            f"LoLDU: module {layer.module_name!r} has merged adapters {layer.merged_adapters}; adapter_names needs them "
-            "unmerged (model.unmerge_adapter())"
+            "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first "
+            f"(LoLDU module {layer.module_name!r} has {layer.merged_adapters} merged)"
+        )
+    names = list(adapter_names)
+    if len(names) != len(x):  # beam search arrives here with the names already repeated per beam
+        raise ValueError(
+            "Length of `adapter_names` should be the same as the number of inputs, but got "
+            f"{len(names)} and {len(x)} respectively."
         )
     result = layer._base_forward(x, *args, **kwargs)
-    names = list(adapter_names)
     groups: dict[tuple[Any, ...], list[str]] = {}
     for name in dict.fromkeys(names):
         if name != BASE and name in layer.loldu_adapter:  # an adapter that skips this module acts as the base here
@@ -78,13 +83,16 @@ def adapter_names_hooks(
         yield
         return
     if model.training:
-        raise ValueError("LoLDU: adapter_names is for inference; call model.eval() first")
+        raise ValueError("Cannot pass `adapter_names` when the model is in training mode. Call model.eval() first.")
     if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
         raise TypeError(f"LoLDU: adapter_names must be a list of adapter names, one per example, got {adapter_names!r}")
     known = {name for module in model.modules() if isinstance(module, layer_type) for name in module.loldu_adapter}
     unknown = sorted({name for name in adapter_names if name != BASE} - known)
     if unknown:
-        raise ValueError(f"LoLDU: no adapter named {unknown[0]!r} (adapters: {sorted(known)}, or {BASE!r})")
+        raise ValueError(
+            f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}. LoLDU adapters: {sorted(known)}, "
+            f"or {BASE!r} for the base model"
+        )
     names = list(adapter_names)
     if isinstance(num_beams, int) and num_beams > 1:
         names = [name for name in names for _ in range(num_beams)]
