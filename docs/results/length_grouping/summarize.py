@@ -44,8 +44,9 @@ def main() -> None:
                 per_seed = ", ".join(f"{r['seed']}: {100 * float(r['accuracy_best']):.2f}" for r in found)
                 wall = statistics.mean(float(r["wall_s"]) for r in found)
                 loads = ", ".join(r["load_start"].split()[0] for r in found)
+                spread = f"{mean:.2f} ± {std:.2f}" if len(found) > 1 else f"{mean:.2f} (one seed: no std)"
                 print(
-                    f"| {BUDGET_NAMES[budget]} | {adapter} | {setting} | {len(found)} | {mean:.2f} ± {std:.2f} | "
+                    f"| {BUDGET_NAMES[budget]} | {adapter} | {setting} | {len(found)} | {spread} | "
                     f"{per_seed} | {wall:.0f} | {loads} |"
                 )
 
