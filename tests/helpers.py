@@ -87,3 +87,36 @@ def logged_values(run_dir: Path, key: str) -> list[float]:
     [path] = (run_dir / "logs").rglob("metrics.csv")
     with path.open() as rows:
         return [float(row[key]) for row in csv.DictReader(rows) if row.get(key)]
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_sweep.ipynb"
+
+
+def run_sweep_notebook(sweep: Path, tmp_path: Path, monkeypatch, **env: str) -> list:
+    """Execute notebooks/analyze_sweep.ipynb on `sweep` (LOLDU_* options as `env`); its code cells' outputs.
+
+    A kernel spec pointing at this interpreter goes first on JUPYTER_PATH, so the notebook runs in the
+    test's environment whether or not a python3 spec is installed anywhere.
+    """
+    import pytest
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    kernelspec = pytest.importorskip("ipykernel.kernelspec")
+    jupyter_dir = tmp_path / "jupyter"
+    kernelspec.write_kernel_spec(path=str(jupyter_dir / "kernels" / "python3"))
+    monkeypatch.setenv(
+        "JUPYTER_PATH", os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")]))
+    )
+    src = Path(__file__).resolve().parents[1] / "src"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("LOLDU_SWEEP_DIR", str(sweep))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    client = nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]

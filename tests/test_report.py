@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import run_sweep_notebook
 
 from loldu_lightning.report import build_report
 from loldu_lightning.report.__main__ import main as report_main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_sweep.ipynb"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 # val/accuracy per (init, scaling) and seed; medians differ from means so both are checked.
@@ -266,25 +266,7 @@ def test_cli_names_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_notebook_runs_on_a_sweep(init_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    kernelspec = pytest.importorskip("ipykernel.kernelspec")
-    # A kernel spec pointing at this interpreter, first on JUPYTER_PATH: the notebook runs in the
-    # test's environment whether or not a python3 spec is installed anywhere.
-    jupyter_dir = tmp_path / "jupyter"
-    kernelspec.write_kernel_spec(path=str(jupyter_dir / "kernels" / "python3"))
-    monkeypatch.setenv(
-        "JUPYTER_PATH", os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")]))
-    )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("LOLDU_SWEEP_DIR", str(init_sweep))
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    client = nbclient.NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    outputs = run_sweep_notebook(init_sweep, tmp_path, monkeypatch)
     assert not [output for output in outputs if output.output_type == "error"]
     assert any("image/png" in output.get("data", {}) for output in outputs)
     assert any("0.8200" in output.get("data", {}).get("text/markdown", "") for output in outputs)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_sweep_notebook
 
 from loldu_lightning.report import build_report
 from loldu_lightning.report.__main__ import main as report_main
@@ -36,8 +36,6 @@ TABLE1 = {
     ("lora", "glue/rte"): [0.62, 0.64, 0.50],
 }
 ADAPTER_PARAMS = {"loldu": 4620, "lora": 147456}
-SRC = Path(__file__).resolve().parents[1] / "src"
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_sweep.ipynb"
 
 
 def write_job(job_dir: Path, overrides: list[str], config: dict, value: float, adapter_params: int = 18456) -> None:
@@ -241,24 +239,7 @@ def test_the_papers_printed_averages_are_the_means_of_their_rows() -> None:
 def test_notebook_shows_the_layout_beside_the_papers_numbers(
     table1_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    kernelspec = pytest.importorskip("ipykernel.kernelspec")
-    jupyter_dir = tmp_path / "jupyter"
-    kernelspec.write_kernel_spec(path=str(jupyter_dir / "kernels" / "python3"))
-    monkeypatch.setenv(
-        "JUPYTER_PATH", os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")]))
-    )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("LOLDU_SWEEP_DIR", str(table1_sweep))
-    monkeypatch.setenv("LOLDU_ROWS", "adapter.name")
-    monkeypatch.setenv("LOLDU_PAPER", "I")
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    outputs = run_sweep_notebook(table1_sweep, tmp_path, monkeypatch, LOLDU_ROWS="adapter.name", LOLDU_PAPER="I")
     assert not [output for output in outputs if output.output_type == "error"]
     markdown = "".join(output.get("data", {}).get("text/markdown", "") for output in outputs)
     sst2 = statistics.median(TABLE1[("loldu", "glue/sst2")]) * 100
