@@ -75,7 +75,7 @@ def test_the_schema_defaults_are_the_default_configs():
         if schema is not TrainerOptions:
             _assert_defaults_are_the_configs(schema, cfg[name], name)
     assert (cfg.seed, cfg.ckpt_path) == (_default(_options(TopLevelOptions)[0]), _default(_options(TopLevelOptions)[1]))
-    written = yaml.safe_load((Path(config_dir()) / "config.yaml").read_text())  # compose_config sets output_dir
+    written = yaml.safe_load((Path(config_dir()) / "schema" / "common.yaml").read_text())  # compose_config sets it
     assert written["output_dir"] == TopLevelOptions.output_dir
 
 
@@ -243,3 +243,31 @@ print("data_dir:", cfg.data.data_dir)
         in lines
     )
     assert any(line.startswith("data_dir: /") and line.endswith("data/quickstart/sst2") for line in lines), lines
+
+
+def test_the_generated_default_files_are_the_schemas():
+    """conf/schema/ is written from the schema; a schema change without `--write` fails here."""
+    from loldu_lightning.builders.schema_yaml import stale_files
+
+    assert stale_files(Path(config_dir())) == [], "run `python -m loldu_lightning.builders.schema_yaml --write`"
+
+
+def test_no_hand_written_file_restates_a_default():
+    """Each default is declared once (the schema): config.yaml, the group files and the tasks hold only
+    what they change."""
+    from loldu_lightning.builders.schema_yaml import restated_defaults
+
+    assert restated_defaults(Path(config_dir())) == []
+
+
+def test_a_restated_default_is_found(tmp_path):
+    """The check above can fail: a task that writes the default `task.mode: max` again is named."""
+    import shutil
+
+    from loldu_lightning.builders.schema_yaml import restated_defaults
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config_dir(), conf)
+    task = conf / "task" / "glue" / "rte.yaml"
+    task.write_text(task.read_text().replace("  name: rte\n", "  name: rte\n  mode: max\n"))
+    assert restated_defaults(conf) == ["task/glue/rte.yaml: task.mode"]

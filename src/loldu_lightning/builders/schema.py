@@ -44,6 +44,8 @@ class Option:
     `minimum`/`maximum` bound numbers (`above`/`below` make a bound strict); `choices` returns the
     allowed names (a function, so that registries are imported only when a config is checked);
     `path` marks a folder or file that must exist when set (checked by preflight, not at composition).
+    `listed=False` leaves the option out of the config tree's base files (conf/schema/, generated from
+    here): a config that uses it lists it, and elsewhere it is added as `+key=value`.
     """
 
     help: str
@@ -55,6 +57,7 @@ class Option:
     choices: Callable[[], Iterable[str]] | None = None
     path: Literal["folder", "file"] | None = None
     holds: str = ""  # for a path: what it must hold, named in the error
+    listed: bool = True
 
 
 def option(default: Any, help: str, example: str, **allowed: Any) -> Any:
@@ -63,6 +66,11 @@ def option(default: Any, help: str, example: str, **allowed: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def required(help: str, example: str, **allowed: Any) -> Any:
+    """A dataclass field declaring an option every config sets itself (a task's family and name)."""
+    return field(metadata={"option": Option(help, example, **allowed)})
 
 
 def group(schema: type, help: str) -> Any:
@@ -105,8 +113,8 @@ FAMILIES = ("glue", "vision", "instruct", "diffusion")
 
 @dataclass(frozen=True)
 class TaskOptions:
-    family: str = option("glue", "task family: which data and model code a run uses", "glue", choices=lambda: FAMILIES)
-    name: str = option("sst2", "the task within its family (a GLUE task, a vision dataset, ...)", "sst2")
+    family: str = required("task family: which data and model code a run uses", "glue", choices=lambda: FAMILIES)
+    name: str = required("the task within its family (a GLUE task, a vision dataset, ...)", "sst2")
     monitor: str = option(
         "val/accuracy", "metric that selects the best epoch (and a sweeper's objective)", "val/accuracy"
     )
@@ -128,6 +136,7 @@ class VisionTaskOptions(TaskOptions):
         above=True,
         maximum=1,
         below=True,
+        listed=False,  # EuroSAT's own split: eurosat.yaml lists it
     )
     split_seed: int = option(
         42, "seed of every held-out split (EuroSAT's, data.holdout_fraction's), not the run's seed", "42", minimum=0
@@ -183,9 +192,13 @@ class DataOptions:
 @dataclass(frozen=True)
 class GlueDataOptions(DataOptions):
     train_from_dev: int | None = option(
-        None, "train on this many seeded dev examples and validate on the rest of dev (null = off)", "4000", minimum=1
+        None,
+        "train on this many seeded dev examples and validate on the rest of dev (null = off)",
+        "4000",
+        minimum=1,
+        listed=False,  # the GLUE tasks whose test labels are hidden list it (qnli.yaml, ...)
     )
-    split_seed: int = option(0, "seed of the train_from_dev split", "0", minimum=0)
+    split_seed: int = option(0, "seed of the train_from_dev split", "0", minimum=0, listed=False)
 
 
 @dataclass(frozen=True)
@@ -332,7 +345,9 @@ class ResumeOptions:
         "resume this run folder automatically (null = for sweep jobs and requeued SLURM jobs)",
         "true",
     )
-    allow_changes: list[str] | None = option(None, "config keys a resume may change on purpose", "[trainer.max_epochs]")
+    allow_changes: list[str] | None = option(
+        None, "config keys a resume may change on purpose", "[trainer.max_epochs]", listed=False
+    )  # added on purpose for one resume: +resume.allow_changes=[...]
 
 
 @dataclass(frozen=True)
@@ -591,6 +606,10 @@ def _passthrough_field(schema: type) -> str | None:
     return next((f.name for f in dataclasses.fields(schema) if "passthrough" in f.metadata), None)
 
 
+def _has_default(spec_field: dataclasses.Field) -> bool:
+    return spec_field.default is not dataclasses.MISSING or spec_field.default_factory is not dataclasses.MISSING
+
+
 def _default(spec_field: dataclasses.Field) -> Any:
     if spec_field.default_factory is not dataclasses.MISSING:
         return spec_field.default_factory()
@@ -807,7 +826,8 @@ def _rows(schema: type, prefix: str, inherited: type | None = None) -> list[Opti
         if _group_schema(annotation) is not None:
             rows += _rows(_group_schema(annotation), key)
             continue
-        rows.append(OptionRow(key, describe(annotation, spec), _yaml(_default(spec_field)), spec.help, spec.example))
+        default = _yaml(_default(spec_field)) if _has_default(spec_field) else "(required)"
+        rows.append(OptionRow(key, describe(annotation, spec), default, spec.help, spec.example))
     return rows
 
 

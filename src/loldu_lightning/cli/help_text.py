@@ -2,8 +2,9 @@
 default and allowed values (read from the schemas in builders/schema.py).
 
 Hydra's own list (`$APP_CONFIG_GROUPS`) shows every folder of the config tree. The arms of a study
-(`experiment/studies/...`) are selected by that study's sweep, not by hand, so they are left out;
-the listing keeps Hydra's `group: option, option` lines.
+(`experiment/studies/...`) are selected by that study's sweep, not by hand, and `schema/` holds the
+defaults every composition starts from (generated from the typed schema), so both are left out; the
+listing keeps Hydra's `group: option, option` lines.
 
 `options_page()` is docs/options.md, written from the same schemas
 (`python -m loldu_lightning.cli.options --markdown > docs/options.md`; a test keeps the page in step).
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # folders under conf/ that hold no user choices
-HIDDEN_GROUPS = ("hydra", "experiment/studies")
+HIDDEN_GROUPS = ("hydra", "experiment/studies", "schema")
 
 
 def _hidden(group: str) -> bool:
