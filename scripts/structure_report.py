@@ -117,8 +117,8 @@ def yaml_declarations(conf: Path):
         rel = path.relative_to(conf)
         text = path.read_text()
         data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict) or rel.parts[0] == "hydra":
-            continue
+        if not isinstance(data, dict) or rel.parts[0] in ("hydra", "schema"):
+            continue  # conf/schema/ is generated from the schema: not a second declaration
         if "# @package _global_" in text or len(rel.parts) == 1:
             prefix = ""
         elif rel.parts[0] == "adapter":
@@ -148,6 +148,21 @@ def schema_declarations():
             yield f"adapter({name}).{spec_field.name}", _yaml_text(_default(spec_field))
 
 
+def unlisted_options() -> set[str]:
+    """Keys conf/schema/ leaves out (`listed=False`, and Lightning's trainer arguments): a config that
+    uses one writes it, default or not, so that `key=value` (not `+key=value`) overrides it."""
+    import dataclasses
+
+    from loldu_lightning.builders.schema import COMMON_GROUPS, DATA_SCHEMAS, TASK_SCHEMAS, _options_of
+
+    groups = [("trainer", COMMON_GROUPS["trainer"])] + [(n, s) for n, s in COMMON_GROUPS.items() if n != "trainer"]
+    groups += [("task", s) for s in TASK_SCHEMAS.values()] + [("data", s) for s in DATA_SCHEMAS.values()]
+    keys = {f"trainer.{f.name}" for f in dataclasses.fields(COMMON_GROUPS["trainer"])}
+    for prefix, schema_type in groups:
+        keys |= {f"{prefix}.{f.name}" for f in _options_of(schema_type) if not f.metadata["option"].listed}
+    return keys
+
+
 def datamodule_declarations(package: Path):
     """(data.<argument>, default, class) of every DataModule constructor argument with a default."""
     for path in sorted((package / "data").glob("*.py")):
@@ -169,15 +184,31 @@ def datamodule_declarations(package: Path):
                 yield f"data.{argument.arg}", _yaml_text(value), f"data/{path.name}:{node.name}"
 
 
+def _kind(where: str) -> str:
+    """What kind of file repeats a default: a pin (an experiment overrides whatever the task sets, a
+    trainer preset is Lightning's settings in full, a model file is that model's values) or a default
+    restated in the base config, a group file or a task (`restated`, which tests keep at zero)."""
+    if where.startswith("data/"):
+        return "DataModule constructor"
+    if where.endswith("(lists it)"):
+        return "lists an option the base leaves out, so that key=value sets it"
+    folder = where.split("/")[0] if "/" in where else "config.yaml"
+    pins = {"experiment": "experiment (pins)", "trainer": "trainer preset", "model": "model file"}
+    return pins.get(folder, "restated in config.yaml, a group file or a task")
+
+
 def report_option_declarations(package: Path) -> None:
     """Per typed option: the places that state its default again (same value) beside the schema."""
     schema = dict(schema_declarations())
     places: dict[str, list[str]] = defaultdict(list)
     for key in schema:
         places[key].append("schema")
+    unlisted = unlisted_options()
     for key, value, where in yaml_declarations(ROOT / "conf"):
+        if key.split(".")[-1] == "name" and Path(where).stem == value:
+            continue  # a choice file's identity (optimizer/adamw.yaml: name: adamw), not a default
         if key in schema and value == schema[key]:
-            places[key].append(where)
+            places[key].append(f"{where} (lists it)" if key in unlisted else where)
     datamodule_keys: dict[str, set[str]] = defaultdict(set)
     for key, value, where in datamodule_declarations(package):
         if key in schema and value == schema[key] and where not in datamodule_keys[key]:
@@ -185,16 +216,21 @@ def report_option_declarations(package: Path) -> None:
             places[key].append(where)
     counts = Counter(min(len(where), 4) for where in places.values())
     repeated = {key: where for key, where in places.items() if len(where) > 1}
-    in_yaml = sum(any(w.endswith(".yaml") for w in where) for where in repeated.values())
+    in_yaml = sum(any(".yaml" in w for w in where) for where in repeated.values())
     in_datamodules = sum(any(w.startswith("data/") for w in where) for where in repeated.values())
+    kinds = Counter(_kind(w) for where in repeated.values() for w in where if w != "schema")
     print("\n## Option declarations per key (the schema's default stated again with the same value)\n")
     print("| places | keys |\n|---|---|")
     for n in sorted(counts):
         print(f"| {n}{'+' if n == 4 else ''} | {counts[n]} |")
     print(
         f"\n{len(schema)} typed options; {len(repeated)} declared more than once: {in_yaml} again in conf/ YAML, "
-        f"{in_datamodules} again in a DataModule's constructor."
+        f"{in_datamodules} again in a DataModule's constructor. conf/schema/ (generated from the schema) is not "
+        "counted. Where the repeats are:\n"
     )
+    print("| kind of file | places |\n|---|---|")
+    for kind, n in sorted(kinds.items(), key=lambda item: -item[1]):
+        print(f"| {kind} | {n} |")
     for key, where in sorted(repeated.items(), key=lambda item: (-len(item[1]), item[0]))[:10]:
         print(f"- {key}: {len(where)} ({', '.join(where[:4])}{', ...' if len(where) > 4 else ''})")
 
