@@ -1,7 +1,8 @@
 """The run defaults of a swept key, read from the config tree: the reference arm a figure marks.
 
-`adapter.init` -> conf/adapter/<the sweep's adapter>.yaml's `init`; `adapter` / `adapter.name` -> the
-group config.yaml chooses. Only plain group options are looked up; anything else has no reference.
+`adapter.init` -> `init` of conf/adapter/<the sweep's adapter>.yaml, or of the generated defaults it
+composes first (conf/schema/adapter/<adapter>.yaml); `optimizer.lr` -> conf/schema/common.yaml's unless
+the group file changes it; `adapter` / `adapter.name` -> the group config.yaml chooses. Only plain group options are looked up; anything else has no reference.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from loldu_lightning.cli.config_tree import config_dir
+
+_ABSENT = object()
 
 
 def _default_choice(group: str) -> str | None:
@@ -35,8 +38,20 @@ def default_value(key: str, group_choice: str | None = None) -> Any:
     if not option or option == "name":
         return _default_choice(group)
     choice = group_choice or _default_choice(group)
-    path = Path(config_dir()) / group / f"{choice}.yaml"
-    if choice is None or not path.is_file():
+    if choice is None:
         return None
-    value = OmegaConf.select(OmegaConf.load(path), option, default=None, throw_on_resolution_failure=False)
-    return value if isinstance(value, (str, int, float, bool)) else None
+    root = Path(config_dir())
+    # the group file holds what it changes; the rest is the generated base it composes first
+    # (conf/schema/<group>/<choice>.yaml for an adapter, conf/schema/common.yaml for the common groups)
+    candidates = [(root / group / f"{choice}.yaml", option), (root / "schema" / group / f"{choice}.yaml", option)]
+    candidates.append((root / "schema" / "common.yaml", key))
+    for path, selected in candidates:
+        if not path.is_file():
+            continue
+        node = OmegaConf.load(path)
+        if OmegaConf.select(node, selected, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT:
+            continue
+        value = OmegaConf.select(node, selected, default=None, throw_on_resolution_failure=False)
+        return value if isinstance(value, (str, int, float, bool)) else None
+    return None
+
