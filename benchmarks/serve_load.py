@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import datetime
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +36,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from loldu_lightning.loldu import ADAPTER_WEIGHTS_NAME, LoLDUConfig, inject, save_adapter  # noqa: E402
+from loldu_lightning.serve.process import served  # noqa: E402
 
 SENTENCES = REPO_ROOT / "src" / "loldu_lightning" / "data" / "quickstart" / "sst2" / "dev.tsv"
 
@@ -65,12 +61,6 @@ def write_adapters(root: Path, count: int, seed: int) -> None:
             for key, value in tensors.items()
         }
         save_file(changed, str(folder / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt", "method": "loldu"})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def run_level(
@@ -135,28 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         write_adapters(root / "adapters", args.adapters, args.seed)
-        port = free_port()
-        command = [
-            sys.executable, "-m", "loldu_lightning.serve", "--model", "minilm", "--adapters", str(root / "adapters"),
-            "--port", str(port), "--max-batch-size", str(args.max_batch_size),
+        arguments = [
+            "--model", "minilm", "--adapters", str(root / "adapters"), "--max-batch-size", str(args.max_batch_size),
             "--batch-timeout", str(args.batch_timeout), "--accelerator", "cpu", "--log-level", "warning",
         ]  # fmt: skip
-        log = open(root / "server.log", "w")  # noqa: SIM115 (closed below)
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 600
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the server exited: {(root / 'server.log').read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not become healthy within 600 s")
-                time.sleep(1)
+        with served(arguments, root / "server.log", timeout_s=600) as url:
             loaded = httpx.get(f"{url}/adapters", timeout=60).json()
             results = []
             for k in levels:
@@ -166,16 +139,6 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 print(results[-1], flush=True)
             stats = httpx.get(f"{url}/stats", timeout=60).json()
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # the server stops its workers on SIGTERM
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            with contextlib.suppress(ProcessLookupError):  # a worker the server left behind: its session goes too
-                os.killpg(process.pid, signal.SIGKILL)
-            log.close()
     per_adapter = loaded["bytes"]["a0"]
     lines = [
         "# Adapter server load test (MiniLM, localhost)",
