@@ -6,6 +6,7 @@ examples they were published with, so the draw is pinned to literal indices and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from types import SimpleNamespace
@@ -17,6 +18,12 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
+from loldu_lightning.builders.schema import (
+    DiffusionDataOptions,
+    GlueDataOptions,
+    InstructDataOptions,
+    VisionDataOptions,
+)
 from loldu_lightning.data.diffusion import SubjectDataModule, collate_subject
 from loldu_lightning.data.glue import GLUE_TASKS, GlueDataModule, read_glue_tsv
 from loldu_lightning.data.instruct import InstructDataModule
@@ -63,7 +70,8 @@ def _token_rows(dataset) -> list[list[int]]:
 def test_glue_limits_take_the_same_examples_as_before(tmp_path, tokenizer):
     folder = write_glue_task(tmp_path / "RTE", "RTE", rows=90)
     info = GLUE_TASKS["rte"]
-    module = GlueDataModule("rte", tokenizer, str(folder), max_length=64, train_limit=20, val_limit=7, seed=5)
+    options = GlueDataOptions(data_dir=str(folder), max_length=64, train_limit=20, val_limit=7)
+    module = GlueDataModule("rte", tokenizer, options, seed=5)
     module.setup("fit")
     # train is drawn with seed + 0, each dev split with seed + its position (1 for RTE)
     for split, file, limit, seed in (("train", "train.tsv", 20, 5), ("validation", "dev.tsv", 7, 6)):
@@ -80,7 +88,9 @@ def test_glue_train_from_dev_keeps_its_split(tmp_path, tokenizer):
     order = list(range(len(dev)))
     random.Random(4).shuffle(order)
     chosen = set(order[:12])
-    module = GlueDataModule("rte", tokenizer, str(folder), train_from_dev=12, split_seed=4)
+    module = GlueDataModule(
+        "rte", tokenizer, GlueDataOptions(data_dir=str(folder), train_from_dev=12, split_seed=4), seed=0
+    )
     train, rest = module._split_dev()
     assert train == [example for index, example in enumerate(dev) if index in chosen]
     assert rest == [example for index, example in enumerate(dev) if index not in chosen]
@@ -90,16 +100,18 @@ def test_instruct_limits_are_seeded_subsets_of_the_shuffled_splits(tmp_path, tok
     rows = [{"instruction": f"task {index}", "input": "", "output": f"answer {index}"} for index in range(60)]
     path = tmp_path / "data.json"
     path.write_text(json.dumps(rows))
-    module = InstructDataModule(tokenizer, path=str(path), val_size=20, train_limit=9, val_limit=5, seed=3)
-    train, val = module.records()
-    full_train, full_val = InstructDataModule(tokenizer, path=str(path), val_size=20, seed=3).records()
+    options = InstructDataOptions(path=str(path), max_length=256, val_size=20)
+    limited = dataclasses.replace(options, train_limit=9, val_limit=5)
+    train, val = InstructDataModule(tokenizer, limited, seed=3).records()
+    full_train, full_val = InstructDataModule(tokenizer, options, seed=3).records()
     assert len(full_train) == 40 and len(full_val) == 20
     assert train == seeded_subset(full_train, 9, 3) and val == seeded_subset(full_val, 5, 3)
 
 
 def test_vision_limits_are_seeded_subsets_of_the_indices(tmp_path):
     root = write_image_folder(tmp_path / "images", classes=4, per_class=6, size=8)
-    module = VisionDataModule("imagefolder", root, image_size=8, train_limit=7, val_limit=5, limit_seed=2)
+    options = VisionDataOptions(root=str(root), train_limit=7, val_limit=5)
+    module = VisionDataModule("imagefolder", options, seed=2, image_size=8)
     module.setup("fit")
     assert module.train_set.images.indices == random.Random(2).sample(range(24), 7)
     val_size = len(module._combined(module.val_splits))
@@ -133,7 +145,9 @@ def _shares(make_loader, dataset_size: int) -> list[list[int]]:
 
 def test_glue_evaluation_loaders(tmp_path, tokenizer):
     folder = write_glue_task(tmp_path / "RTE", "RTE", rows=30)
-    module = GlueDataModule("rte", tokenizer, str(folder), batch_size=4, eval_batch_size=3)
+    module = GlueDataModule(
+        "rte", tokenizer, GlueDataOptions(data_dir=str(folder), batch_size=4, eval_batch_size=3), seed=0
+    )
     module.setup("fit")
     (loader,) = module.val_dataloader()
     _check_evaluation_loader(loader, batch_size=3, collate=module.collate, workers=0)
@@ -149,7 +163,8 @@ def test_instruct_evaluation_loader(tmp_path, tokenizer):
     rows = [{"instruction": f"task {index}", "input": "", "output": "ok"} for index in range(30)]
     path = tmp_path / "data.json"
     path.write_text(json.dumps(rows))
-    module = InstructDataModule(tokenizer, path=str(path), val_size=9, batch_size=4, eval_batch_size=2)
+    options = InstructDataOptions(path=str(path), max_length=256, val_size=9, batch_size=4, eval_batch_size=2)
+    module = InstructDataModule(tokenizer, options, seed=42)
     module.setup("fit")
     _check_evaluation_loader(module.val_dataloader(), batch_size=2, collate=module.collate, workers=0)
 
@@ -162,9 +177,8 @@ def test_instruct_evaluation_loader(tmp_path, tokenizer):
 
 def test_vision_evaluation_loaders(tmp_path):
     root = write_image_folder(tmp_path / "images", classes=2, per_class=5, size=8)
-    module = VisionDataModule(
-        "imagefolder", root, image_size=8, batch_size=4, eval_batch_size=5, num_workers=1, test_split="test"
-    )
+    options = VisionDataOptions(root=str(root), batch_size=4, eval_batch_size=5, num_workers=1)
+    module = VisionDataModule("imagefolder", options, seed=0, image_size=8, test_split="test")
     module.setup(None)
     pin = torch.cuda.is_available()
     for loader in (module.val_dataloader(), module.test_dataloader()):
@@ -182,7 +196,8 @@ def test_diffusion_evaluation_loader(tmp_path):
     for index in range(3):
         photos.append(tmp_path / f"{index}.png")
         Image.new("RGB", (12, 12), (index * 40, 0, 0)).save(photos[-1])
-    module = SubjectDataModule(photos, "a photo of sks dog", _Tokenizer(), resolution=8, batch_size=2, num_workers=1)
+    options = DiffusionDataOptions(resolution=8, batch_size=2, num_workers=1)
+    module = SubjectDataModule(photos, "a photo of sks dog", _Tokenizer(), options)
     module.setup("fit")
     _check_evaluation_loader(
         module.val_dataloader(), batch_size=2, collate=collate_subject, workers=1, persistent=False

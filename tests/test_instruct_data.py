@@ -9,6 +9,7 @@ import pytest
 from helpers import compose_config
 
 from loldu_lightning.builders.instruct import build_instruct
+from loldu_lightning.builders.schema import InstructDataOptions
 from loldu_lightning.data.instruct import (
     ALPACA_PROMPT_INPUT,
     ALPACA_PROMPT_NO_INPUT,
@@ -74,7 +75,8 @@ def test_datamodule_drops_and_counts_examples_without_labels(tokenizer, tmp_path
     short = {"instruction": "Hi", "input": "", "output": "yo"}
     long = {"instruction": "x" * 400, "input": "", "output": "yo"}
     path = _write_json(tmp_path / "data.json", [short] * 6 + [long] * 4)
-    module = InstructDataModule(tokenizer, path=str(path), max_length=300, val_size=5, batch_size=2, seed=0)
+    options = InstructDataOptions(path=str(path), max_length=300, val_size=5, batch_size=2)
+    module = InstructDataModule(tokenizer, options, seed=0)
     module.setup("fit")
     train, val = module.records()
     for split, records in (("train", train), ("validation", val)):  # 5 each; 4 long ones among the 10
@@ -123,7 +125,8 @@ def test_split_is_seeded_and_defaults_to_two_percent() -> None:
 
 def test_real_alpaca_sample(shared_data: Path, tokenizer) -> None:
     path = shared_data / "alpaca" / "alpaca_5000.json"
-    module = InstructDataModule(tokenizer, path=str(path), max_length=512, val_limit=8, train_limit=16)
+    options = InstructDataOptions(path=str(path), max_length=512, val_limit=8, train_limit=16)
+    module = InstructDataModule(tokenizer, options, seed=42)
     train, val = module.records()
     assert (len(train), len(val)) == (16, 8)
     assert len(read_records(path)) == 5000 and len(split_records(read_records(path), None, 42)[1]) == 100

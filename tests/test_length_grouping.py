@@ -10,7 +10,7 @@ from helpers import compose_config
 
 from loldu_lightning.builders.glue import build_glue_datamodule
 from loldu_lightning.builders.instruct import build_instruct_datamodule
-from loldu_lightning.builders.schema import run_options
+from loldu_lightning.builders.schema import GlueDataOptions, run_options
 from loldu_lightning.data.glue import GlueDataModule, glue_task
 from loldu_lightning.data.loaders import EpochShuffleSampler
 from loldu_lightning.models import byte_level_tokenizer
@@ -54,9 +54,10 @@ def test_glue_loader_uses_the_megabatch_only_with_grouping(tmp_path):
     folder = write_glue_task(tmp_path / "RTE", "RTE", rows=60)
     tokenizer = byte_level_tokenizer()
     for group, megabatch, expected in ((True, 2, 2), (True, None, None), (False, 2, None)):
-        module = GlueDataModule(
-            "rte", tokenizer, str(folder), batch_size=4, group_by_length=group, length_group_megabatch=megabatch
+        options = GlueDataOptions(
+            data_dir=str(folder), batch_size=4, group_by_length=group, length_group_megabatch=megabatch
         )
+        module = GlueDataModule("rte", tokenizer, options, seed=0)
         module.setup("fit")
         sampler = module.train_dataloader().sampler
         assert sampler.megabatch == expected and (sampler.lengths is not None) == group
@@ -74,4 +75,4 @@ def test_the_option_reaches_each_text_family_datamodule(overrides):
         module = build_glue_datamodule(options.data, 0, glue_task("rte"), tokenizer)
     else:
         module = build_instruct_datamodule(options.data, 0, tokenizer)
-    assert module.length_group_megabatch == 3
+    assert module.options.length_group_megabatch == 3

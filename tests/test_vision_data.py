@@ -6,6 +6,7 @@ image arrived with its own label (not just that shapes are right).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
+from loldu_lightning.builders.schema import VisionDataOptions
 from loldu_lightning.data.vision import (
     DATASETS,
     VisionDataModule,
@@ -25,6 +27,7 @@ from loldu_lightning.data.vision import (
 )
 
 IMAGE_SIZE = 16
+DATA_OPTIONS = {option.name for option in dataclasses.fields(VisionDataOptions)}
 
 
 def grey_level(label: int) -> int:
@@ -56,9 +59,11 @@ def eval_batch(module: VisionDataModule) -> dict[str, torch.Tensor]:
 
 
 def make_module(name: str, root: Path, **overrides) -> VisionDataModule:
-    options = dict(batch_size=4, image_size=IMAGE_SIZE)
-    options.update(overrides)
-    return VisionDataModule(name, root, **options)
+    """`name` under `root`: overrides named like a `data.*` option set the options, the rest the constructor."""
+    data = {key: overrides.pop(key) for key in list(overrides) if key in DATA_OPTIONS}
+    data = {"batch_size": 4, **data}
+    options = VisionDataOptions(root=str(root), **{"eval_batch_size": data["batch_size"], **data})
+    return VisionDataModule(name, options, **{"seed": 0, "image_size": IMAGE_SIZE, **overrides})
 
 
 # --- fakes in each torchvision format ------------------------------------------------------------
@@ -173,7 +178,7 @@ def test_cifar_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hundred:
 
 def test_eurosat_split_is_stratified_disjoint_and_seeded(tmp_path: Path) -> None:
     classes = fake_eurosat(tmp_path)
-    module = make_module("eurosat", tmp_path, holdout_fraction=0.2, split_seed=7)
+    module = make_module("eurosat", tmp_path, eurosat_holdout=0.2, split_seed=7)
     assert module.class_names == classes
     module.setup("fit")
     train_indices = set(module.train_set.images.indices)
@@ -181,7 +186,7 @@ def test_eurosat_split_is_stratified_disjoint_and_seeded(tmp_path: Path) -> None
     assert not train_indices & val_indices and len(train_indices | val_indices) == 15
     pool = module.train_set.images.dataset
     assert sorted(pool.targets[index] for index in val_indices) == [0, 1, 2]  # one per class
-    again = make_module("eurosat", tmp_path, holdout_fraction=0.2, split_seed=7)
+    again = make_module("eurosat", tmp_path, eurosat_holdout=0.2, split_seed=7)
     again.setup("fit")
     assert set(again.val_set.images.indices) == val_indices
     assert_batch_matches_labels(next(iter(module.val_dataloader())), 3)
@@ -291,11 +296,11 @@ def test_download_flag_is_harmless_where_files_exist_but_cannot_be_fetched(tmp_p
 
 def test_bad_options_are_value_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown vision dataset"):
-        VisionDataModule("mnist", tmp_path)
+        make_module("mnist", tmp_path)
     with pytest.raises(ValueError, match="data.root"):
-        VisionDataModule("cifar10", None)
+        VisionDataModule("cifar10", VisionDataOptions(root=None), seed=0)
     with pytest.raises(ValueError, match="val_split"):
-        VisionDataModule("cifar10", tmp_path, val_split="val")
+        make_module("cifar10", tmp_path, val_split="val")
 
 
 # --- preprocessing -------------------------------------------------------------------------------

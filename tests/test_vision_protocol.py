@@ -63,20 +63,21 @@ def held_out(module) -> tuple[set[int], set[int]]:
 
 def test_holdout_is_a_disjoint_seeded_stratified_tenth_of_train(tmp_path: Path) -> None:
     fake_folder(tmp_path)
-    module = make_module("imagefolder", tmp_path, train_holdout=0.1, test_split="test", split_seed=3)
+    module = make_module("imagefolder", tmp_path, holdout_fraction=0.1, test_split="test", split_seed=3)
     module.setup("fit")
     train, val = held_out(module)
     assert not train & val and train | val == set(range(40)) and len(val) == 4  # 10% of 40
     targets = module.train_set.images.dataset.targets  # the whole train/ folder
     assert Counter(targets[index] for index in val) == {0: 1, 1: 1, 2: 1, 3: 1}  # one per class
     same, other = (
-        make_module("imagefolder", tmp_path, train_holdout=0.1, test_split="test", split_seed=seed) for seed in (3, 4)
+        make_module("imagefolder", tmp_path, holdout_fraction=0.1, test_split="test", split_seed=seed)
+        for seed in (3, 4)
     )
     for again in (same, other):
         again.setup("fit")
     assert held_out(same) == (train, val) and held_out(other)[1] != val
     # a training limit draws from what is left and never moves the held-out images
-    limited = make_module("imagefolder", tmp_path, train_holdout=0.1, test_split="test", split_seed=3, train_limit=8)
+    limited = make_module("imagefolder", tmp_path, holdout_fraction=0.1, test_split="test", split_seed=3, train_limit=8)
     limited.setup("fit")
     assert held_out(limited)[1] == val and len(limited.train_set) == 8 and held_out(limited)[0] <= train
     # the test split is served apart, once: the whole test/ folder
@@ -86,7 +87,7 @@ def test_holdout_is_a_disjoint_seeded_stratified_tenth_of_train(tmp_path: Path) 
 
 def test_holdout_stratifies_eurosat_inside_its_own_train_part(tmp_path: Path) -> None:
     fake_eurosat(tmp_path, per_class=10)
-    module = make_module("eurosat", tmp_path, train_holdout=0.1, test_split="val")
+    module = make_module("eurosat", tmp_path, holdout_fraction=0.1, test_split="val")
     module.setup(None)
     train, val = held_out(module)  # indices into EuroSAT's one pool of 30 images
     targets = module.train_set.images.dataset.dataset.targets
@@ -98,10 +99,10 @@ def test_holdout_stratifies_eurosat_inside_its_own_train_part(tmp_path: Path) ->
 def test_holdout_options_are_checked(tmp_path: Path) -> None:
     fake_folder(tmp_path, per_class=2)
     with pytest.raises(ValueError, match="task.test_split"):
-        make_module("imagefolder", tmp_path, train_holdout=0.1)
+        make_module("imagefolder", tmp_path, holdout_fraction=0.1)
     with pytest.raises(ValueError, match="between 0 and 1"):
-        make_module("imagefolder", tmp_path, train_holdout=1.5, test_split="test")
-    too_small = make_module("imagefolder", tmp_path, train_holdout=0.1, test_split="test")
+        make_module("imagefolder", tmp_path, holdout_fraction=1.5, test_split="test")
+    too_small = make_module("imagefolder", tmp_path, holdout_fraction=0.1, test_split="test")
     with pytest.raises(ValueError, match="data.holdout_fraction=0.1 of 8 training images"):
         too_small.setup("fit")  # 1 held-out image cannot hold 4 classes
 

@@ -11,6 +11,7 @@ import os
 import statistics
 from pathlib import Path
 
+from loldu_lightning.builders.schema import GlueDataOptions
 from loldu_lightning.config import package_path
 from loldu_lightning.data.glue import GlueDataModule
 from loldu_lightning.data.loaders import EpochShuffleSampler
@@ -41,7 +42,8 @@ def main() -> None:
     print("|---|---|---|")
     rows = []
     for budget, (limit, folder) in SAMPLES.items():
-        module = GlueDataModule("sst2", tokenizer, folder, max_length=64, batch_size=BATCH, train_limit=limit, seed=42)
+        options = GlueDataOptions(data_dir=folder, max_length=64, batch_size=BATCH, train_limit=limit)
+        module = GlueDataModule("sst2", tokenizer, options, seed=42)
         module.setup("fit")
         train = module.datasets["train"]
         lengths = [len(ids) for ids in train.encodings["input_ids"]]

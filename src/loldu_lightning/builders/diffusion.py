@@ -208,11 +208,7 @@ def build_diffusion(
         subject.images,
         subject.instance_prompt,
         parts.tokenizer,
-        data.resolution,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        center_crop=data.center_crop,
-        random_flip=data.random_flip,
+        data,
         class_images=prior_images,
         class_prompt=subject.class_prompt,
     )

@@ -16,22 +16,7 @@ from .schema import GlueDataOptions, RunOptions, run_options
 
 
 def build_glue_datamodule(data: GlueDataOptions, seed: int, info: GlueTaskInfo, tokenizer) -> GlueDataModule:
-    return GlueDataModule(
-        info.name,
-        tokenizer,
-        data_dir=data.data_dir,
-        max_length=data.max_length,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        num_workers=data.num_workers,
-        train_limit=data.train_limit,
-        val_limit=data.val_limit,
-        seed=seed,
-        group_by_length=data.group_by_length,
-        length_group_megabatch=data.length_group_megabatch,
-        train_from_dev=data.train_from_dev,
-        split_seed=data.split_seed,
-    )
+    return GlueDataModule(info.name, tokenizer, data, seed=seed)
 
 
 def label_options(info: GlueTaskInfo) -> dict[str, Any]:

@@ -21,23 +21,7 @@ from .schema import GenerationOptions, InstructDataOptions, RunOptions, run_opti
 def build_instruct_datamodule(
     data: InstructDataOptions, seed: int, tokenizer: PreTrainedTokenizerBase
 ) -> InstructDataModule:
-    return InstructDataModule(
-        tokenizer,
-        path=data.path,
-        hf_dataset=data.hf_dataset,
-        prompt_format=data.prompt_format,
-        train_on_inputs=data.train_on_inputs,
-        max_length=data.max_length,
-        val_size=data.val_size,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        num_workers=data.num_workers,
-        train_limit=data.train_limit,
-        val_limit=data.val_limit,
-        seed=seed,
-        group_by_length=data.group_by_length,
-        length_group_megabatch=data.length_group_megabatch,
-    )
+    return InstructDataModule(tokenizer, data, seed=seed)
 
 
 def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_cfg: Mapping) -> None:
@@ -62,7 +46,7 @@ def generation_callbacks(
             tokenizer,
             prompts,
             generation.max_new_tokens,
-            add_special_tokens=datamodule.prompt_format == "alpaca",
+            add_special_tokens=datamodule.options.prompt_format == "alpaca",
         )
     ]
 

@@ -25,27 +25,18 @@ def build_vision_datamodule(options: RunOptions, model_cfg: Mapping[str, Any]) -
     image_size, mean, std = resolve_preprocessing(model_cfg.get("name_or_path"), model_cfg.get("tiny"), data.image_size)
     return VisionDataModule(
         task.name,
-        data.root,
-        download=data.download,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        num_workers=data.num_workers,
+        data,
+        seed=options.seed,
         image_size=image_size,
         mean=mean,
         std=std,
-        augment=data.augment,
         train_split=task.train_split,
         val_split=task.val_split,
-        train_limit=data.train_limit,
-        val_limit=data.val_limit,
-        split_seed=task.split_seed,
-        limit_seed=options.seed,
         test_split=task.test_split,
         # task.holdout_fraction is EuroSAT's validation share (the other datasets have official
         # splits and do not read it); data.holdout_fraction is the held-out share of any training split
-        holdout_fraction=task.holdout_fraction,
-        train_holdout=data.holdout_fraction,
-        eval_resize_crop=data.eval_resize_crop,
+        eurosat_holdout=task.holdout_fraction,
+        split_seed=task.split_seed,
     )
 
 
@@ -69,7 +60,7 @@ def build_vision(
     options = options if options is not None else run_options(cfg)
     model_cfg = plain(cfg["model"])  # untyped: each model config has keys of its own
     datamodule = build_vision_datamodule(options, model_cfg)
-    if datamodule.download:
+    if datamodule.options.download:
         datamodule.prepare_data()  # the class names below need the files
     class_names = datamodule.class_names
     model = load_model(

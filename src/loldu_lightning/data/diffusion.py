@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -20,6 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from .loaders import evaluation_loader, trainer_epoch, training_loader
+
+if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
+    from ..builders.schema import DiffusionDataOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CLASSES_FILE = "prompts_and_classes.txt"
@@ -187,18 +190,19 @@ def collate_subject(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 class SubjectDataModule(L.LightningDataModule):
-    """Training batches of subject (+ class) images; validation = the subject photos, centre-cropped."""
+    """Training batches of subject (+ class) images; validation = the subject photos, centre-cropped.
+
+    The images and rendered prompts come from the builder (data.subject, data.class_dir, ...); the
+    loading options (resolution, batch size, workers, crop and flip) from `options`.
+    """
 
     def __init__(
         self,
         instance_images: Sequence[Path],
         instance_prompt: str,
         tokenizer: Any,
-        resolution: int,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        center_crop: bool = True,
-        random_flip: bool = False,
+        options: DiffusionDataOptions,
+        *,
         class_images: Sequence[Path] = (),
         class_prompt: str | None = None,
     ):
@@ -208,11 +212,7 @@ class SubjectDataModule(L.LightningDataModule):
         self.instance_prompt = instance_prompt
         self.class_prompt = class_prompt
         self.tokenizer = tokenizer
-        self.resolution = int(resolution)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.center_crop = center_crop
-        self.random_flip = random_flip
+        self.options = options
         self.train_set: SubjectDataset | None = None
         self.val_set: SubjectDataset | None = None
 
@@ -228,18 +228,19 @@ class SubjectDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         instance_ids = self.tokenize(self.instance_prompt)
         class_ids = self.tokenize(self.class_prompt) if self.class_images else None
-        train_transform = image_transform(self.resolution, self.center_crop, self.random_flip)
+        resolution = self.options.resolution
+        train_transform = image_transform(resolution, self.options.center_crop, self.options.random_flip)
         self.train_set = SubjectDataset(
             self.instance_images, instance_ids, train_transform, self.class_images, class_ids
         )
-        self.val_set = SubjectDataset(self.instance_images, instance_ids, image_transform(self.resolution, True, False))
+        self.val_set = SubjectDataset(self.instance_images, instance_ids, image_transform(resolution, True, False))
 
     def train_dataloader(self) -> DataLoader:
         return training_loader(
             self.train_set,
-            self.batch_size,
+            self.options.batch_size,
             collate_subject,
-            self.num_workers,
+            self.options.num_workers,
             epoch_source=trainer_epoch(self),
         )
 
@@ -247,9 +248,9 @@ class SubjectDataModule(L.LightningDataModule):
         # each photo once across DDP ranks
         return evaluation_loader(
             self.val_set,
-            self.batch_size,
+            self.options.batch_size,
             self.trainer,
             collate_subject,
-            self.num_workers,
+            self.options.num_workers,
             persistent_workers=False,
         )

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -19,6 +20,9 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_order, seeded_subset
+
+if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
+    from ..builders.schema import GlueDataOptions
 
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)
@@ -210,45 +214,24 @@ class TokenizedExamples(Dataset):
 
 
 class GlueDataModule(L.LightningDataModule):
-    """One GLUE task; `val_dataloader` returns one loader per dev split (two for MNLI)."""
+    """One GLUE task; `val_dataloader` returns one loader per dev split (two for MNLI).
 
-    def __init__(
-        self,
-        task_name: str,
-        tokenizer: PreTrainedTokenizerBase,
-        data_dir: str | None = None,
-        max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_limit: int | None = None,
-        val_limit: int | None = None,
-        seed: int = 0,
-        group_by_length: bool = True,
-        train_from_dev: int | None = None,
-        split_seed: int = 0,
-        length_group_megabatch: int | None = None,
-    ):
+    Every `data.*` value comes from `options`; `seed` is the run's (it draws the limited subsets).
+    """
+
+    def __init__(self, task_name: str, tokenizer: PreTrainedTokenizerBase, options: GlueDataOptions, *, seed: int):
         super().__init__()
         self.info = glue_task(task_name)
         self.tokenizer = tokenizer
-        self.data_dir = Path(data_dir).expanduser() if data_dir else None
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.train_limit = train_limit
-        self.val_limit = val_limit
+        self.options = options
+        self.data_dir = Path(options.data_dir).expanduser() if options.data_dir else None
         self.seed = seed
-        self.group_by_length = group_by_length
-        self.length_group_megabatch = length_group_megabatch
+        train_from_dev = options.train_from_dev
         if train_from_dev is not None and (len(self.info.val_splits) != 1 or train_from_dev < 1):
             raise ValueError(
                 f"data.train_from_dev={train_from_dev}: must be a positive number of dev examples, for a task with "
                 f"one dev split ({self.info.name} has {len(self.info.val_splits)})."
             )
-        self.train_from_dev = train_from_dev
-        self.split_seed = split_seed
         self.collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.datasets: dict[str, TokenizedExamples] = {}
 
@@ -261,7 +244,7 @@ class GlueDataModule(L.LightningDataModule):
                 f"data.data_dir={self.data_dir} does not exist. Point it at the GLUE folder for {self.info.name} "
                 f"(with train.tsv and dev.tsv), e.g. data.data_dir=../shared/data/glue/{self.info.directory}."
             )
-        needed = self.info.val_splits if self.train_from_dev else ("train", *self.info.val_splits)
+        needed = self.info.val_splits if self.options.train_from_dev else ("train", *self.info.val_splits)
         for split in needed:
             if not (self.data_dir / _TSV_FILES[split]).is_file():
                 raise FileNotFoundError(
@@ -279,7 +262,7 @@ class GlueDataModule(L.LightningDataModule):
         examples = seeded_subset(examples, limit, self.seed + seed_offset)
         texts_a = [a for a, _, _ in examples]
         texts_b = [b for _, b, _ in examples] if self.info.text_columns[1] else None
-        encodings = self.tokenizer(texts_a, texts_b, truncation=True, max_length=self.max_length)
+        encodings = self.tokenizer(texts_a, texts_b, truncation=True, max_length=self.options.max_length)
         return TokenizedExamples(dict(encodings), [label for _, _, label in examples], self.info.is_regression)
 
     def _split_dev(self) -> tuple[list[Example], list[Example]]:
@@ -289,12 +272,13 @@ class GlueDataModule(L.LightningDataModule):
         depends on `split_seed`, not the run's seed, so every seed of a study validates on the same examples.
         """
         dev = self._examples(self.info.val_splits[0])
-        if self.train_from_dev >= len(dev):
+        count = self.options.train_from_dev
+        if count >= len(dev):
             raise ValueError(
-                f"data.train_from_dev={self.train_from_dev} leaves nothing to validate on: {self.info.name}'s dev "
+                f"data.train_from_dev={count} leaves nothing to validate on: {self.info.name}'s dev "
                 f"split has {len(dev)} examples; choose fewer."
             )
-        chosen = set(seeded_order(len(dev), self.split_seed)[: self.train_from_dev])
+        chosen = set(seeded_order(len(dev), self.options.split_seed)[:count])
         train = [example for i, example in enumerate(dev) if i in chosen]
         rest = [example for i, example in enumerate(dev) if i not in chosen]
         return train, rest
@@ -303,32 +287,35 @@ class GlueDataModule(L.LightningDataModule):
         if self.datasets:
             return
         self.check_data()
-        if self.train_from_dev:
+        train_limit, val_limit = self.options.train_limit, self.options.val_limit
+        if self.options.train_from_dev:
             train, rest = self._split_dev()
-            self.datasets["train"] = self._tokenize(train, self.train_limit, 0)
-            self.datasets[self.info.val_splits[0]] = self._tokenize(rest, self.val_limit, 1)
+            self.datasets["train"] = self._tokenize(train, train_limit, 0)
+            self.datasets[self.info.val_splits[0]] = self._tokenize(rest, val_limit, 1)
             return
         if stage in (None, "fit"):
-            self.datasets["train"] = self._tokenize(self._examples("train"), self.train_limit, 0)
+            self.datasets["train"] = self._tokenize(self._examples("train"), train_limit, 0)
         for offset, split in enumerate(self.info.val_splits, start=1):
-            self.datasets[split] = self._tokenize(self._examples(split), self.val_limit, offset)
+            self.datasets[split] = self._tokenize(self._examples(split), val_limit, offset)
 
     def train_dataloader(self) -> DataLoader:
-        train = self.datasets["train"]
+        train, options = self.datasets["train"], self.options
         # Batches of similar lengths (still shuffled) pad far less: SST-2 trains about twice as fast.
-        lengths = [len(ids) for ids in train.encodings["input_ids"]] if self.group_by_length else None
+        lengths = [len(ids) for ids in train.encodings["input_ids"]] if options.group_by_length else None
         return training_loader(
             train,
-            self.batch_size,
+            options.batch_size,
             self.collate,
-            self.num_workers,
+            options.num_workers,
             lengths,
             epoch_source=trainer_epoch(self),
-            megabatch=self.length_group_megabatch,
+            megabatch=options.length_group_megabatch,
         )
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
-            evaluation_loader(self.datasets[split], self.eval_batch_size, self.trainer, self.collate, self.num_workers)
+            evaluation_loader(
+                self.datasets[split], self.options.eval_batch_size, self.trainer, self.collate, self.options.num_workers
+            )
             for split in self.info.val_splits
         ]

@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -33,6 +33,9 @@ from transformers import PreTrainedTokenizerBase
 
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_order, seeded_subset
+
+if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
+    from ..builders.schema import InstructDataOptions
 
 log = logging.getLogger(__name__)
 
@@ -231,32 +234,18 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 class InstructDataModule(L.LightningDataModule):
-    """Alpaca-style instruction data: a seeded validation split, response-only labels, length-grouped batches."""
+    """Alpaca-style instruction data: a seeded validation split, response-only labels, length-grouped batches.
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        path: str | None = None,
-        hf_dataset: str | None = None,
-        prompt_format: str = "alpaca",
-        train_on_inputs: bool = False,
-        max_length: int = 256,
-        val_size: int | float | None = None,
-        batch_size: int = 4,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_limit: int | None = None,
-        val_limit: int | None = None,
-        seed: int = 42,
-        group_by_length: bool = True,
-        length_group_megabatch: int | None = None,
-    ):
+    Every `data.*` value comes from `options`; `seed` is the run's (it draws the split and the subsets).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, options: InstructDataOptions, *, seed: int):
         super().__init__()
-        if prompt_format not in PROMPT_FORMATS:
+        if options.prompt_format not in PROMPT_FORMATS:
             raise ValueError(
-                f"data.prompt_format={prompt_format!r} is not allowed; choose one of {list(PROMPT_FORMATS)}."
+                f"data.prompt_format={options.prompt_format!r} is not allowed; choose one of {list(PROMPT_FORMATS)}."
             )
-        if path in (None, "") and not hf_dataset:
+        if options.path in (None, "") and not options.hf_dataset:
             raise ValueError(
                 "Neither data.path nor data.hf_dataset is set: point data.path at an Alpaca JSON/JSONL "
                 "file (e.g. ../shared/data/alpaca/alpaca_5000.json) or name a hub dataset "
@@ -267,25 +256,14 @@ class InstructDataModule(L.LightningDataModule):
                 f"The tokenizer {type(tokenizer).__name__} has no EOS token, which ends every response; "
                 "use the model's own tokenizer (model.tokenizer=null)."
             )
-        if max_length < 2:
+        if options.max_length < 2:
             raise ValueError(
-                f"data.max_length={max_length} is too short for a prompt and a response; the paper uses 256."
+                f"data.max_length={options.max_length} is too short for a prompt and a response; the paper uses 256."
             )
         self.tokenizer = tokenizer
-        self.path = None if path in (None, "") else Path(path).expanduser()
-        self.hf_dataset = hf_dataset
-        self.prompt_format = prompt_format
-        self.train_on_inputs = bool(train_on_inputs)
-        self.max_length = int(max_length)
-        self.val_size = val_size
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
-        self.train_limit = train_limit
-        self.val_limit = val_limit
+        self.options = options
+        self.path = None if options.path in (None, "") else Path(options.path).expanduser()
         self.seed = int(seed)
-        self.group_by_length = group_by_length
-        self.length_group_megabatch = length_group_megabatch
         self.collate = CausalLMCollator(pad_token_id(tokenizer))
         self._records: tuple[list[Record], list[Record]] | None = None
         self.datasets: dict[str, EncodedExamples] = {}
@@ -294,11 +272,12 @@ class InstructDataModule(L.LightningDataModule):
     def records(self) -> tuple[list[Record], list[Record]]:
         """(train, validation) records after the seeded split and the optional limits; read once."""
         if self._records is None:
-            records = read_records(self.path) if self.path is not None else load_hf_records(self.hf_dataset)
-            train, val = split_records(records, self.val_size, self.seed)
+            options = self.options
+            records = read_records(self.path) if self.path is not None else load_hf_records(options.hf_dataset)
+            train, val = split_records(records, options.val_size, self.seed)
             self._records = (
-                seeded_subset(train, self.train_limit, self.seed),
-                seeded_subset(val, self.val_limit, self.seed),
+                seeded_subset(train, options.train_limit, self.seed),
+                seeded_subset(val, options.val_limit, self.seed),
             )
         return self._records
 
@@ -307,8 +286,9 @@ class InstructDataModule(L.LightningDataModule):
         self.records()
 
     def _encode(self, records: list[Record], split: str) -> EncodedExamples:
+        options = self.options
         encoded = [
-            encode_example(r, self.tokenizer, self.prompt_format, self.max_length, self.train_on_inputs)
+            encode_example(r, self.tokenizer, options.prompt_format, options.max_length, options.train_on_inputs)
             for r in records
         ]
         kept = [example for example in encoded if example is not None]
@@ -320,12 +300,12 @@ class InstructDataModule(L.LightningDataModule):
                 split,
                 self.dropped[split],
                 len(encoded),
-                self.max_length,
+                options.max_length,
             )
         if not kept:
             raise ValueError(
                 f"Every {split} example was dropped: the prompts are longer than data.max_length="
-                f"{self.max_length}; raise data.max_length."
+                f"{options.max_length}; raise data.max_length."
             )
         return EncodedExamples(kept)
 
@@ -341,33 +321,35 @@ class InstructDataModule(L.LightningDataModule):
             "Instruction data: %s examples, %s tokens (max_length %d, prompt %s, train_on_inputs %s)",
             {s: len(d) for s, d in self.datasets.items()},
             tokens,
-            self.max_length,
-            self.prompt_format,
-            self.train_on_inputs,
+            self.options.max_length,
+            self.options.prompt_format,
+            self.options.train_on_inputs,
         )
 
     def validation_prompts(self, count: int) -> list[str]:
         """The prompts of the first `count` validation records: a fixed set for generation samples."""
-        return [render_prompt(record, self.prompt_format, self.tokenizer) for record in self.records()[1][:count]]
+        prompt_format = self.options.prompt_format
+        return [render_prompt(record, prompt_format, self.tokenizer) for record in self.records()[1][:count]]
 
     def train_dataloader(self) -> DataLoader:
-        train = self.datasets["train"]
+        train, options = self.datasets["train"], self.options
         # Shuffled batches of similar lengths: Alpaca outputs range from one word to pages, so this
         # removes most of the padding.
         return training_loader(
             train,
-            self.batch_size,
+            options.batch_size,
             self.collate,
-            self.num_workers,
-            train.lengths if self.group_by_length else None,
+            options.num_workers,
+            train.lengths if options.group_by_length else None,
             epoch_source=trainer_epoch(self),
-            megabatch=self.length_group_megabatch,
+            megabatch=options.length_group_megabatch,
         )
 
     def val_dataloader(self) -> DataLoader:
         # each example once across DDP ranks; the summed NLL/token metrics then equal one process's
+        options = self.options
         return evaluation_loader(
-            self.datasets["validation"], self.eval_batch_size, self.trainer, self.collate, self.num_workers
+            self.datasets["validation"], options.eval_batch_size, self.trainer, self.collate, options.num_workers
         )
 
 

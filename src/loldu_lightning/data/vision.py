@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -25,6 +25,9 @@ from torchvision.transforms import v2
 
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_subset
+
+if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
+    from ..builders.schema import VisionDataOptions
 
 VIT_DEFAULT_MEAN = (0.5, 0.5, 0.5)
 VIT_DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -331,64 +334,56 @@ def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset,
 class VisionDataModule(L.LightningDataModule):
     """Train/validation loaders for one image-classification dataset.
 
+    Every `data.*` value comes from `options`, except the input size: ``image_size``, ``mean`` and
+    ``std`` are the model's preprocessing (``resolve_preprocessing``, which honours data.image_size).
+    ``seed`` (the run's) draws the limited subsets; the other arguments are the task's.
+
     Standard splits: CIFAR and Stanford Cars train/test, Flowers102 train/test (``val`` also
     available), FGVC-Aircraft trainval/test, ImageFolder train/val (``test`` when there is no
-    ``val``). EuroSAT has no official split: a stratified, seeded ``holdout_fraction`` of each
-    class becomes the validation set (``split_seed`` fixes it across runs and seeds).
-    ``train_split``/``val_split`` may name another split or a list of splits to concatenate.
+    ``val``). EuroSAT has no official split: a stratified, seeded ``eurosat_holdout``
+    (task.holdout_fraction) of each class becomes the validation set (``split_seed`` fixes it across
+    runs and seeds). ``train_split``/``val_split`` may name another split or a list of splits to concatenate.
 
-    Model selection on held-out training data (FourierFT's ViT protocol): ``train_holdout``
-    (``data.holdout_fraction``) holds out a seeded (``split_seed``), stratified share of the
-    training split as the validation set, and ``test_split`` names the split that
-    ``test_dataloader`` serves, evaluated once after training with the selected checkpoint.
+    Model selection on held-out training data (FourierFT's ViT protocol): data.holdout_fraction holds
+    out a seeded (``split_seed``), stratified share of the training split as the validation set, and
+    ``test_split`` names the split that ``test_dataloader`` serves, evaluated once after training
+    with the selected checkpoint.
     """
 
     def __init__(
         self,
         dataset: str,
-        root: str | Path | None,
+        options: VisionDataOptions,
         *,
-        download: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        seed: int,
         image_size: int = VIT_DEFAULT_IMAGE_SIZE,
         mean: Sequence[float] = VIT_DEFAULT_MEAN,
         std: Sequence[float] = VIT_DEFAULT_STD,
-        augment: bool = True,
         train_split: str | Sequence[str] | None = None,
         val_split: str | Sequence[str] | None = None,
-        train_limit: int | None = None,
-        val_limit: int | None = None,
-        holdout_fraction: float = 0.2,
-        split_seed: int = 42,
-        limit_seed: int = 0,
         test_split: str | Sequence[str] | None = None,
-        train_holdout: float | None = None,
-        eval_resize_crop: bool = False,
+        eurosat_holdout: float = 0.2,
+        split_seed: int = 42,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"unknown vision dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-        if root is None or str(root) == "":
+        if options.root is None or str(options.root) == "":
             spec = DATASETS[dataset]
             fetch = "" if spec.no_download else " (add data.download=true to fetch it there)"
             raise ValueError(f"data.root is not set for {dataset}: set data.root=<folder holding {spec.layout}>{fetch}")
-        if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
+        if not 0.0 < eurosat_holdout < 1.0:
+            raise ValueError(f"task.holdout_fraction must be between 0 and 1, got {eurosat_holdout}")
         self.dataset = dataset
         self.spec = DATASETS[dataset]
-        self.root = Path(root).expanduser()
-        self.download = bool(download)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
+        self.options = options
+        self.root = Path(options.root).expanduser()
         self.image_size = int(image_size)
         self.mean = tuple(mean)
         self.std = tuple(std)
-        self.augment = augment
         self.train_splits = self._check_splits(train_split or self.spec.train_split, "train_split")
         self.val_splits = self._check_splits(val_split or self._default_val_split(), "val_split")
+        train_holdout = options.holdout_fraction
         if train_holdout is not None:
             if not 0.0 < float(train_holdout) < 1.0:
                 raise ValueError(f"data.holdout_fraction must be between 0 and 1 (or null), got {train_holdout}")
@@ -399,12 +394,9 @@ class VisionDataModule(L.LightningDataModule):
                 )
         self.train_holdout = None if train_holdout is None else float(train_holdout)
         self.test_splits = self._check_splits(test_split, "test_split") if test_split else None
-        self.eval_resize_crop = bool(eval_resize_crop)
-        self.train_limit = train_limit
-        self.val_limit = val_limit
-        self.holdout_fraction = float(holdout_fraction)
+        self.eurosat_holdout = float(eurosat_holdout)
         self.split_seed = int(split_seed)
-        self.limit_seed = int(limit_seed)
+        self.seed = int(seed)
         self._raw: dict[str, Dataset] = {}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -450,7 +442,7 @@ class VisionDataModule(L.LightningDataModule):
         targets = pool.targets  # type: ignore[attr-defined]
         train_indices, val_indices = train_test_split(
             list(range(len(targets))),
-            test_size=self.holdout_fraction,
+            test_size=self.eurosat_holdout,
             random_state=self.split_seed,
             stratify=targets,
         )
@@ -471,7 +463,7 @@ class VisionDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     def prepare_data(self) -> None:
-        if self.download:
+        if self.options.download:
             for split in {*self.train_splits, *self.val_splits, *(self.test_splits or ())}:
                 self._open(split, download=True)
 
@@ -480,9 +472,12 @@ class VisionDataModule(L.LightningDataModule):
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
     def setup(self, stage: str | None = None) -> None:
-        train_transform = build_image_transform(self.image_size, self.mean, self.std, train=True, augment=self.augment)
+        options = self.options
+        train_transform = build_image_transform(
+            self.image_size, self.mean, self.std, train=True, augment=options.augment
+        )
         eval_transform = build_image_transform(
-            self.image_size, self.mean, self.std, train=False, resize_crop=self.eval_resize_crop
+            self.image_size, self.mean, self.std, train=False, resize_crop=options.eval_resize_crop
         )
         train_pool: Dataset = self._combined(self.train_splits)
         if self.train_holdout is not None:
@@ -491,13 +486,13 @@ class VisionDataModule(L.LightningDataModule):
         else:
             val_pool = self._combined(self.val_splits)
         if stage in (None, "fit") and self.train_set is None:
-            train = _random_subset(train_pool, self.train_limit, self.limit_seed)
+            train = _random_subset(train_pool, options.train_limit, self.seed)
             self.train_set = TransformedImages(train, train_transform)
         if self.val_set is None:
-            val = _random_subset(val_pool, self.val_limit, self.limit_seed)
+            val = _random_subset(val_pool, options.val_limit, self.seed)
             self.val_set = TransformedImages(val, eval_transform)
         if stage in (None, "test") and self.test_set is None and self.test_splits is not None:
-            test = _random_subset(self._combined(self.test_splits), self.val_limit, self.limit_seed)
+            test = _random_subset(self._combined(self.test_splits), options.val_limit, self.seed)
             self.test_set = TransformedImages(test, eval_transform)
 
     def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
@@ -505,9 +500,9 @@ class VisionDataModule(L.LightningDataModule):
             raise RuntimeError("VisionDataModule.setup() must run before asking for a dataloader")
         return evaluation_loader(
             dataset,
-            self.eval_batch_size,
+            self.options.eval_batch_size,
             self.trainer,
-            num_workers=self.num_workers,
+            num_workers=self.options.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -516,8 +511,8 @@ class VisionDataModule(L.LightningDataModule):
             raise RuntimeError("VisionDataModule.setup() must run before asking for a dataloader")
         return training_loader(
             self.train_set,
-            self.batch_size,
-            num_workers=self.num_workers,
+            self.options.batch_size,
+            num_workers=self.options.num_workers,
             epoch_source=trainer_epoch(self),
             pin_memory=torch.cuda.is_available(),
         )

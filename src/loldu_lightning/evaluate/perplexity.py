@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..builders.schema import InstructDataOptions
 from ..data.instruct import InstructDataModule, TokenNLL
 from . import write_eval_results
 from .causal_lm import add_model_arguments, load_for_evaluation
@@ -34,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def instruct_datamodule(cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> InstructDataModule:
     """The run's instruction data from its plain config. A run folder saved before an option existed
-    has no key for it: `.get()` reads those as the data module's own defaults."""
+    has no key for it: such a key reads as that run read it (null; eval_batch_size: the training batch
+    size), not as today's default."""
     data = cfg["data"]
-    return InstructDataModule(
-        tokenizer,
+    options = InstructDataOptions(
         path=data.get("path"),
         hf_dataset=data.get("hf_dataset"),
         prompt_format=data["prompt_format"],
@@ -45,13 +46,13 @@ def instruct_datamodule(cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBa
         max_length=data["max_length"],
         val_size=data.get("val_size"),
         batch_size=data["batch_size"],
-        eval_batch_size=data.get("eval_batch_size"),
+        eval_batch_size=data.get("eval_batch_size") or data["batch_size"],
         num_workers=data["num_workers"],
         train_limit=data.get("train_limit"),
         val_limit=data.get("val_limit"),
-        seed=cfg["seed"],
         group_by_length=data["group_by_length"],
     )
+    return InstructDataModule(tokenizer, options, seed=cfg["seed"])
 
 
 class HeldOutLoss(L.LightningModule):
@@ -92,8 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "val_perplexity": float(metrics["val/perplexity"]),
         "val_tokens": int(metrics["val/tokens"]),
         "val_examples": len(datamodule.datasets["validation"]),
-        "max_length": datamodule.max_length,
-        "prompt_format": datamodule.prompt_format,
+        "max_length": datamodule.options.max_length,
+        "prompt_format": datamodule.options.prompt_format,
     }
     path = write_eval_results(loaded.output_dir, NAME, results)
     log.info(
