@@ -54,4 +54,3 @@ def default_value(key: str, group_choice: str | None = None) -> Any:
         value = OmegaConf.select(node, selected, default=None, throw_on_resolution_failure=False)
         return value if isinstance(value, (str, int, float, bool)) else None
     return None
-
