@@ -37,7 +37,7 @@ def glue_root(tmp_path_factory) -> Path:
     stand-ins in the same TSV format (fixtures.py), so a user's clone runs the end-to-end tests too."""
     if (SHARED_DATA / "glue").is_dir():
         return SHARED_DATA / "glue"
-    from fixtures import write_glue_root
+    from tests.fixtures import write_glue_root
 
     return write_glue_root(tmp_path_factory.mktemp("glue"))
 
@@ -47,6 +47,6 @@ def image_folder_root(tmp_path_factory) -> Path:
     """An ImageFolder tree (train/, test/): the real CIFAR-10 subset, else a generated stand-in."""
     if (SHARED_DATA / "cifar10_subset").is_dir():
         return SHARED_DATA / "cifar10_subset"
-    from fixtures import write_image_folder
+    from tests.fixtures import write_image_folder
 
     return write_image_folder(tmp_path_factory.mktemp("images"))

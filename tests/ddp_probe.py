@@ -1,7 +1,8 @@
 """Test callbacks that record, per process, what a distributed or mixed-precision run holds.
 
-Used through `+callbacks.extra.<name>={_target_:ddp_probe.<Class>}` (tests put tests/ on PYTHONPATH
-for the CLI's DDP child processes). Each rank writes its own file; the tests gather and compare them.
+Used through `+callbacks.extra.<name>={_target_:tests.ddp_probe.<Class>}` (helpers.cli_env puts the
+repository root on PYTHONPATH for the CLI's DDP child processes). Each rank writes its own file; the tests
+gather and compare them.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ prompt_list = [
 @pytest.fixture(scope="session")
 def dog(tmp_path_factory) -> Path:
     """The real DreamBooth dog photos (../shared/data/dreambooth/dog), or five generated JPEGs in the same layout."""
-    from conftest import SHARED_DATA
+    from tests.conftest import SHARED_DATA
 
     real = SHARED_DATA / "dreambooth" / "dog"
     if real.is_dir():

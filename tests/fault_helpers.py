@@ -1,8 +1,8 @@
 """Test-only pieces for killing runs at a known point (tests/test_fault_tolerance.py).
 
-`SlowFrom` is added to a CLI run with `+callbacks.extra.slow={_target_:fault_helpers.SlowFrom,...}`
-(PYTHONPATH=tests): from global step `step` on it writes `marker` and slows each batch down, so a
-test can send a signal while the run is known to be inside an epoch.
+`SlowFrom` is added to a CLI run with `+callbacks.extra.slow={_target_:tests.fault_helpers.SlowFrom,...}`
+(the repository root on PYTHONPATH, helpers.cli_env): from global step `step` on it writes `marker` and
+slows each batch down, so a test can send a signal while the run is known to be inside an epoch.
 """
 
 from __future__ import annotations

@@ -47,15 +47,16 @@ class StopAfterFirstEpoch(L.Callback):
         trainer.should_stop = True
 
 
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment a test gives `python -m loldu_lightning`: this folder importable (probes and test
-    callbacks), no hub, and no inherited DDP job marker (hydra_ddp.JOB_ENV) from the test process."""
+    """The environment a test gives `python -m loldu_lightning`: the `tests` package importable (probes and
+    test callbacks, `_target_:tests.ddp_probe...`), no hub, and no inherited DDP job marker (hydra_ddp.JOB_ENV)
+    from the test process."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         **extra,

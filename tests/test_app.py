@@ -8,15 +8,15 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TINY_GLUE, compose_config, logged_values
 from omegaconf import OmegaConf
-from test_adapters import FOLDER_FILES
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.cli.overrides import check_override_keys
 from loldu_lightning.loldu.manifest import AdapterManifest
 from loldu_lightning.train import train
+from tests.helpers import TINY_GLUE, compose_config, logged_values
+from tests.test_adapters import FOLDER_FILES
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_resume_after_epoch_one_matches_uninterrupted_run(rte, tmp_path):
 
     interrupted_dir = tmp_path / "interrupted"
     cfg = compose_config(two_epochs, interrupted_dir)
-    cfg.callbacks.extra = {"stop": {"_target_": "helpers.StopAfterFirstEpoch"}}
+    cfg.callbacks.extra = {"stop": {"_target_": "tests.helpers.StopAfterFirstEpoch"}}
     first = train(cfg)
     assert first["final"]["epoch"] == 0 and first["start_step"] == 0 and first["steps_run"] > 0
     resumed = train(compose_config([*two_epochs, "ckpt_path=last"], interrupted_dir))

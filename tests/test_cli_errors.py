@@ -401,7 +401,7 @@ def test_trainer_auto_takes_the_gpu_in_the_paper_precision_when_there_is_one(
 
 
 def test_the_defaults_the_headline_command_composes():
-    from helpers import compose_config
+    from tests.helpers import compose_config
 
     quickstart, sst2 = compose_config([]), compose_config(["task=glue/sst2"])
     assert quickstart.model.name_or_path == "minilm" and sst2.model.name_or_path == "FacebookAI/roberta-base"

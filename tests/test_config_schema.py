@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
-from helpers import cli_env, compose_config
 from omegaconf import OmegaConf
 
 from loldu_lightning.builders.schema import (
@@ -30,6 +29,7 @@ from loldu_lightning.builders.schema import (
 )
 from loldu_lightning.cli.config import config_dir, validate_config
 from loldu_lightning.cli.help_text import options_page
+from tests.helpers import cli_env, compose_config
 
 OPTIONS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 # one task per family, composed with the model its tests use

@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import compose_config, list_config_options
 from omegaconf import OmegaConf
 
 from loldu_lightning.builders.schema import run_options
 from loldu_lightning.cli.config import config_dir
+from tests.helpers import compose_config, list_config_options
 
 SNAPSHOT = Path(__file__).resolve().parent / "snapshots" / "resolved_configs.json"
 PACKAGE_ROOT = str(Path(config_dir()).resolve().parent)

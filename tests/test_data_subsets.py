@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fixtures import write_glue_task, write_image_folder
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import SequentialSampler
@@ -30,6 +29,7 @@ from loldu_lightning.data.instruct import InstructDataModule
 from loldu_lightning.data.subsets import seeded_order, seeded_subset
 from loldu_lightning.data.vision import VisionDataModule
 from loldu_lightning.models import byte_level_tokenizer
+from tests.fixtures import write_glue_task, write_image_folder
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusion_helpers import save_image
 
 from loldu_lightning.data.diffusion import (
     SubjectDataset,
@@ -16,6 +15,7 @@ from loldu_lightning.data.diffusion import (
     read_subject_classes,
     resolve_subject,
 )
+from tests.diffusion_helpers import save_image
 
 SUBJECTS = {"dog": "dog", "red_cartoon": "cartoon", "vase": "vase", "teapot": "teapot", "berry_bowl": "bowl"}
 

@@ -6,8 +6,6 @@ import json
 
 import pytest
 import torch
-from diffusion_helpers import dog, save_image, sd_cache, tiny_clip_folder, tiny_dino_folder, tiny_sd_overrides  # noqa: F401
-from helpers import compose_config
 from PIL import Image
 
 from loldu_lightning.evaluate import EVALUATIONS
@@ -22,6 +20,8 @@ from loldu_lightning.evaluate.dreambooth import (
 )
 from loldu_lightning.report.evaluations import eval_columns
 from loldu_lightning.train import train
+from tests.diffusion_helpers import dog, save_image, sd_cache, tiny_clip_folder, tiny_dino_folder, tiny_sd_overrides  # noqa: F401
+from tests.helpers import compose_config
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
 CAPTIONS = ["a red square", "a green square", "a blue square", "a yellow square"]

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusion_helpers import dog, sd_cache, tiny_sd_overrides  # noqa: F401 (fixtures)
-from helpers import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -17,6 +15,8 @@ from loldu_lightning.builders.diffusion import build_diffusion
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.tasks.diffusion import SubjectModel
 from loldu_lightning.train import train
+from tests.diffusion_helpers import dog, sd_cache, tiny_sd_overrides  # noqa: F401 (fixtures)
+from tests.helpers import compose_config
 
 
 def _adapter(cfg):

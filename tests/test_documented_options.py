@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import compose_config
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 from loldu_lightning.builders.schema import adapter_sections, run_options, sections
 from loldu_lightning.cli.config import config_dir, register_resolvers
 from loldu_lightning.cli.overrides import add_declared_options
+from tests.helpers import compose_config
 
 # a task of each family, for the options only that family reads
 FAMILY_TASKS = {

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import list_config_options
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -28,6 +27,7 @@ from loldu_lightning.adapters import build_adapter, count_parameters
 from loldu_lightning.cli.config import config_dir, register_resolvers, validate_config
 from loldu_lightning.loldu import INITS, RESIDUALS, SCALINGS
 from loldu_lightning.models import load_model
+from tests.helpers import list_config_options
 
 EXPERIMENTS = list_config_options("experiment")
 # Tables meant for `-m`: experiment name -> number of jobs its sweep starts.

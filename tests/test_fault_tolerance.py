@@ -1,7 +1,7 @@
 """Interrupted runs lose nothing: killed mid-epoch (SIGTERM, SIGKILL, SLURM's warning signal) and resumed
 with `ckpt_path=last`, a run ends with the same metrics and adapter values as an uninterrupted one.
 
-The CLI runs as a subprocess, as a user or a cluster would start it; `fault_helpers.SlowFrom` slows it
+The CLI runs as a subprocess, as a user or a cluster would start it; `tests.fault_helpers.SlowFrom` slows it
 down from a known step so the signal lands inside an epoch.
 """
 
@@ -18,12 +18,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from fixtures import write_image_folder
-from helpers import TINY_GLUE, cli_env, compose_config
 from safetensors.torch import load_file
 
 from loldu_lightning.checkpoints import CheckpointError, newest_resumable, resolve_ckpt_path
 from loldu_lightning.train import train
+from tests.fixtures import write_image_folder
+from tests.helpers import TINY_GLUE, cli_env, compose_config
 
 GLUE = [*TINY_GLUE, "trainer.max_epochs=2", "data.train_limit=96"]  # 6 steps an epoch, 12 in all
 
@@ -40,7 +40,7 @@ def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpro
 
 
 def slow_from(step: int, marker: Path) -> str:
-    return f"+callbacks.extra.slow={{_target_:fault_helpers.SlowFrom,step:{step},marker:'{marker}',delay_s:0.3}}"
+    return f"+callbacks.extra.slow={{_target_:tests.fault_helpers.SlowFrom,step:{step},marker:'{marker}',delay_s:0.3}}"
 
 
 def signal_when(process: subprocess.Popen, marker: Path, signum: int, timeout_s: float = 240) -> tuple[int, str]:
@@ -172,7 +172,7 @@ def test_slurm_warning_signal_saves_requeues_and_the_requeued_job_resumes_by_its
 
 def alpaca_file(folder: Path) -> Path:
     """The real Alpaca sample when ../shared/data is there, else generated records of the same shape."""
-    from conftest import SHARED_DATA
+    from tests.conftest import SHARED_DATA
 
     real = SHARED_DATA / "alpaca" / "alpaca_5000.json"
     if real.is_file():
@@ -313,7 +313,7 @@ def test_an_interrupted_sweep_completes_on_the_second_invocation_without_rerunni
         "trainer.max_epochs=1",
         "adapter.init=uniform,normal,zeros",
         f"hydra.sweep.dir={sweep_dir}",
-        "+callbacks.extra.slow={_target_:fault_helpers.SlowFrom,step:2,marker:'${output_dir}/reached',delay_s:0.3}",
+        "+callbacks.extra.slow={_target_:tests.fault_helpers.SlowFrom,step:2,marker:'${output_dir}/reached',delay_s:0.3}",
     ]
     code, stderr = signal_when(cli(args, tmp_path), marker, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, stderr[-3000:]

@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fixtures import write_glue_root, write_image_folder
 
 from loldu_lightning.data.glue import glue_task, read_glue_tsv
+from tests.fixtures import write_glue_root, write_image_folder
 
 
 @pytest.mark.parametrize(("folder", "task"), [("RTE", "rte"), ("SST-2", "sst2"), ("MRPC", "mrpc")])

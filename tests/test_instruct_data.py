@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import compose_config
 
 from loldu_lightning.builders.instruct import build_instruct
 from loldu_lightning.builders.schema import InstructDataOptions
@@ -23,6 +22,7 @@ from loldu_lightning.data.instruct import (
     split_records,
 )
 from loldu_lightning.models import byte_level_tokenizer
+from tests.helpers import compose_config
 
 TINY = ["task=instruct/alpaca", "model=tiny-llama", "trainer=cpu"]
 

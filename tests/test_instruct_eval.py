@@ -8,12 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import compose_config
 
 from loldu_lightning.evaluate.__main__ import main as evaluate_main
 from loldu_lightning.evaluate.humaneval import build_program, read_problems, truncate_completion
 from loldu_lightning.evaluate.sandbox import run_program, sandbox_problem
 from loldu_lightning.train import train
+from tests.helpers import compose_config
 
 GOOD = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
 SANDBOX_PROBLEM = sandbox_problem()  # run_program refuses without bubblewrap (docs/sandbox.md)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, logged_values
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.generation import generate_texts
 from loldu_lightning.models import byte_level_tokenizer, load_causal_lm
 from loldu_lightning.train import train
+from tests.helpers import compose_config, logged_values
 
 TINY = ["task=instruct/alpaca", "model=tiny-llama", "trainer=cpu", "callbacks.lr_monitor=false"]
 PROMPTS = ["<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n", "Hi"]

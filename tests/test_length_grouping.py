@@ -5,8 +5,6 @@ reaches the sampler of the GLUE and instruction loaders."""
 from __future__ import annotations
 
 import pytest
-from fixtures import write_glue_task
-from helpers import compose_config
 
 from loldu_lightning.builders.glue import build_glue_datamodule
 from loldu_lightning.builders.instruct import build_instruct_datamodule
@@ -14,6 +12,8 @@ from loldu_lightning.builders.schema import GlueDataOptions, run_options
 from loldu_lightning.data.glue import GlueDataModule, glue_task
 from loldu_lightning.data.loaders import EpochShuffleSampler
 from loldu_lightning.models import byte_level_tokenizer
+from tests.fixtures import write_glue_task
+from tests.helpers import compose_config
 
 BATCH = 4
 LENGTHS = list(range(1, 129))  # 128 examples, all lengths distinct: 8 batches per default megabatch

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from test_loldu_inject import ARCHITECTURES
 from torch import nn
 
 from loldu_lightning.adapters import build_adapter
@@ -26,6 +25,7 @@ from loldu_lightning.loldu import (
     svd_decompose,
     unmerge,
 )
+from tests.test_loldu_inject import ARCHITECTURES
 
 DECOMPOSE = {"lu": ldu_decompose, "svd": svd_decompose, "qr": qr_decompose}
 SHAPES = [(10, 10), (14, 8), (8, 14)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import compose_config
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -21,6 +20,7 @@ from loldu_lightning.loldu import LoLDULinear
 from loldu_lightning.models import load_model, load_tokenizer, resolve_name_or_path
 from loldu_lightning.models.packages import MPNET_BASE, MissingPartsError, find_installed_parts
 from loldu_lightning.train import train
+from tests.helpers import compose_config
 
 PAPER_MRPC = ["experiment=paper/glue_mrpc", "model=mpnet-base", "trainer=cpu"]
 TINY_MPNET = (

@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import compose_config
 
 from loldu_lightning.builders.adapter import run_adapter
 from loldu_lightning.builders.schema import run_options
@@ -35,6 +34,7 @@ from loldu_lightning.models.packages import (
     find_installed_parts,
     packaged_model_path,
 )
+from tests.helpers import compose_config
 
 REQUIRED = ("config.json", "model.safetensors")
 MODEL = SplitZipModel(

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from helpers import compose_config
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -15,6 +14,7 @@ from loldu_lightning.builders.glue import build_glue
 from loldu_lightning.export import native_to_peft, peft_to_native
 from loldu_lightning.export.__main__ import main as export_main
 from loldu_lightning.train import train
+from tests.helpers import compose_config
 
 
 @pytest.fixture(scope="module")

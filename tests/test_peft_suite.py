@@ -23,7 +23,8 @@ from pathlib import Path
 
 import peft
 import pytest
-from peft_suite_plugin import (
+
+from tests.peft_suite_plugin import (
     LOLDU_MIXED_ADAPTER_TEST_CASES,
     LOLDU_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES,
     LOLDU_TEST_CASES,
@@ -74,6 +75,7 @@ def peft_sdist(tmp_path_factory) -> Path:
 
 
 def run_peft_suite(root: Path, report: Path) -> subprocess.CompletedProcess:
+    # the plugin goes in as a top-level module from this folder: in the child, `tests` is PEFT's own package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))}
     env.setdefault("HF_HUB_OFFLINE", "1")
     command = [

@@ -8,7 +8,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers import compose_config
+
+from tests.helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import run_sweep_notebook
 
 from loldu_lightning.report import build_report
 from loldu_lightning.report.__main__ import main as report_main
+from tests.helpers import run_sweep_notebook
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_sweep_notebook
 
 from loldu_lightning.report import build_report
 from loldu_lightning.report.__main__ import main as report_main
 from loldu_lightning.report.layout import pivot_layout
 from loldu_lightning.report.paper import paper_table, paper_tables
+from tests.helpers import run_sweep_notebook
 
 # Table V's layout on two of its datasets: accuracy per (init, scaling, task) and seed.
 TABLE5 = {

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import compose_config
 
 from loldu_lightning.evaluate.run_config import apply_overrides, read_run_config, resolve
+from tests.helpers import compose_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -3,7 +3,7 @@ Hydra multirun x DDP, the submitit launcher, and bf16 autocast.
 
 The DDP runs start the real CLI (`python -m loldu_lightning ... trainer=ddp trainer.accelerator=cpu
 trainer.devices=2`): Lightning's launcher starts rank 1 as a second process, exactly as on GPUs.
-`ddp_probe.DistributedProbe` makes every rank write what it holds; the tests gather and compare.
+`tests.ddp_probe.DistributedProbe` makes every rank write what it holds; the tests gather and compare.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import json
 import os
 from pathlib import Path
 
-import helpers
 import lightning as L
 import pytest
 import torch
-from helpers import TINY_GLUE, compose_config
 from omegaconf import OmegaConf
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.builders import build_task
 from loldu_lightning.loldu import loldu_modules
 from loldu_lightning.train import train
+from tests import helpers
+from tests.helpers import TINY_GLUE, compose_config
 
 TESTS = Path(__file__).resolve().parent
 # 32 training examples = 2 steps per epoch on each of 2 ranks (batch 8); 21 dev examples do not split
@@ -45,7 +45,7 @@ TINY_DDP = [
     "logger=none",
     "callbacks.lr_monitor=false",
     "callbacks.throughput=0",
-    "+callbacks.extra.probe={_target_:ddp_probe.DistributedProbe}",
+    "+callbacks.extra.probe={_target_:tests.ddp_probe.DistributedProbe}",
 ]
 
 
@@ -186,7 +186,7 @@ def test_bf16_autocast_on_cpu_keeps_step0_output_and_fp32_adapter(rte, tmp_path)
             "trainer.precision=bf16-mixed",
             "data.train_limit=32",
             "logger=none",
-            "+callbacks.extra.precision={_target_:ddp_probe.PrecisionProbe}",
+            "+callbacks.extra.precision={_target_:tests.ddp_probe.PrecisionProbe}",
         ],
         tmp_path,
     )
@@ -269,7 +269,8 @@ def test_adapter_from_a_sharded_fsdp2_model_loads_into_a_plain_model(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
-    from ddp_probe import fsdp2_worker
+
+    from tests.ddp_probe import fsdp2_worker
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

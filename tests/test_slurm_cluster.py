@@ -20,14 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import helpers
 import pytest
 import torch
-from helpers import TINY_GLUE, compose_config
 from safetensors.torch import load_file
-from slurm_cluster import LocalSlurm, job_script, local_slurm, skip_reason
 
 from loldu_lightning.train import train
+from tests import helpers
+from tests.helpers import TINY_GLUE, compose_config
+from tests.slurm_cluster import LocalSlurm, job_script, local_slurm, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
@@ -63,11 +63,11 @@ def reference(rte_run, tmp_path_factory) -> Path:
 def slow_from(step: int, marker: Path) -> str:
     """From global step `step` on, each batch takes 0.3 s longer and `marker` exists: a signal sent then
     lands inside the first epoch."""
-    return f"+callbacks.extra.slow={{_target_:fault_helpers.SlowFrom,step:{step},marker:'{marker}',delay_s:0.3}}"
+    return f"+callbacks.extra.slow={{_target_:tests.fault_helpers.SlowFrom,step:{step},marker:'{marker}',delay_s:0.3}}"
 
 
 def record_start(path: Path) -> str:
-    return f"+callbacks.extra.start={{_target_:fault_helpers.RecordStart,path:'{path}'}}"
+    return f"+callbacks.extra.start={{_target_:tests.fault_helpers.RecordStart,path:'{path}'}}"
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
@@ -138,7 +138,7 @@ def test_submitit_slurm_sweep_of_two_jobs_completes_with_one_job_preempted_and_r
             "hydra.launcher.cpus_per_task=1",
             "seed=42,7",  # job 0 is the reference's configuration
             *rte_run,
-            f"+callbacks.extra.slow={{_target_:fault_helpers.SlowFrom,step:2,marker:'{marker}',delay_s:0.3}}",
+            f"+callbacks.extra.slow={{_target_:tests.fault_helpers.SlowFrom,step:2,marker:'{marker}',delay_s:0.3}}",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
@@ -244,7 +244,7 @@ def test_job_killed_without_warning_and_resubmitted_loses_only_the_steps_since_i
 def test_the_cluster_script_refuses_a_second_start_in_the_same_folder(slurm):
     import subprocess
 
-    from slurm_cluster import SCRIPT
+    from tests.slurm_cluster import SCRIPT
 
     again = subprocess.run(["bash", str(SCRIPT), "start", str(slurm.folder)], capture_output=True, text=True)
     assert again.returncode == 1

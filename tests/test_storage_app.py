@@ -10,13 +10,13 @@ import shutil
 import lightning as L
 import pytest
 import torch
-from helpers import TINY_GLUE, compose_config
 from omegaconf import OmegaConf
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.builders import build_task
 from loldu_lightning.loldu import loldu_modules
 from loldu_lightning.train import train
+from tests.helpers import TINY_GLUE, compose_config
 
 
 def _overrides(glue_root, storage, rank):

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY_GLUE, compose_config
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
 from loldu_lightning.cli.errors import user_error_message
 from loldu_lightning.train import train
+from tests.helpers import TINY_GLUE, compose_config
 
 pytest.importorskip("tensorboard", reason="the tracking extra: pip install -e '.[tracking]'")
 pytest.importorskip("mlflow", reason="the tracking extra: pip install -e '.[tracking]'")

@@ -11,11 +11,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from helpers import compose_config, logged_values
 from PIL import Image
-from test_report import job_config, write_job
-from test_vision_data import fake_eurosat, make_module, write_jpeg
-from test_vision_task import PAPER_DATASETS, TINY_VIT
 from torch.utils.data import Subset
 
 from loldu_lightning.builders import build_task
@@ -25,6 +21,10 @@ from loldu_lightning.cli.config import config_dir, validate_config
 from loldu_lightning.data.vision import build_image_transform
 from loldu_lightning.report import build_report
 from loldu_lightning.train import train
+from tests.helpers import compose_config, logged_values
+from tests.test_report import job_config, write_job
+from tests.test_vision_data import fake_eurosat, make_module, write_jpeg
+from tests.test_vision_task import PAPER_DATASETS, TINY_VIT
 
 EXPERIMENT_DIR = Path(config_dir()) / "experiment" / "paper"
 CLASSES = ["ant", "bee", "cat", "dog"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, list_config_options
-from test_vision_data import fake_cifar, fake_imagefolder
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from loldu_lightning.builders.vision import build_vision
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.train import train
+from tests.helpers import compose_config, list_config_options
+from tests.test_vision_data import fake_cifar, fake_imagefolder
 
 VISION_TASKS = [name for name in list_config_options("task") if name.startswith("vision/")]
 PAPER_DATASETS = ["cifar10", "cifar100", "eurosat", "stanford_cars", "flowers102", "fgvc_aircraft"]

@@ -92,7 +92,7 @@ def family_overrides(family: str, request: pytest.FixtureRequest, tmp_path: Path
         ]
     if family == "diffusion":
         require_diffusers()
-        from diffusion_helpers import tiny_sd_overrides
+        from tests.diffusion_helpers import tiny_sd_overrides
 
         sd_cache, subject = request.getfixturevalue("sd_cache"), request.getfixturevalue("dog")
         # trainer_overrides() chooses the trainer; Hydra refuses a second choice of the same group

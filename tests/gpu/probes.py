@@ -1,6 +1,6 @@
 """A callback that records, inside one real `train(cfg)`, what the mixed-precision checks assert.
 
-Used through `+callbacks.extra.gpu_probe={_target_:gpu.probes.MixedPrecisionProbe}`; it writes
+Used through `+callbacks.extra.gpu_probe={_target_:tests.gpu.probes.MixedPrecisionProbe}`; it writes
 `<run dir>/gpu_probe.json` and the test reads it. Every comparison runs the model exactly as the
 training step called it: the inputs are captured from the first training forward, and the outputs
 are taken under the trainer's own precision context (Lightning's autocast), in eval mode so dropout

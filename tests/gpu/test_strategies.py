@@ -8,7 +8,7 @@ single-process model whose validation equals the run's own final validation (met
 
 The multi-process runs start the real CLI: Lightning's launcher re-runs the command for ranks 1..N-1.
 Precision is 32-true so the comparison can be tight; tests/gpu/test_training_precision.py covers
-bf16 and fp16. `ddp_probe.DistributedProbe` (tests/) records each rank's factors and trainables.
+bf16 and fp16. `tests.ddp_probe.DistributedProbe` records each rank's factors and trainables.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import compose_config, run_cli
 from omegaconf import OmegaConf
 
 from loldu_lightning.adapters import build_adapter
 from loldu_lightning.builders import build_task
 from loldu_lightning.train import train
+from tests.helpers import compose_config, run_cli
 
 from .runtime import lightning_accelerator, require_cuda, tiny_roberta_tokenizer
 
 pytestmark = pytest.mark.gpu
 
-PROBE = "+callbacks.extra.probe={_target_:ddp_probe.DistributedProbe}"
+PROBE = "+callbacks.extra.probe={_target_:tests.ddp_probe.DistributedProbe}"
 
 
 def _run(glue_root: Path) -> list[str]:

@@ -11,10 +11,10 @@ import json
 import math
 
 import pytest
-from diffusion_helpers import dog, sd_cache  # noqa: F401 (fixtures the diffusion family requests by name)
-from helpers import compose_config
 
 from loldu_lightning.train import train
+from tests.diffusion_helpers import dog, sd_cache  # noqa: F401 (fixtures the diffusion family requests by name)
+from tests.helpers import compose_config
 
 from .families import FAMILIES, STEPS, family_overrides, trainer_overrides
 from .probes import PROBE_FILE
@@ -39,7 +39,7 @@ def test_mixed_precision_training_step(family, precision, device, request, tmp_p
     overrides = [
         *family_overrides(family, request, tmp_path),
         *trainer_overrides(device, precision),
-        "+callbacks.extra.gpu_probe={_target_:gpu.probes.MixedPrecisionProbe}",
+        "+callbacks.extra.gpu_probe={_target_:tests.gpu.probes.MixedPrecisionProbe}",
     ]
     result = train(compose_config(overrides, tmp_path))
     assert result["status"] == "completed", result
