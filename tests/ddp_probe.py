@@ -110,25 +110,15 @@ def fsdp2_worker(rank: int, port: int, directory: str) -> None:
     gather the full state dict to rank 0, write adapter files there from a plain model, and check that
     they load into a fresh single-process model with the sharded model's outputs."""
     import torch.distributed as dist
-    import transformers
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
     from loldu_lightning.loldu import LoLDUConfig, inject, load_adapter, save_adapter
+    from tests.tiny_models import tiny_model
 
     def tiny_roberta():
-        torch.manual_seed(0)
-        config = transformers.RobertaConfig(
-            vocab_size=100,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=40,
-            num_labels=2,
-        )
-        return transformers.RobertaForSequenceClassification(config).eval()
+        return tiny_model("tiny-roberta", vocab_size=100, max_position_embeddings=40, num_labels=2)
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)

@@ -72,20 +72,12 @@ def tiny_clip_folder(folder: Path, tokenizer) -> Path:
 
 def tiny_dino_folder(folder: Path) -> Path:
     """A random ViT-S/16-shaped-in-miniature ViTModel + image processor saved like facebook/dino-vits16."""
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    from transformers import ViTImageProcessor, ViTModel
+
+    from tests.tiny_models import tiny_config
 
     torch.manual_seed(0)
-    ViTModel(
-        ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-        ),
-        add_pooling_layer=False,
-    ).save_pretrained(folder)
+    ViTModel(tiny_config("tiny-vit", num_attention_heads=4), add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from peft import PeftModel
-from transformers import RobertaConfig, RobertaForSequenceClassification, ViTConfig, ViTForImageClassification
+from transformers import RobertaForSequenceClassification, ViTForImageClassification
 
 from loldu_lightning.adapters import (
     ADAPTERS,
@@ -23,6 +23,7 @@ from loldu_lightning.adapters import (
 )
 from loldu_lightning.cli.config import config_dir
 from loldu_lightning.loldu.manifest import MANIFEST_NAME, AdapterManifest
+from tests.tiny_models import tiny_model
 
 ROBERTA_TARGETS = ["query", "value"]
 ADAPTER_CONF_DIR = Path(config_dir()) / "adapter"
@@ -64,36 +65,26 @@ FOLDER_FILES: dict[str, set[str]] = {
 
 def tiny_roberta(num_labels: int = 3) -> RobertaForSequenceClassification:
     """The same seed-initialised base every call (stands in for a pretrained checkpoint)."""
-    torch.manual_seed(0)
-    config = RobertaConfig(
+    return tiny_model(
+        "tiny-roberta",
         vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         intermediate_size=37,
         num_labels=num_labels,
         max_position_embeddings=40,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return RobertaForSequenceClassification(config).eval()
 
 
 def tiny_vit() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    config = ViTConfig(
+    return tiny_model(
+        "tiny-vit",
         image_size=16,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         intermediate_size=37,
         num_labels=3,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return ViTForImageClassification(config).eval()
 
 
 def roberta_batch() -> dict[str, torch.Tensor]:

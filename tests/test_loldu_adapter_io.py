@@ -22,24 +22,21 @@ from loldu_lightning.loldu import (
     weight_fingerprint,
 )
 from loldu_lightning.loldu.manifest import MANIFEST_NAME, AdapterManifest
-
-transformers = pytest.importorskip("transformers")
+from tests.tiny_models import tiny_model
 
 
 def _tiny_roberta(seed: int = 0, hidden: int = 16) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.RobertaConfig(
+    return tiny_model(
+        "tiny-roberta",
+        seed=seed,
         vocab_size=60,
         hidden_size=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=40,
         num_labels=3,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return transformers.RobertaForSequenceClassification(config).eval()
 
 
 IDS = torch.randint(0, 60, (3, 7), generator=torch.Generator().manual_seed(5))

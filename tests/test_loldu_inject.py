@@ -7,57 +7,54 @@ import torch
 from torch import nn
 
 from loldu_lightning.loldu import LoLDUConfig, LoLDULinear, inject, loldu_modules, resolve_target_modules
+from tests.tiny_models import tiny_model
 
 transformers = pytest.importorskip("transformers")
 
 
+# smaller than the configs' tiny models (16 wide), so the float64 comparisons below stay fast
 def _tiny_roberta_classifier(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.RobertaConfig(
+    return tiny_model(
+        "tiny-roberta",
+        seed=seed,
         vocab_size=60,
         hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=40,
         num_labels=3,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return transformers.RobertaForSequenceClassification(config).eval()
 
 
 def _tiny_vit(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.ViTConfig(
+    return tiny_model(
+        "tiny-vit",
+        seed=seed,
         image_size=8,
         patch_size=4,
-        num_channels=3,
         hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         intermediate_size=32,
         num_labels=3,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return transformers.ViTForImageClassification(config).eval()
 
 
 def _tiny_llama(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
+    return tiny_model(
+        "tiny-llama",
+        seed=seed,
         vocab_size=60,
         hidden_size=16,
-        num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         intermediate_size=32,
         max_position_embeddings=32,
         bos_token_id=0,
         eos_token_id=1,
+        pad_token_id=None,
     )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def _tiny_gpt2(seed: int = 0) -> nn.Module:

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from loldu_lightning.loldu import LoLDUConfig, inject, loldu_modules, merge, unmerge
-
-transformers = pytest.importorskip("transformers")
+from tests.tiny_models import tiny_model
 
 # Largest logit error allowed against the same adapted model run in float32 (logits are ~0.4;
 # measured errors: fp16 ~1e-3, bf16 ~1e-2; the adapter itself moves logits by ~0.6).
@@ -15,19 +14,9 @@ TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
 def _tiny_llama(dtype: torch.dtype):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=60,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    return transformers.LlamaForCausalLM(config).eval().to(dtype)
+    return tiny_model(
+        "tiny-llama", vocab_size=60, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=None
+    ).to(dtype)
 
 
 IDS = torch.randint(0, 60, (2, 9), generator=torch.Generator().manual_seed(3))

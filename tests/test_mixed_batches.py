@@ -14,39 +14,21 @@ from peft import get_peft_model
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
 from loldu_lightning.loldu import BASE, AdapterBank, LoLDUConfig, inject, load_adapter, loldu_modules, save_adapter
 from loldu_lightning.peft import LoLDUPeftConfig
+from tests.tiny_models import tiny_model
 
 ATOL = 1e-5  # float32; only the matrix products' summation order differs from a batch of one
 
 
 def tiny_roberta(num_labels: int = 2) -> transformers.RobertaForSequenceClassification:
-    torch.manual_seed(0)
-    config = transformers.RobertaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        max_position_embeddings=40,
-        num_labels=num_labels,
+    return tiny_model(
+        "tiny-roberta", vocab_size=100, intermediate_size=48, max_position_embeddings=40, num_labels=num_labels
     )
-    return transformers.RobertaForSequenceClassification(config).eval()
 
 
 def tiny_llama() -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=120,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+    return tiny_model(
+        "tiny-llama", vocab_size=120, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2
     )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def trained_like(model: torch.nn.Module, seed: int, targets: list[str], rank: int = 4) -> torch.nn.Module:

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,20 +22,14 @@ import loldu_lightning.peft as loldu_peft
 from loldu_lightning import loldu
 from loldu_lightning.peft import PEFT_FIELD_NAMES, LoLDULayer, LoLDUPeftConfig
 from loldu_lightning.peft.registration import check_peft_version
+from tests.tiny_models import tiny_model
+
+REPO = Path(__file__).resolve().parents[1]  # a child interpreter imports tests.tiny_models from here
+TINY_ROBERTA = dict(vocab_size=100, intermediate_size=48, max_position_embeddings=40, num_labels=2)
 
 
 def tiny_roberta(seed: int = 0) -> transformers.RobertaForSequenceClassification:
-    torch.manual_seed(seed)
-    config = transformers.RobertaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        max_position_embeddings=40,
-        num_labels=2,
-    )
-    return transformers.RobertaForSequenceClassification(config).eval()
+    return tiny_model("tiny-roberta", seed=seed, **TINY_ROBERTA)
 
 
 IDS = torch.randint(3, 100, (3, 9), generator=torch.Generator().manual_seed(0))
@@ -314,10 +309,9 @@ def test_fresh_processes_load_a_saved_adapter_and_unpickle_a_model(tmp_path):
 
         from peft import PeftModel
         import loldu_lightning.peft
-        torch.manual_seed(0)
-        config = transformers.RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                            intermediate_size=48, max_position_embeddings=40, num_labels=2)
-        base = transformers.RobertaForSequenceClassification(config).eval()
+        sys.path.insert(0, r"{REPO}")
+        from tests.tiny_models import tiny_model
+        base = tiny_model("tiny-roberta", **{TINY_ROBERTA!r})
         loaded = PeftModel.from_pretrained(base, r"{tmp_path / "adapter"}")
         with torch.no_grad():
             assert torch.equal(loaded(input_ids=ids).logits, expected)

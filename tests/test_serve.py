@@ -24,6 +24,7 @@ from loldu_lightning.export.convert import native_to_peft  # noqa: E402
 from loldu_lightning.loldu import LoLDUConfig, inject, load_adapter, save_adapter  # noqa: E402
 from loldu_lightning.models import byte_level_tokenizer, minilm_path  # noqa: E402
 from loldu_lightning.serve import AdapterService, Request, RequestError  # noqa: E402
+from tests.tiny_models import tiny_model  # noqa: E402
 
 MAX_LENGTH = 48
 SENTENCES = ["a gripping, beautifully acted film", "a dull, lifeless mess", "it was fine"]
@@ -219,20 +220,7 @@ def test_bad_requests_get_one_line_4xx_and_do_not_hurt_their_batch(server) -> No
 
 
 def tiny_llama() -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=260,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=256,
-        eos_token_id=257,
-        pad_token_id=258,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_model("tiny-llama", max_position_embeddings=128)
 
 
 def test_service_generation_equals_each_adapter_offline(tmp_path: Path) -> None:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import ViTConfig, ViTImageProcessor, ViTModel
+from transformers import ViTImageProcessor, ViTModel
 
 from loldu_lightning.builders.vision import build_vision
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.train import train
 from tests.helpers import compose_config, list_config_options
 from tests.test_vision_data import fake_cifar, fake_imagefolder
+from tests.tiny_models import tiny_config
 
 VISION_TASKS = [name for name in list_config_options("task") if name.startswith("vision/")]
 PAPER_DATASETS = ["cifar10", "cifar100", "eurosat", "stanford_cars", "flowers102", "fgvc_aircraft"]
@@ -58,17 +59,7 @@ def test_build_vision_sizes_a_fresh_head_to_the_dataset(tmp_path: Path, monkeypa
 
 def test_build_vision_loads_a_saved_backbone_with_its_preprocessing(tmp_path: Path) -> None:
     """The example's path (and the in21k checkpoint's): a headless ViTModel folder plus its processor."""
-    backbone = ViTModel(
-        ViTConfig(
-            image_size=16,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        add_pooling_layer=False,
-    )
+    backbone = ViTModel(tiny_config("tiny-vit", image_size=16, num_hidden_layers=1), add_pooling_layer=False)
     folder = tmp_path / "backbone"
     backbone.save_pretrained(folder)
     processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.2] * 3, image_std=[0.3] * 3)

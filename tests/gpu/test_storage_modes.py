@@ -16,6 +16,7 @@ import torch
 import transformers
 
 from loldu_lightning.loldu import FORWARD_MODES, STORAGES, LoLDUConfig, inject, loldu_modules, merge, unmerge
+from tests.tiny_models import tiny_model
 
 pytestmark = pytest.mark.gpu
 
@@ -25,19 +26,16 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
 
 def _tiny_llama(hidden: int) -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
+    return tiny_model(
+        "tiny-llama",
         vocab_size=64,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=64,
         bos_token_id=0,
         eos_token_id=1,
+        pad_token_id=None,
     )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def _gap(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,0 +1,46 @@
+"""The tiny models of conf/model/tiny-*.yaml, for tests that need the model object rather than a run.
+
+A test's tiny model is the one `model=tiny-roberta` (tiny-llama, tiny-vit) trains: its transformers
+config comes from the YAML's `tiny:` block, built the way models/loading.py's `load_model` builds a tiny
+model (AutoConfig.for_model, then the auto class's from_config). A test that needs another shape passes
+the fields that differ: `tiny_model("tiny-roberta", hidden_size=16, num_labels=3)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from omegaconf import OmegaConf
+from torch import nn
+
+from loldu_lightning.cli.config import config_dir
+
+# the head each tiny model's task family puts on it (glue, instruct, vision)
+AUTO_CLASSES = {
+    "tiny-roberta": "AutoModelForSequenceClassification",
+    "tiny-llama": "AutoModelForCausalLM",
+    "tiny-vit": "AutoModelForImageClassification",
+}
+
+
+def tiny_fields(name: str) -> dict[str, Any]:
+    """The `tiny:` block of conf/model/<name>.yaml: model_type and the config fields."""
+    model = OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml")
+    return OmegaConf.to_container(model.tiny, resolve=True)
+
+
+def tiny_config(name: str, **overrides: Any) -> transformers.PretrainedConfig:
+    """The transformers config of conf/model/<name>.yaml, with `overrides` replacing its fields."""
+    fields = {**tiny_fields(name), **overrides}
+    return transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def tiny_model(name: str, auto_class: type | None = None, *, seed: int = 0, **overrides: Any) -> nn.Module:
+    """A fresh tiny model in eval mode, its weights drawn after `torch.manual_seed(seed)` (the same weights on
+    every call with the same arguments). `auto_class` defaults to the head of the model's task family."""
+    auto_class = auto_class or getattr(transformers, AUTO_CLASSES[name])
+    torch.manual_seed(seed)
+    return auto_class.from_config(tiny_config(name, **overrides)).eval()
