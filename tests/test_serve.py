@@ -4,13 +4,6 @@ BERT that borrows MiniLM's tokenizer; and the Python API (AdapterService) for ge
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +17,7 @@ from loldu_lightning.export.convert import native_to_peft  # noqa: E402
 from loldu_lightning.loldu import LoLDUConfig, inject, load_adapter, save_adapter  # noqa: E402
 from loldu_lightning.models import byte_level_tokenizer, minilm_path  # noqa: E402
 from loldu_lightning.serve import AdapterService, Request, RequestError  # noqa: E402
+from loldu_lightning.serve.process import served  # noqa: E402
 from tests.tiny_models import tiny_model  # noqa: E402
 
 MAX_LENGTH = 48
@@ -81,63 +75,13 @@ def offline_probabilities(folders: dict[str, Path], folder: Path, text: str, num
         return torch.softmax(model(**tokenizer(text, return_tensors="pt")).logits[0], -1).tolist()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(folders: dict[str, Path]):
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "loldu_lightning.serve",
-        "--model",
-        str(folders["base"]),
-        "--adapters",
-        str(folders["adapters"]),
-        "--port",
-        str(port),
-        "--batch-timeout",
-        "1.0",
-        "--max-length",
-        str(MAX_LENGTH),
-        "--accelerator",
-        "cpu",
-    ]
-    log = open(folders["root"] / "server.log", "w")  # noqa: SIM115 (closed in the teardown)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the server exited with {process.returncode}: {(folders['root'] / 'server.log').read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy within 240 s")
-            time.sleep(0.5)
-        yield url, folders["root"] / "server.log"
-    finally:
-        # Stop the server and the worker processes it started (its own session), by id.
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # the server stops its workers on SIGTERM
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):  # a worker the server left behind: its session goes too
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+    arguments = ["--model", str(folders["base"]), "--adapters", str(folders["adapters"]), "--batch-timeout", "1.0"]
+    arguments += ["--max-length", str(MAX_LENGTH), "--accelerator", "cpu"]
+    log_file = folders["root"] / "server.log"
+    with served(arguments, log_file, timeout_s=240) as url:
+        yield url, log_file
 
 
 def test_answers_equal_the_adapter_run_offline(server, folders) -> None:
