@@ -9,7 +9,6 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from omegaconf import OmegaConf
 from peft import PeftModel
 from transformers import RobertaForSequenceClassification, ViTForImageClassification
 
@@ -23,6 +22,7 @@ from loldu_lightning.adapters import (
 )
 from loldu_lightning.cli.config import config_dir
 from loldu_lightning.loldu.manifest import MANIFEST_NAME, AdapterManifest
+from tests.helpers import compose_config
 from tests.tiny_models import tiny_model
 
 ROBERTA_TARGETS = ["query", "value"]
@@ -299,8 +299,8 @@ def test_tinylora_needs_a_peft_that_has_it(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize("path", sorted(ADAPTER_CONF_DIR.glob("*.yaml")), ids=lambda path: path.stem)
 def test_packaged_configs_build(path: Path):
-    root = OmegaConf.create({"seed": 7, "model": {"target_modules": ["query", "value"]}})
-    root.adapter = OmegaConf.load(path)
+    """Each adapter file, composed as a run composes it (over its generated defaults in conf/schema/)."""
+    root = compose_config([f"adapter={path.stem}", "model=tiny-roberta"])
     adapter = build_adapter(root.adapter)
     assert adapter.name == path.stem
     if "target_modules" in root.adapter:
