@@ -27,6 +27,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
+from loldu_lightning.builders.schema import model_options
 from loldu_lightning.cli.config import config_dir
 from loldu_lightning.models.diffusion import load_sd_parts
 from loldu_lightning.peft import LoLDUPeftConfig
@@ -65,15 +66,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    model_cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "model" / f"{args.model}.yaml"))
+    model_file = OmegaConf.load(Path(config_dir()) / "model" / f"{args.model}.yaml")
     if args.model_path:
-        model_cfg["name_or_path"] = args.model_path
+        model_file.name_or_path = args.model_path
+    model = model_options(model_file, "diffusion")
     torch.manual_seed(args.seed)
-    parts = load_sd_parts(model_cfg)
+    parts = load_sd_parts(model)
     unet, scheduler = parts.unet, parts.noise_scheduler
 
     with torch.no_grad():
-        pixels = load_photos(args.photos, int(model_cfg["resolution"]))
+        pixels = load_photos(args.photos, model.resolution)
         latents = parts.vae.encode(pixels).latent_dist.mode() * parts.vae.config.scaling_factor
         ids = parts.tokenizer(
             [args.prompt], padding="max_length", max_length=parts.tokenizer.model_max_length, return_tensors="pt"
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             return unet(scheduler.add_noise(latents, probe_noise, probe_t), probe_t, text).sample
 
     base = probe()
-    config = LoLDUPeftConfig(r=args.rank, target_modules=model_cfg["target_modules"], seed=args.seed)
+    config = LoLDUPeftConfig(r=args.rank, target_modules=model.target_modules, seed=args.seed)
     unet.add_adapter(config)
     trainable = [p for p in unet.parameters() if p.requires_grad]
     print(f"LoLDU on {len(trainable) // 2} UNet projections: {sum(p.numel() for p in trainable):,} trainable numbers")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     unet.peft_config["default"].save_pretrained(str(adapter_dir))
     save_file(get_peft_model_state_dict(unet), str(adapter_dir / "adapter_model.safetensors"))
 
-    fresh = load_sd_parts(model_cfg).unet.eval()
+    fresh = load_sd_parts(model).unet.eval()
     inject_adapter_in_model(LoLDUPeftConfig.from_pretrained(str(adapter_dir)), fresh)
     set_peft_model_state_dict(fresh, load_file(str(adapter_dir / "adapter_model.safetensors")))
     unet = fresh

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
+from loldu_lightning.builders.schema import model_options
 from loldu_lightning.cli.config import config_dir
 from loldu_lightning.models import load_model, load_tokenizer
 from loldu_lightning.peft import LoLDUPeftConfig
@@ -85,14 +86,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if not model_file.is_file():
         known = sorted(p.stem for p in model_file.parent.glob("*.yaml"))
         raise FileNotFoundError(f"--model {args.model!r}: no {model_file}; choose one of {known}")
-    model_cfg = OmegaConf.load(model_file)
+    model_cfg = model_options(OmegaConf.load(model_file), "instruct")
     torch.manual_seed(args.seed)
     model = load_model(model_cfg, AutoModelForCausalLM)
     tokenizer = load_tokenizer(model_cfg)
     forget_dequantized_gguf(model)
 
     rank = args.rank if args.rank == "full" else int(args.rank)
-    peft_config = LoLDUPeftConfig(task_type="CAUSAL_LM", r=rank, target_modules=list(model_cfg.target_modules))
+    peft_config = LoLDUPeftConfig(task_type="CAUSAL_LM", r=rank, target_modules=model_cfg.target_modules)
     training = SFTConfig(
         output_dir=str(args.output_dir / "trainer"),
         max_steps=args.max_steps,

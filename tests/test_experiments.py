@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from loldu_lightning.adapters import build_adapter, count_parameters
+from loldu_lightning.builders.schema import model_options
 from loldu_lightning.cli.config import config_dir, register_resolvers, validate_config
 from loldu_lightning.loldu import INITS, RESIDUALS, SCALINGS
 from loldu_lightning.models import load_model
@@ -242,7 +243,7 @@ def test_minilm_table1_loldu_trains_under_5_percent_of_loras_parameters():
     for method in ("loldu", "lora"):
         cfg = compose_full(["experiment=minilm_table1", f"experiment/studies/minilm_table1_arm={method}"])
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
-        model = load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2)
+        model = load_model(model_options(cfg.model), AutoModelForSequenceClassification, num_labels=2)
         model = adapter.apply(model, list(cfg.model.head_modules))
         counts[method] = count_parameters(model, list(cfg.model.head_modules))["adapter"]
     assert counts["loldu"] == 6 * 2 * (384 + 1)
@@ -335,7 +336,8 @@ def test_minilm_gap_loldu_arms_stay_under_5_percent_of_lora_r16():
         cfg = compose_full(["experiment=minilm_gap", f"experiment/studies/minilm_gap_arm={arm}"])
         adapter = build_adapter(OmegaConf.to_container(cfg.adapter, resolve=True))
         model = adapter.apply(
-            load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2), list(cfg.model.head_modules)
+            load_model(model_options(cfg.model), AutoModelForSequenceClassification, num_labels=2),
+            list(cfg.model.head_modules),
         )
         counts[arm] = count_parameters(model, list(cfg.model.head_modules))["adapter"]
     assert counts["lora_r16"] == 6 * 2 * 16 * (384 + 384)

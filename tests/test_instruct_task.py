@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from loldu_lightning.adapters import build_adapter
+from loldu_lightning.builders.schema import model_options
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.generation import generate_texts
 from loldu_lightning.models import byte_level_tokenizer, load_causal_lm
@@ -22,7 +23,7 @@ PROMPTS = ["<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
 
 def _tiny_model(seed: int = 0):
     torch.manual_seed(seed)
-    return load_causal_lm(compose_config(TINY).model)
+    return load_causal_lm(model_options(compose_config(TINY).model, "instruct"))
 
 
 def _adapter(name: str):

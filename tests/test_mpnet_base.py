@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from loldu_lightning.adapters import count_parameters
 from loldu_lightning.builders.adapter import run_adapter
-from loldu_lightning.builders.schema import run_options
+from loldu_lightning.builders.schema import model_options, run_options
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.loldu import LoLDULinear
 from loldu_lightning.models import load_model, load_tokenizer, resolve_name_or_path
@@ -70,8 +70,8 @@ def mpnet(paper_mrpc):
         pytest.skip(str(error))
     cfg = compose_config(paper_mrpc)
     torch.manual_seed(0)
-    model = load_model(cfg.model, AutoModelForSequenceClassification, num_labels=2).eval()
-    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(model_options(cfg.model), AutoModelForSequenceClassification, num_labels=2).eval()
+    tokenizer = load_tokenizer(model_options(cfg.model))
     batch = tokenizer(
         ["The company said profits rose.", "He left early."],
         ["Profits went up, the company reported.", "The meeting ran late into the night."],

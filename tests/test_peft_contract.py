@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
+from loldu_lightning.builders.schema import model_options
 from loldu_lightning.cli.config import config_dir
 from loldu_lightning.models import load_model
 from loldu_lightning.peft import LoLDULayer, LoLDUPeftConfig
@@ -39,7 +40,8 @@ class Case:
 def _tiny_from_conf(name: str, auto_class: type, seed: int, **kwargs: Any) -> nn.Module:
     """A tiny model exactly as the framework builds it from conf/model/<name>.yaml."""
     torch.manual_seed(seed)
-    return load_model(OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml"), auto_class, **kwargs).eval()
+    model = model_options(OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml"))
+    return load_model(model, auto_class, **kwargs).eval()
 
 
 def _mlp(seed: int) -> nn.Module:

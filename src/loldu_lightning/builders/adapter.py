@@ -11,13 +11,13 @@ from ..models import alias_target_modules
 from .plain import plain
 
 if TYPE_CHECKING:
-    from .schema import RunOptions
+    from .schema import ModelOptions, RunOptions
 
 
-def adapter_options(config: Mapping[str, Any]) -> dict[str, Any]:
+def adapter_options(config: Mapping[str, Any], model: ModelOptions) -> dict[str, Any]:
     """`config.adapter` as plain values, its target/exclude module names translated by
     `model.target_module_aliases` (one experiment file serves models that name layers differently)."""
-    return alias_target_modules(plain(config["adapter"]), plain(config["model"].get("target_module_aliases")))
+    return alias_target_modules(plain(config["adapter"]), model.target_module_aliases)
 
 
 def run_adapter(options: RunOptions) -> Adapter:

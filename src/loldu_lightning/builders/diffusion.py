@@ -25,7 +25,15 @@ from ..models.diffusion import SDParts, load_sd_parts
 from ..tasks.diffusion import DiffusionSubjectTask, SubjectModel
 from .optimization import optimizer_config, scheduler_config
 from .plain import plain
-from .schema import DiffusionDataOptions, EvalOptions, LossOptions, RunOptions, SamplingOptions, run_options
+from .schema import (
+    DiffusionDataOptions,
+    DiffusionModelOptions,
+    EvalOptions,
+    LossOptions,
+    RunOptions,
+    SamplingOptions,
+    run_options,
+)
 
 # Stable Diffusion's attention projections (to_out is a ModuleList: its Linear is to_out.0)
 SD_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -101,18 +109,13 @@ def check_targets(container: nn.Module, adapter_cfg: Mapping[str, Any]) -> None:
         ) from None
 
 
-def trains_text_encoder(model_cfg: Mapping[str, Any]) -> bool:
-    return bool(model_cfg.get("train_text_encoder", False))
-
-
-def load_parts(model_cfg: Mapping[str, Any], adapter_cfg: Mapping[str, Any]) -> SDParts:
+def load_parts(model: DiffusionModelOptions, adapter_cfg: Mapping[str, Any]) -> SDParts:
     """The pipeline's parts, the adapter's targets checked against them, gradient checkpointing on request."""
-    parts = load_sd_parts(model_cfg)
-    train_text_encoder = trains_text_encoder(model_cfg)
-    check_targets(SubjectModel(parts.unet, parts.text_encoder if train_text_encoder else None), adapter_cfg)
-    if model_cfg.get("gradient_checkpointing"):
+    parts = load_sd_parts(model)
+    check_targets(SubjectModel(parts.unet, parts.text_encoder if model.train_text_encoder else None), adapter_cfg)
+    if model.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
-        if train_text_encoder:
+        if model.train_text_encoder:
             # transformers 5 renamed it (the old name warns)
             enable = (
                 getattr(parts.text_encoder, "activation_checkpointing_enable", None)
@@ -147,7 +150,6 @@ def class_images(
 
 def diffusion_callbacks(
     options: RunOptions,
-    model_cfg: Mapping[str, Any],
     parts: SDParts,
     subject: Subject,
     generation: Mapping[str, Any],
@@ -168,7 +170,7 @@ def diffusion_callbacks(
         )
     export_info = {
         "base_model": str(parts.folder),
-        "vae": model_cfg.get("vae_name_or_path"),
+        "vae": options.model.vae_name_or_path,
         "instance_dir": str(subject.instance_dir),
         "class_name": subject.class_name,
         "unique_token": subject.token,
@@ -187,22 +189,22 @@ def build_diffusion(
     options = options if options is not None else run_options(cfg)
     data: DiffusionDataOptions = options.data
     loss: LossOptions = options.family_groups["loss"]
-    # untyped: each model config has keys of its own; the adapter node as written (check_targets)
-    model_cfg, adapter_cfg = plain(cfg["model"]), plain(cfg["adapter"])
+    model: DiffusionModelOptions = options.model
+    adapter_cfg = plain(cfg["adapter"])  # the adapter node as written (check_targets)
     subject = read_subject(data)
     generation = generation_options(options.family_groups["sampling"], data.resolution)
     check_class_dir(data)
-    parts = load_parts(model_cfg, adapter_cfg)
+    parts = load_parts(model, adapter_cfg)
     prior_images = class_images(data, parts, subject, generation, options.seed)
     task = DiffusionSubjectTask(
         parts,
-        trains_text_encoder(model_cfg),
+        model.train_text_encoder,
         optimizer_config(options),
         scheduler_config(options.scheduler),
         prior_weight=loss.prior_weight,
         val_timesteps=loss.val_timesteps,
         seed=options.seed,
-        callbacks=diffusion_callbacks(options, model_cfg, parts, subject, generation),
+        callbacks=diffusion_callbacks(options, parts, subject, generation),
     )
     datamodule = SubjectDataModule(
         subject.images,

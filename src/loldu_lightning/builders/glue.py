@@ -11,7 +11,6 @@ from ..data.glue import GlueDataModule, GlueTaskInfo, glue_task
 from ..models import load_model, load_tokenizer
 from ..tasks.glue import GlueTask
 from .optimization import optimizer_config, scheduler_config
-from .plain import plain
 from .schema import GlueDataOptions, RunOptions, run_options
 
 
@@ -33,18 +32,17 @@ def label_options(info: GlueTaskInfo) -> dict[str, Any]:
 def build_glue(cfg: Mapping[str, Any], options: RunOptions | None = None) -> tuple[GlueTask, GlueDataModule]:
     """The data is checked (missing files fail) before the model loads."""
     options = options if options is not None else run_options(cfg)
-    model_cfg = plain(cfg["model"])  # untyped: each model config has keys of its own
     info = glue_task(options.task.name)
-    tokenizer = load_tokenizer(model_cfg)
+    tokenizer = load_tokenizer(options.model)
     datamodule = build_glue_datamodule(options.data, options.seed, info, tokenizer)
     datamodule.check_data()
-    model = load_model(model_cfg, AutoModelForSequenceClassification, **label_options(info))
+    model = load_model(options.model, AutoModelForSequenceClassification, **label_options(info))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     module = GlueTask(
         model,
         info,
-        model_cfg["head_modules"],
+        options.model.head_modules,
         optimizer_config(options),
         scheduler_config(options.scheduler),
     )

@@ -14,7 +14,6 @@ from ..data.instruct import InstructDataModule, read_records
 from ..models import check_model_files, load_causal_lm, load_tokenizer
 from ..tasks.instruct import InstructTask
 from .optimization import optimizer_config, scheduler_config
-from .plain import plain
 from .schema import GenerationOptions, InstructDataOptions, RunOptions, run_options
 
 
@@ -24,10 +23,10 @@ def build_instruct_datamodule(
     return InstructDataModule(tokenizer, data, seed=seed)
 
 
-def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_cfg: Mapping) -> None:
+def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, name_or_path: str) -> None:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ValueError(
-            f"The tokenizer has {len(tokenizer)} tokens but model {model_cfg['name_or_path']} embeds only "
+            f"The tokenizer has {len(tokenizer)} tokens but model {name_or_path} embeds only "
             f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer "
             "(model.tokenizer=null) or a tiny model with a larger vocab_size."
         )
@@ -55,20 +54,19 @@ def build_instruct(
     cfg: Mapping[str, Any], options: RunOptions | None = None
 ) -> tuple[InstructTask, InstructDataModule]:
     options = options if options is not None else run_options(cfg)
-    model_cfg = plain(cfg["model"])  # untyped: each model config has keys of its own
-    check_model_files(model_cfg)
+    check_model_files(options.model)
     if options.data.path:
         # a typo in the data costs a second, not a tokenizer (GGUF: ~20 s) and model load
         read_records(options.data.path)
-    tokenizer = load_tokenizer(model_cfg)
+    tokenizer = load_tokenizer(options.model)
     datamodule = build_instruct_datamodule(options.data, options.seed, tokenizer)
     datamodule.check_data()
-    model = load_causal_lm(model_cfg)
-    check_vocabulary(model, tokenizer, model_cfg)
+    model = load_causal_lm(options.model)
+    check_vocabulary(model, tokenizer, options.model.name_or_path)
     callbacks = generation_callbacks(options.task.generation, datamodule, tokenizer)
     module = InstructTask(
         model,
-        model_cfg["head_modules"],
+        options.model.head_modules,
         optimizer_config(options),
         scheduler_config(options.scheduler),
         callbacks,

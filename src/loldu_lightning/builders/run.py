@@ -83,6 +83,6 @@ def build_run(cfg: Mapping[str, Any], options: RunOptions | None = None) -> Run:
         output_dir=Path(options.output_dir),
         auto_resume=auto_resume(options.resume.auto),
         adapter=run_adapter(options),
-        base_model=model_label(config["model"]),
+        base_model=model_label(options.model),
         context=run_context(options.output_dir),
     )

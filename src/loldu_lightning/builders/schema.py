@@ -6,15 +6,15 @@ these dataclasses, refusing in one line that names the key a value of the wrong 
 or not among the choices, and a key that no schema declares (naming the closest declared one).
 `--help`, `python -m loldu_lightning.cli.options` and docs/options.md list the options from here.
 
-What is typed: the top-level `seed`, `ckpt_path` and `output_dir`; the groups `task` and `data`
-(options every family reads, plus each family's own); `optimizer`, `scheduler`, `checkpoint`,
+What is typed: the top-level `seed`, `ckpt_path` and `output_dir`; the groups `task`, `data` and
+`model` (options every family reads, plus each family's own); `optimizer`, `scheduler`, `checkpoint`,
 `callbacks`, `resume`; the numeric keys of `trainer`; diffusion's `loss`, `sampling` and `eval`.
 The adapter's options are typed by each adapter's own options dataclass (adapters/options.py).
 
-What passes through: `model` (each model config has keys of its own), `logger`, the Trainer keys
-other than the numeric ones (Lightning checks them, and a key `lightning.Trainer` does not take is
-refused here), keyword arguments of the chosen torch optimizer (`+optimizer.betas=[0.9,0.98]`), and
-top-level keys that an experiment adds for its own interpolations (`minilm_gap_budget`).
+What passes through: `logger`, the Trainer keys other than the numeric ones (Lightning checks them,
+and a key `lightning.Trainer` does not take is refused here), keyword arguments of the chosen torch
+optimizer (`+optimizer.betas=[0.9,0.98]`), and top-level keys that an experiment adds for its own
+interpolations (`minilm_gap_budget`).
 """
 
 from __future__ import annotations
@@ -279,6 +279,60 @@ class DiffusionDataOptions(DataOptions):
     random_flip: bool = option(False, "random horizontal flips of the subject photos", "true")
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options every family reads (each conf/model/<name>.yaml sets its own values)."""
+
+    name_or_path: str = option(
+        "minilm",
+        "the model: a local folder, a hub id, a packaged model (minilm, smollm2, all-mpnet-base-v2) or a tiny one's name",
+        "/path/to/roberta-base",
+    )
+    tokenizer: str | None = option(
+        None, "the tokenizer's folder, hub id or packaged name, or byte-level; null = the model's own", "minilm"
+    )
+    gguf_file: str | None = option(
+        None,
+        "a GGUF file in the model folder, dequantised to float by transformers (needs the gguf package)",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+    tiny: dict[str, Any] | None = option(
+        None,
+        "build a small random model from these config fields (model_type and sizes) instead of loading one",
+        "{model_type:roberta,hidden_size:32}",
+    )
+    cache_dir: str | None = option(
+        None,
+        "where a packaged split-zip model or tiny-sd is unpacked or written; null = ~/.cache/loldu_lightning",
+        "/scratch/loldu_cache",
+    )
+    target_modules: list[str] | str = option(
+        ["query", "value"], "the adapted modules (the adapters' default adapter.target_modules)", "[query,value]"
+    )
+    head_modules: list[str] = option(
+        [], "modules trained fully beside the adapter (a new classification head)", "[classifier]"
+    )
+    target_module_aliases: dict[str, Any] | None = option(
+        None,
+        "module names experiments use -> this model's names (one or a list), applied to adapter.target_modules",
+        "{query:q,value:v}",
+    )
+
+
+@dataclass(frozen=True)
+class DiffusionModelOptions(ModelOptions):
+    vae_name_or_path: str | None = option(
+        None, "a separate AutoencoderKL folder (the paper's sd-vae-ft-mse); null = the pipeline's vae/", "/path/to/vae"
+    )
+    resolution: int = option(512, "the model's image size in pixels (data.resolution follows it)", "512", minimum=1)
+    gradient_checkpointing: bool = option(
+        False, "recompute activations in the backward pass (less memory, slower)", "true"
+    )
+    train_text_encoder: bool = option(
+        False, "the text encoder joins the adapted model (add its q_proj,k_proj,v_proj,out_proj to the targets)", "true"
+    )
+
+
 def _optimizer_class(name: str) -> type:
     from ..tasks.base import OPTIMIZERS
 
@@ -448,6 +502,12 @@ DATA_SCHEMAS: dict[str, type] = {
     "instruct": InstructDataOptions,
     "diffusion": DiffusionDataOptions,
 }
+MODEL_SCHEMAS: dict[str, type] = {
+    "glue": ModelOptions,
+    "vision": ModelOptions,
+    "instruct": ModelOptions,
+    "diffusion": DiffusionModelOptions,
+}
 # groups every family reads, in the order they are checked
 COMMON_GROUPS: dict[str, type] = {
     "optimizer": OptimizerOptions,
@@ -472,6 +532,7 @@ class RunOptions:
     output_dir: str
     task: TaskOptions
     data: DataOptions
+    model: ModelOptions
     optimizer: OptimizerOptions
     scheduler: SchedulerOptions
     checkpoint: CheckpointOptions
@@ -680,7 +741,7 @@ def read_group(schema: type, node: Any, prefix: str, where: str = "", open_keys:
 def group_keys(cfg: DictConfig, prefix: str) -> tuple[set[str], set[str]] | None:
     """The keys the typed schema at `prefix` (e.g. `data`, `task.generation`, `adapter`) takes: its
     declared options and the keys it passes on (a torch optimizer's, Lightning's); None where keys
-    are free (the top level, `model`, `logger`, `callbacks.extra`, experiments' own tables)."""
+    are free (the top level, `logger`, `callbacks.extra`, experiments' own tables)."""
     head, *rest = prefix.split(".") if prefix else [""]
     family = OmegaConf.select(cfg, "task.family", default=None)
     if head == "adapter" and not rest:
@@ -693,6 +754,7 @@ def group_keys(cfg: DictConfig, prefix: str) -> tuple[set[str], set[str]] | None
     schema = {
         "task": TASK_SCHEMAS.get(family, TaskOptions),
         "data": DATA_SCHEMAS.get(family, DataOptions),
+        "model": MODEL_SCHEMAS.get(family, ModelOptions),
         **COMMON_GROUPS,
         **FAMILY_GROUPS.get(family, {}),
     }.get(head)
@@ -747,7 +809,8 @@ def run_options(cfg: DictConfig | Mapping[str, Any]) -> RunOptions:
     family_groups = {
         name: read_group(schema, cfg.get(name), name, where) for name, schema in FAMILY_GROUPS.get(family, {}).items()
     }
-    adapter = adapter_options(cfg)
+    model = model_options(cfg.get("model"), family)
+    adapter = adapter_options(cfg, model)
     parsed_adapter = parse_adapter_options(adapter)  # refuses a missing or unknown adapter.name first
     return RunOptions(
         seed=top.seed,
@@ -755,11 +818,19 @@ def run_options(cfg: DictConfig | Mapping[str, Any]) -> RunOptions:
         output_dir=top.output_dir,
         task=task,
         data=data,
+        model=model,
         **groups,
         adapter_name=adapter["name"],
         adapter=parsed_adapter,
         family_groups=family_groups,
     )
+
+
+def model_options(node: DictConfig | Mapping[str, Any] | None, family: str = "glue") -> ModelOptions:
+    """The `model` node (a composed config's, or a conf/model/<name>.yaml read on its own) as the
+    family's model options; a key no model schema declares is refused, naming the closest one."""
+    where = f" for task.family={family}" if family in MODEL_SCHEMAS else ""
+    return read_group(MODEL_SCHEMAS.get(family, ModelOptions), node, "model", where)
 
 
 def check_paths(options: RunOptions) -> None:
@@ -843,6 +914,13 @@ def sections() -> list[Section]:
     result.append(Section("data (every family)", _rows(DataOptions, "data")))
     for family, schema in DATA_SCHEMAS.items():
         result.append(Section(f"data ({family})", _rows(schema, "data", DataOptions)))
+    model_note = (
+        "each conf/model/<name>.yaml sets its own values; a default applies where a model file leaves the key out"
+    )
+    result.append(Section("model (every family)", _rows(ModelOptions, "model"), model_note))
+    for family, schema in MODEL_SCHEMAS.items():
+        if schema is not ModelOptions:
+            result.append(Section(f"model ({family})", _rows(schema, "model", ModelOptions)))
     for name, schema in COMMON_GROUPS.items():
         passthrough_name = _passthrough_field(schema)
         note = ""

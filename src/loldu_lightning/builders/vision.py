@@ -15,14 +15,13 @@ from ..data.vision import VisionDataModule, resolve_preprocessing
 from ..models import load_model
 from ..tasks.vision import VisionClassificationTask
 from .optimization import optimizer_config, scheduler_config
-from .plain import plain
 from .schema import RunOptions, run_options
 
 
-def build_vision_datamodule(options: RunOptions, model_cfg: Mapping[str, Any]) -> VisionDataModule:
+def build_vision_datamodule(options: RunOptions) -> VisionDataModule:
     """The data module for `task.name`, with preprocessing that follows `model`."""
     data, task = options.data, options.task
-    image_size, mean, std = resolve_preprocessing(model_cfg.get("name_or_path"), model_cfg.get("tiny"), data.image_size)
+    image_size, mean, std = resolve_preprocessing(options.model.name_or_path, options.model.tiny, data.image_size)
     return VisionDataModule(
         task.name,
         data,
@@ -58,18 +57,17 @@ def build_vision(
 ) -> tuple[VisionClassificationTask, VisionDataModule]:
     """The class names are read (the dataset's layout checked) before the model loads."""
     options = options if options is not None else run_options(cfg)
-    model_cfg = plain(cfg["model"])  # untyped: each model config has keys of its own
-    datamodule = build_vision_datamodule(options, model_cfg)
+    datamodule = build_vision_datamodule(options)
     if datamodule.options.download:
         datamodule.prepare_data()  # the class names below need the files
     class_names = datamodule.class_names
     model = load_model(
-        model_cfg, AutoModelForImageClassification, **label_options(class_names, bool(model_cfg.get("tiny")))
+        options.model, AutoModelForImageClassification, **label_options(class_names, bool(options.model.tiny))
     )
     module = VisionClassificationTask(
         model,
         len(class_names),
-        model_cfg["head_modules"],
+        options.model.head_modules,
         optimizer_config(options),
         scheduler_config(options.scheduler),
     )

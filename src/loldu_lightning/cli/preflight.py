@@ -18,11 +18,14 @@ import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..models import BYTE_TOKENIZER, MINILM, SMOLLM2
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from ..builders.schema import ModelOptions
 
 CONNECT_TIMEOUT_S = 3.0
 # the families whose model comes from transformers, with the class each one trains
@@ -128,15 +131,12 @@ def _dataset_cached(repo_ids: tuple[str, ...]) -> bool:
     return False
 
 
-def _hub_model_ids(model_cfg: Mapping) -> list[tuple[str, str]]:
+def _hub_model_ids(model: ModelOptions) -> list[tuple[str, str]]:
     """(config key, hub id) of every model file source named by a hub id; raises for missing local paths."""
-    if model_cfg.get("tiny"):
-        sources = [("model.tokenizer", model_cfg.get("tokenizer"))]
+    if model.tiny:
+        sources = [("model.tokenizer", model.tokenizer)]
     else:
-        sources = [
-            ("model.name_or_path", model_cfg.get("name_or_path")),
-            ("model.tokenizer", model_cfg.get("tokenizer")),
-        ]
+        sources = [("model.name_or_path", model.name_or_path), ("model.tokenizer", model.tokenizer)]
     hub = []
     for key, name in sources:
         if not name or name == BYTE_TOKENIZER or name in _packaged_names():
@@ -183,9 +183,9 @@ def _offline_choices(cfg: Mapping, model_name: str | None, needs_data: bool) -> 
     return "; ".join(choices)
 
 
-def check_hub(cfg: Mapping) -> None:
+def check_hub(cfg: Mapping, model: ModelOptions) -> None:
     """Fail at once, with the offline choices, when a hub model or dataset is needed and cannot be had."""
-    models = _hub_model_ids(cfg["model"]) if cfg["task"]["family"] != "diffusion" else []
+    models = _hub_model_ids(model) if cfg["task"]["family"] != "diffusion" else []
     datasets = _hub_datasets(cfg)
     if not models and not datasets:
         return
@@ -205,15 +205,15 @@ def check_hub(cfg: Mapping) -> None:
     )
 
 
-def _model_config(model_cfg: Mapping, family: str):
+def _model_config(model: ModelOptions):
     """The model's transformers config, read without weights; None when that is not cheap (GGUF, hub, zip)."""
     from transformers import AutoConfig
 
-    tiny = dict(model_cfg.get("tiny") or {})
+    tiny = dict(model.tiny or {})
     if tiny:
         return AutoConfig.for_model(tiny.pop("model_type"), **tiny)
-    name = str(model_cfg.get("name_or_path") or "")
-    if model_cfg.get("gguf_file") or name in _packaged_names() - {MINILM}:
+    name = str(model.name_or_path or "")
+    if model.gguf_file or name in _packaged_names() - {MINILM}:
         return None  # the config sits in a GGUF file or a zip that is unpacked on first use
     if name == MINILM:
         from ..models import minilm_path
@@ -254,7 +254,7 @@ def _target_shapes(config, family: str, targets: Any, excludes: Any) -> dict[str
     return {name: tuple(out_in_weight(modules[name]).shape) for name in names}
 
 
-def check_rank(cfg: Mapping, adapter_cfg: Mapping) -> None:
+def check_rank(cfg: Mapping, adapter_cfg: Mapping, model: ModelOptions) -> None:
     """Refuse an integer rank larger than a targeted matrix allows, naming its sizes and the fixes."""
     rank, family = adapter_cfg.get("rank"), cfg["task"]["family"]
     if (
@@ -264,7 +264,7 @@ def check_rank(cfg: Mapping, adapter_cfg: Mapping) -> None:
         or not isinstance(rank, int)
     ):
         return
-    config = _model_config(cfg["model"], family)
+    config = _model_config(model)
     if config is None:
         return
     shapes = _target_shapes(config, family, adapter_cfg.get("target_modules"), adapter_cfg.get("exclude_modules"))
@@ -273,7 +273,7 @@ def check_rank(cfg: Mapping, adapter_cfg: Mapping) -> None:
         return
     sizes = sorted({f"{m} x {n}" for m, n in too_small.values()})
     largest = min(min(shape) for shape in too_small.values())
-    model_name = cfg["model"].get("name_or_path") or "this model"
+    model_name = model.name_or_path or "this model"
     examples = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in too_small}))
     alternatives = [f"model={name} ({why})" for name, why in _RANK_768_MODELS.items() if _model_config_exists(name)]
     paper = (
@@ -294,17 +294,16 @@ def _model_config_exists(name: str) -> bool:
     return (Path(config_dir()) / "model" / f"{name}.yaml").is_file()
 
 
-def check_model_files(cfg: Mapping) -> None:
+def check_model_files(model: ModelOptions, family: str) -> None:
     """The model's package is installed (model=smollm2-135m) and a local model folder holds its
     weights: found now, not after the run folder, the data and the tokenizer are set up."""
-    model_cfg, family = cfg["model"], cfg["task"]["family"]
-    name = str(model_cfg.get("name_or_path") or "")
+    name = str(model.name_or_path or "")
     # split-zip packages are unpacked on first use (models.packaged_model_path checks their parts)
-    if model_cfg.get("tiny") or family not in _AUTO_CLASSES or not name or name in _packaged_names() - {SMOLLM2}:
+    if model.tiny or family not in _AUTO_CLASSES or not name or name in _packaged_names() - {SMOLLM2}:
         return
     from ..models import check_model_files as check_local_model
 
-    check_local_model(model_cfg)
+    check_local_model(model)
 
 
 def check_instruct_data(cfg: Mapping) -> None:
@@ -356,8 +355,8 @@ def preflight(cfg, options=None) -> None:
 
     options = options if options is not None else run_options(cfg)
     check_paths(options)
-    check_hub(cfg)
-    check_model_files(cfg)
+    check_hub(cfg, options.model)
+    check_model_files(options.model, options.task.family)
     check_instruct_data(cfg)
     check_trainer(trainer_options(options.trainer))
-    check_rank(cfg, adapter_options(cfg))
+    check_rank(cfg, adapter_options(cfg, options.model), options.model)

