@@ -52,12 +52,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from benchmarks.results import Table, describe_machine  # noqa: E402
 from loldu_lightning.adapters import build_adapter  # noqa: E402
 from loldu_lightning.builders.callbacks import step_checkpoints  # noqa: E402
-from loldu_lightning.builders.schema import CheckpointOptions  # noqa: E402
 from loldu_lightning.callbacks.adapter import AdapterCallback, RNGStateCallback  # noqa: E402
 from loldu_lightning.callbacks.fault_tolerance import RestoreLoaderPosition, RunRecord  # noqa: E402
 from loldu_lightning.checkpoints import AtomicCheckpointIO, defining_config  # noqa: E402
 from loldu_lightning.data.glue import glue_task  # noqa: E402
 from loldu_lightning.models import load_model  # noqa: E402
+from loldu_lightning.options import CheckpointOptions  # noqa: E402
 from loldu_lightning.tasks.base import AdaptedTask  # noqa: E402
 from loldu_lightning.tasks.glue import GlueTask  # noqa: E402
 from loldu_lightning.tasks.instruct import InstructTask  # noqa: E402

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from peft import inject_adapter_in_model, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
 from loldu_lightning.builders.schema import model_options
-from loldu_lightning.cli.config import config_dir
+from loldu_lightning.cli.config_tree import model_config
 from loldu_lightning.models.diffusion import load_sd_parts
 from loldu_lightning.peft import LoLDUPeftConfig
 
@@ -66,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    model_file = OmegaConf.load(Path(config_dir()) / "model" / f"{args.model}.yaml")
+    model_file = model_config(args.model)
     if args.model_path:
         model_file.name_or_path = args.model_path
     model = model_options(model_file, "diffusion")

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
 from loldu_lightning.builders.schema import model_options
-from loldu_lightning.cli.config import config_dir
+from loldu_lightning.cli.config_tree import model_config
 from loldu_lightning.models import load_model, load_tokenizer
 from loldu_lightning.peft import LoLDUPeftConfig
 
@@ -82,11 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    model_file = Path(config_dir()) / "model" / f"{args.model}.yaml"
-    if not model_file.is_file():
-        known = sorted(p.stem for p in model_file.parent.glob("*.yaml"))
-        raise FileNotFoundError(f"--model {args.model!r}: no {model_file}; choose one of {known}")
-    model_cfg = model_options(OmegaConf.load(model_file), "instruct")
+    model_cfg = model_options(model_config(args.model), "instruct")
     torch.manual_seed(args.seed)
     model = load_model(model_cfg, AutoModelForCausalLM)
     tokenizer = load_tokenizer(model_cfg)

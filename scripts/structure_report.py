@@ -153,10 +153,12 @@ def unlisted_options() -> set[str]:
     uses one writes it, default or not, so that `key=value` (not `+key=value`) overrides it."""
     import dataclasses
 
-    from loldu_lightning.builders.schema import COMMON_GROUPS, DATA_SCHEMAS, TASK_SCHEMAS, _options_of
+    from loldu_lightning.builders.schema import _options_of
+    from loldu_lightning.options import COMMON_GROUPS, DATA_SCHEMAS, MODEL_SCHEMAS, TASK_SCHEMAS
 
     groups = [("trainer", COMMON_GROUPS["trainer"])] + [(n, s) for n, s in COMMON_GROUPS.items() if n != "trainer"]
     groups += [("task", s) for s in TASK_SCHEMAS.values()] + [("data", s) for s in DATA_SCHEMAS.values()]
+    groups += [("model", s) for s in MODEL_SCHEMAS.values()]
     keys = {f"trainer.{f.name}" for f in dataclasses.fields(COMMON_GROUPS["trainer"])}
     for prefix, schema_type in groups:
         keys |= {f"{prefix}.{f.name}" for f in _options_of(schema_type) if not f.metadata["option"].listed}
@@ -186,14 +188,14 @@ def datamodule_declarations(package: Path):
 
 def _kind(where: str) -> str:
     """What kind of file repeats a default: a pin (an experiment overrides whatever the task sets, a
-    trainer preset is Lightning's settings in full, a model file is that model's values) or a default
+    trainer preset is Lightning's settings in full), a config that lists an option the base leaves out, or a default
     restated in the base config, a group file or a task (`restated`, which tests keep at zero)."""
     if where.startswith("data/"):
         return "DataModule constructor"
     if where.endswith("(lists it)"):
         return "lists an option the base leaves out, so that key=value sets it"
     folder = where.split("/")[0] if "/" in where else "config.yaml"
-    pins = {"experiment": "experiment (pins)", "trainer": "trainer preset", "model": "model file"}
+    pins = {"experiment": "experiment (pins)", "trainer": "trainer preset"}
     return pins.get(folder, "restated in config.yaml, a group file or a task")
 
 

@@ -15,7 +15,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from loldu_lightning.builders.schema import (
+from loldu_lightning.builders.schema import run_options
+from loldu_lightning.cli.config import config_dir, validate_config
+from loldu_lightning.cli.help_text import options_page
+from loldu_lightning.options import (
     COMMON_GROUPS,
     DATA_SCHEMAS,
     FAMILY_GROUPS,
@@ -25,10 +28,7 @@ from loldu_lightning.builders.schema import (
     TopLevelOptions,
     TrainerOptions,
     VisionDataOptions,
-    run_options,
 )
-from loldu_lightning.cli.config import config_dir, validate_config
-from loldu_lightning.cli.help_text import options_page
 from tests.helpers import cli_env, compose_config
 
 OPTIONS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"

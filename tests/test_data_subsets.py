@@ -17,18 +17,13 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
-from loldu_lightning.builders.schema import (
-    DiffusionDataOptions,
-    GlueDataOptions,
-    InstructDataOptions,
-    VisionDataOptions,
-)
 from loldu_lightning.data.diffusion import SubjectDataModule, collate_subject
 from loldu_lightning.data.glue import GLUE_TASKS, GlueDataModule, read_glue_tsv
 from loldu_lightning.data.instruct import InstructDataModule
 from loldu_lightning.data.subsets import seeded_order, seeded_subset
 from loldu_lightning.data.vision import VisionDataModule
 from loldu_lightning.models import byte_level_tokenizer
+from loldu_lightning.options import DiffusionDataOptions, GlueDataOptions, InstructDataOptions, VisionDataOptions
 from tests.fixtures import write_glue_task, write_image_folder
 
 

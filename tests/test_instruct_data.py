@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from loldu_lightning.builders.instruct import build_instruct
-from loldu_lightning.builders.schema import InstructDataOptions
 from loldu_lightning.data.instruct import (
     ALPACA_PROMPT_INPUT,
     ALPACA_PROMPT_NO_INPUT,
@@ -22,6 +21,7 @@ from loldu_lightning.data.instruct import (
     split_records,
 )
 from loldu_lightning.models import byte_level_tokenizer
+from loldu_lightning.options import InstructDataOptions
 from tests.helpers import compose_config
 
 TINY = ["task=instruct/alpaca", "model=tiny-llama", "trainer=cpu"]

@@ -8,10 +8,11 @@ import pytest
 
 from loldu_lightning.builders.glue import build_glue_datamodule
 from loldu_lightning.builders.instruct import build_instruct_datamodule
-from loldu_lightning.builders.schema import GlueDataOptions, run_options
+from loldu_lightning.builders.schema import run_options
 from loldu_lightning.data.glue import GlueDataModule, glue_task
 from loldu_lightning.data.loaders import EpochShuffleSampler
 from loldu_lightning.models import byte_level_tokenizer
+from loldu_lightning.options import GlueDataOptions
 from tests.fixtures import write_glue_task
 from tests.helpers import compose_config
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from loldu_lightning.builders.adapter import run_adapter
-from loldu_lightning.builders.schema import ModelOptions, run_options
+from loldu_lightning.builders.schema import run_options
 from loldu_lightning.cli.config import validate_config
 from loldu_lightning.models import alias_target_modules
 from loldu_lightning.models import loading as models
@@ -34,6 +34,7 @@ from loldu_lightning.models.packages import (
     find_installed_parts,
     packaged_model_path,
 )
+from loldu_lightning.options import ModelOptions
 from tests.helpers import compose_config
 
 REQUIRED = ("config.json", "model.safetensors")

@@ -11,20 +11,18 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import transformers
-from omegaconf import OmegaConf
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
 from loldu_lightning.builders.schema import model_options
-from loldu_lightning.cli.config import config_dir
+from loldu_lightning.cli.config_tree import model_config
 from loldu_lightning.models import load_model
 from loldu_lightning.peft import LoLDULayer, LoLDUPeftConfig
 
@@ -40,7 +38,7 @@ class Case:
 def _tiny_from_conf(name: str, auto_class: type, seed: int, **kwargs: Any) -> nn.Module:
     """A tiny model exactly as the framework builds it from conf/model/<name>.yaml."""
     torch.manual_seed(seed)
-    model = model_options(OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml"))
+    model = model_options(model_config(name))
     return load_model(model, auto_class, **kwargs).eval()
 
 

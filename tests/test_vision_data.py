@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from loldu_lightning.builders.schema import VisionDataOptions
 from loldu_lightning.data.vision import (
     DATASETS,
     VisionDataModule,
     build_image_transform,
     resolve_preprocessing,
 )
+from loldu_lightning.options import VisionDataOptions
 
 IMAGE_SIZE = 16
 DATA_OPTIONS = {option.name for option in dataclasses.fields(VisionDataOptions)}

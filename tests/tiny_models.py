@@ -8,7 +8,6 @@ the fields that differ: `tiny_model("tiny-roberta", hidden_size=16, num_labels=3
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ import transformers
 from omegaconf import OmegaConf
 from torch import nn
 
-from loldu_lightning.cli.config import config_dir
+from loldu_lightning.cli.config_tree import model_config
 
 # the head each tiny model's task family puts on it (glue, instruct, vision)
 AUTO_CLASSES = {
@@ -28,7 +27,7 @@ AUTO_CLASSES = {
 
 def tiny_fields(name: str) -> dict[str, Any]:
     """The `tiny:` block of conf/model/<name>.yaml: model_type and the config fields."""
-    model = OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml")
+    model = model_config(name)
     return OmegaConf.to_container(model.tiny, resolve=True)
 
 

@@ -21,7 +21,7 @@ from .builders import build_task
 from .builders.callbacks import build_callbacks
 from .builders.loggers import build_loggers, build_tracking
 from .builders.run import Run, build_run
-from .builders.schema import RunOptions, run_options
+from .builders.schema import run_options
 from .builders.trainer import trainer_options
 from .callbacks.adapter import AdapterCallback
 from .callbacks.metrics import MetricsHistory
@@ -33,6 +33,7 @@ from .checkpoints import (
     resumable_checkpoints,
 )
 from .interrupts import RunInterrupted
+from .options import RunOptions
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import os
 import statistics
 from pathlib import Path
 
-from loldu_lightning.builders.schema import GlueDataOptions
 from loldu_lightning.config import package_path
 from loldu_lightning.data.glue import GlueDataModule
 from loldu_lightning.data.loaders import EpochShuffleSampler
 from loldu_lightning.models import load_tokenizer
+from loldu_lightning.options import GlueDataOptions
 
 BATCH = 32
 SEEDS = (42, 1, 2)

@@ -11,7 +11,7 @@ from ..models import alias_target_modules
 from .plain import plain
 
 if TYPE_CHECKING:
-    from .schema import ModelOptions, RunOptions
+    from ..options import ModelOptions, RunOptions
 
 
 def adapter_options(config: Mapping[str, Any], model: ModelOptions) -> dict[str, Any]:

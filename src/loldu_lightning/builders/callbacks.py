@@ -14,7 +14,7 @@ from ..callbacks.adapter import AdapterCallback, CheckpointOnException, RNGState
 from ..callbacks.fault_tolerance import GracefulStop, RestoreLoaderPosition, RunRecord, StepCheckpoint
 from ..callbacks.metrics import MetricsHistory
 from ..callbacks.throughput import Throughput
-from .schema import CheckpointOptions
+from ..options import CheckpointOptions
 
 if TYPE_CHECKING:
     from .run import Run

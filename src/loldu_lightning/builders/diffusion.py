@@ -22,18 +22,11 @@ from ..data.class_images import default_class_dir, ensure_class_images
 from ..data.diffusion import SubjectDataModule, check_images, format_prompt, list_images, resolve_subject
 from ..loldu import resolve_target_modules
 from ..models.diffusion import SDParts, load_sd_parts
+from ..options import DiffusionDataOptions, DiffusionModelOptions, EvalOptions, LossOptions, RunOptions, SamplingOptions
 from ..tasks.diffusion import DiffusionSubjectTask, SubjectModel
 from .optimization import optimizer_config, scheduler_config
 from .plain import plain
-from .schema import (
-    DiffusionDataOptions,
-    DiffusionModelOptions,
-    EvalOptions,
-    LossOptions,
-    RunOptions,
-    SamplingOptions,
-    run_options,
-)
+from .schema import run_options
 
 # Stable Diffusion's attention projections (to_out is a ModuleList: its Linear is to_out.0)
 SD_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

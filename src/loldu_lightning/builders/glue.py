@@ -9,9 +9,10 @@ from transformers import AutoModelForSequenceClassification
 
 from ..data.glue import GlueDataModule, GlueTaskInfo, glue_task
 from ..models import load_model, load_tokenizer
+from ..options import GlueDataOptions, RunOptions
 from ..tasks.glue import GlueTask
 from .optimization import optimizer_config, scheduler_config
-from .schema import GlueDataOptions, RunOptions, run_options
+from .schema import run_options
 
 
 def build_glue_datamodule(data: GlueDataOptions, seed: int, info: GlueTaskInfo, tokenizer) -> GlueDataModule:

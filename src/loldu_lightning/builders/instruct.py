@@ -12,9 +12,10 @@ from transformers import PreTrainedTokenizerBase
 from ..callbacks.generation import GenerationSamples
 from ..data.instruct import InstructDataModule, read_records
 from ..models import check_model_files, load_causal_lm, load_tokenizer
+from ..options import GenerationOptions, InstructDataOptions, RunOptions
 from ..tasks.instruct import InstructTask
 from .optimization import optimizer_config, scheduler_config
-from .schema import GenerationOptions, InstructDataOptions, RunOptions, run_options
+from .schema import run_options
 
 
 def build_instruct_datamodule(

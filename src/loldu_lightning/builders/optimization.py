@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from ..adapters import ADAPTERS
-from .schema import RunOptions, SchedulerOptions
+from ..options import RunOptions, SchedulerOptions
 
 
 def optimizer_config(options: RunOptions) -> dict[str, Any]:

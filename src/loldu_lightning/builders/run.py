@@ -15,10 +15,11 @@ from hydra.types import RunMode
 from ..adapters import Adapter
 from ..checkpoints import defining_config
 from ..models import model_label
+from ..options import RunOptions, TaskOptions
 from .adapter import run_adapter
 from .loggers import RunContext, check_logger_packages, run_context
 from .plain import plain
-from .schema import RunOptions, TaskOptions, run_options
+from .schema import run_options
 
 
 @dataclass(frozen=True)

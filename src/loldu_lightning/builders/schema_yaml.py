@@ -7,6 +7,7 @@ Hydra composes a key only if some YAML file lists it, and a user overrides a lis
 (adapters, tasks) compose them first through their defaults lists:
 
     conf/schema/common.yaml          top-level options and the groups every family reads
+    conf/schema/model.yaml           the model options (each conf/model/<name>.yaml composes it first)
     conf/schema/<family>.yaml        a family's own task and data options (and diffusion's groups)
     conf/schema/adapter/<name>.yaml  an adapter's options dataclass
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from .. import options
 from . import schema
 
 HEADER = (
@@ -37,7 +39,7 @@ HEADER = (
     "# `python -m loldu_lightning.builders.schema_yaml --write`; edit the schema, not this file.\n"
     "# {what}\n"
 )
-SCHEMA_SOURCE = "builders/schema.py"
+SCHEMA_SOURCE = "options/groups.py"
 
 
 def _comment(text: str) -> str:
@@ -49,7 +51,7 @@ def _block(schema_type: type, indent: str, skip: set[str] = frozenset()) -> list
     lines = []
     hints = typing.get_type_hints(schema_type)
     for spec_field in schema._options_of(schema_type):
-        spec: schema.Option = spec_field.metadata["option"]
+        spec: options.Option = spec_field.metadata["option"]
         if spec_field.name in skip or not spec.listed or not schema._has_default(spec_field):
             continue
         nested = schema._group_schema(hints[spec_field.name])
@@ -79,10 +81,10 @@ def _section(name: str, lines: list[str]) -> list[str]:
 
 
 def common_file() -> str:
-    lines = _block(schema.TopLevelOptions, "")
-    lines += _section("task", _block(schema.TaskOptions, "  "))
-    lines += _section("data", _block(schema.DataOptions, "  "))
-    for name, group in schema.COMMON_GROUPS.items():
+    lines = _block(options.TopLevelOptions, "")
+    lines += _section("task", _block(options.TaskOptions, "  "))
+    lines += _section("data", _block(options.DataOptions, "  "))
+    for name, group in options.COMMON_GROUPS.items():
         if name != "trainer":  # Lightning's arguments: the presets in conf/trainer/ set them whole
             lines += _section(name, _block(group, "  "))
     what = "The options every run has (config.yaml composes this file first); each family adds its own."
@@ -90,17 +92,23 @@ def common_file() -> str:
 
 
 def family_file(family: str) -> str | None:
-    task_type, data_type = schema.TASK_SCHEMAS[family], schema.DATA_SCHEMAS[family]
-    task_skip = {f.name for f in dataclasses.fields(task_type)} - _own_fields(task_type, schema.TaskOptions)
-    data_skip = {f.name for f in dataclasses.fields(data_type)} - _own_fields(data_type, schema.DataOptions)
+    task_type, data_type = options.TASK_SCHEMAS[family], options.DATA_SCHEMAS[family]
+    task_skip = {f.name for f in dataclasses.fields(task_type)} - _own_fields(task_type, options.TaskOptions)
+    data_skip = {f.name for f in dataclasses.fields(data_type)} - _own_fields(data_type, options.DataOptions)
     lines = _section("task", _block(task_type, "  ", task_skip))
     lines += _section("data", _block(data_type, "  ", data_skip))
-    for name, group in schema.FAMILY_GROUPS.get(family, {}).items():
+    for name, group in options.FAMILY_GROUPS.get(family, {}).items():
         lines += _section(name, _block(group, "  "))
     if not lines:
         return None
     what = f"The {family} family's own options (task=<{family} task> composes this file first)."
     return HEADER.format(package="_global_", source=SCHEMA_SOURCE, what=what) + "\n".join(lines) + "\n"
+
+
+def model_file() -> str:
+    what = "The model options' defaults (each conf/model/<name>.yaml composes this file first)."
+    lines = _block(options.ModelOptions, "")
+    return HEADER.format(package="model", source="options/groups.py", what=what) + "\n".join(lines) + "\n"
 
 
 def adapter_file(name: str, options_type: type) -> str | None:
@@ -122,8 +130,8 @@ def generated_files() -> dict[str, str]:
     """Path under conf/ -> the text the schema gives it."""
     from ..adapters import ADAPTERS
 
-    files = {"schema/common.yaml": common_file()}
-    for family in schema.FAMILIES:
+    files = {"schema/common.yaml": common_file(), "schema/model.yaml": model_file()}
+    for family in options.FAMILIES:
         text = family_file(family)
         if text is not None:
             files[f"schema/{family}.yaml"] = text
@@ -178,9 +186,9 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-# Files that restate a value on purpose: an experiment pins its values whatever the task sets, the
-# trainer presets are Lightning's settings in full, and the model files are each model's own values.
-PINNING_FOLDERS = ("schema", "experiment", "trainer", "model", "hydra", "logger", "debug")
+# Files that restate a value on purpose: an experiment pins its values whatever the task sets, and the
+# trainer presets are Lightning's settings in full.
+PINNING_FOLDERS = ("schema", "experiment", "trainer", "hydra", "logger", "debug")
 
 
 def _flatten(mapping: dict, prefix: str):
@@ -198,10 +206,11 @@ def _inherited_defaults(conf: Path) -> dict[str, dict[str, Any]]:
     """Per family (and `adapter/<name>`), the value each key has from the generated files alone."""
     common = dict(_flatten(yaml.safe_load((conf / "schema" / "common.yaml").read_text()), ""))
     inherited = {}
-    for family in schema.FAMILIES:
+    for family in options.FAMILIES:
         path = conf / "schema" / f"{family}.yaml"
         own = dict(_flatten(yaml.safe_load(path.read_text()), "")) if path.is_file() else {}
         inherited[family] = {**common, **own}
+    inherited["model"] = dict(_flatten(yaml.safe_load((conf / "schema" / "model.yaml").read_text()), ""))
     for path in (conf / "schema" / "adapter").glob("*.yaml"):
         inherited[f"adapter/{path.stem}"] = dict(_flatten(yaml.safe_load(path.read_text()), ""))
     return inherited
@@ -209,8 +218,8 @@ def _inherited_defaults(conf: Path) -> dict[str, dict[str, Any]]:
 
 def restated_defaults(conf: Path) -> list[str]:
     """`file: key` for every value a hand-written file sets to the default it already gets from
-    conf/schema/ (which the files composed after it cannot have changed). Experiments, trainer presets
-    and model files are left out (PINNING_FOLDERS), and so is a choice file's `name` (its identity)."""
+    conf/schema/ (which the files composed after it cannot have changed). Experiments and trainer
+    presets are left out (PINNING_FOLDERS), and so is a choice file's `name` (its identity)."""
     inherited = _inherited_defaults(conf)
     found = []
     for path in sorted(conf.rglob("*.yaml")):
@@ -223,6 +232,8 @@ def restated_defaults(conf: Path) -> list[str]:
             defaults = inherited[family]
         elif rel.parts[0] == "adapter":
             defaults = inherited.get(f"adapter/{path.stem}", {})
+        elif rel.parts[0] == "model":
+            defaults = inherited["model"]
         elif len(rel.parts) == 1:
             defaults = inherited["glue"]  # config.yaml: the keys every family has
         else:

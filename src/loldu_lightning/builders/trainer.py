@@ -8,7 +8,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 
-from .schema import TrainerOptions
+from ..options import TrainerOptions
 
 
 def trainer_options(trainer: TrainerOptions) -> dict[str, Any]:

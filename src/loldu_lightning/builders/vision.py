@@ -13,9 +13,10 @@ from transformers import AutoModelForImageClassification
 
 from ..data.vision import VisionDataModule, resolve_preprocessing
 from ..models import load_model
+from ..options import RunOptions
 from ..tasks.vision import VisionClassificationTask
 from .optimization import optimizer_config, scheduler_config
-from .schema import RunOptions, run_options
+from .schema import run_options
 
 
 def build_vision_datamodule(options: RunOptions) -> VisionDataModule:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config_tree import auto_precision, config_dir, glue_dir, package_path, register_value_resolvers
 
 if TYPE_CHECKING:
-    from ..builders.schema import RunOptions
+    from ..options import RunOptions
 
 __all__ = ["auto_precision", "config_dir", "glue_dir", "package_path", "register_resolvers", "validate_config"]
 

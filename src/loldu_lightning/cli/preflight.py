@@ -25,7 +25,7 @@ from ..models import BYTE_TOKENIZER, MINILM, SMOLLM2
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from ..builders.schema import ModelOptions
+    from ..options import ModelOptions
 
 CONNECT_TIMEOUT_S = 3.0
 # the families whose model comes from transformers, with the class each one trains

@@ -22,7 +22,7 @@ from torchvision import transforms
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 
 if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..builders.schema import DiffusionDataOptions
+    from ..options import DiffusionDataOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CLASSES_FILE = "prompts_and_classes.txt"

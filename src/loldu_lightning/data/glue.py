@@ -22,7 +22,7 @@ from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_order, seeded_subset
 
 if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..builders.schema import GlueDataOptions
+    from ..options import GlueDataOptions
 
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)

@@ -35,7 +35,7 @@ from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_order, seeded_subset
 
 if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..builders.schema import InstructDataOptions
+    from ..options import InstructDataOptions
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_subset
 
 if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..builders.schema import VisionDataOptions
+    from ..options import VisionDataOptions
 
 VIT_DEFAULT_MEAN = (0.5, 0.5, 0.5)
 VIT_DEFAULT_STD = (0.5, 0.5, 0.5)

