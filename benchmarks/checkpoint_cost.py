@@ -57,7 +57,7 @@ from loldu_lightning.callbacks.fault_tolerance import RestoreLoaderPosition, Run
 from loldu_lightning.checkpoints import AtomicCheckpointIO, defining_config  # noqa: E402
 from loldu_lightning.data.glue import glue_task  # noqa: E402
 from loldu_lightning.models import load_model  # noqa: E402
-from loldu_lightning.options import CheckpointOptions  # noqa: E402
+from loldu_lightning.options import CheckpointOptions, ModelOptions  # noqa: E402
 from loldu_lightning.tasks.base import AdaptedTask  # noqa: E402
 from loldu_lightning.tasks.glue import GlueTask  # noqa: E402
 from loldu_lightning.tasks.instruct import InstructTask  # noqa: E402
@@ -154,7 +154,7 @@ QUICK_LLAMA = {
 
 
 def build_module(case: Case) -> AdaptedTask:
-    model_cfg = {"name_or_path": case.key, "tiny": dict(case.model)}
+    model_cfg = ModelOptions(name_or_path=case.key, tiny=dict(case.model))
     if case.family == "glue":
         info = glue_task("sst2")
         model = load_model(model_cfg, AutoModelForSequenceClassification, num_labels=info.num_labels)

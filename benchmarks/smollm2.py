@@ -30,10 +30,10 @@ def load_smollm2(device: torch.device) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     from loldu_lightning.models import load_model
+    from loldu_lightning.options import ModelOptions
 
-    model = load_model(
-        {"name_or_path": "smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "tiny": None}, AutoModelForCausalLM
-    ).to(device)
+    options = ModelOptions(name_or_path="smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = load_model(options, AutoModelForCausalLM).to(device)
     model.requires_grad_(False)
     return model
 

@@ -11,11 +11,11 @@ import os
 import statistics
 from pathlib import Path
 
-from loldu_lightning.config import package_path
+from loldu_lightning.cli.config_tree import package_path
 from loldu_lightning.data.glue import GlueDataModule
 from loldu_lightning.data.loaders import EpochShuffleSampler
 from loldu_lightning.models import load_tokenizer
-from loldu_lightning.options import GlueDataOptions
+from loldu_lightning.options import GlueDataOptions, ModelOptions
 
 BATCH = 32
 SEEDS = (42, 1, 2)
@@ -37,7 +37,7 @@ def batches(lengths: list[int], seed: int, setting) -> list[list[int]]:
 
 
 def main() -> None:
-    tokenizer = load_tokenizer({"name_or_path": "minilm", "tokenizer": None, "tiny": None})
+    tokenizer = load_tokenizer(ModelOptions(name_or_path="minilm"))
     print("| budget | examples | positive share by length quartile (short to long) |")
     print("|---|---|---|")
     rows = []
