@@ -98,20 +98,11 @@ def _yaml_text(value) -> str:
     return _yaml(value)
 
 
-def _flatten(mapping: dict, prefix: str):
-    for key, value in mapping.items():
-        if key in ("defaults", "hydra"):
-            continue
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            yield from _flatten(value, dotted)
-        else:
-            yield dotted, value
-
-
 def yaml_declarations(conf: Path):
     """(key, value, file) of every value a config file sets, under the key a composed config has it."""
     import yaml
+
+    from loldu_lightning.builders.schema_yaml import flatten
 
     for path in sorted(conf.rglob("*.yaml")):
         rel = path.relative_to(conf)
@@ -125,7 +116,7 @@ def yaml_declarations(conf: Path):
             prefix = f"adapter({path.stem})"  # each adapter file configures its own options type
         else:
             prefix = rel.parts[0]
-        for key, value in _flatten(data, prefix):
+        for key, value in flatten(data, prefix):
             if isinstance(value, str) and "${" in value:
                 continue  # an interpolation repeats no default
             yield key, _yaml_text(value), str(rel)

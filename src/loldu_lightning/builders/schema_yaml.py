@@ -191,28 +191,29 @@ if __name__ == "__main__":
 PINNING_FOLDERS = ("schema", "experiment", "trainer", "hydra", "logger", "debug")
 
 
-def _flatten(mapping: dict, prefix: str):
+def flatten(mapping: dict, prefix: str):
+    """(dotted key, value) of every leaf a config file sets (its defaults list and hydra block aside)."""
     for key, value in mapping.items():
         if key in ("defaults", "hydra"):
             continue
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict) and value:
-            yield from _flatten(value, dotted)
+            yield from flatten(value, dotted)
         else:
             yield dotted, value
 
 
 def _inherited_defaults(conf: Path) -> dict[str, dict[str, Any]]:
     """Per family (and `adapter/<name>`), the value each key has from the generated files alone."""
-    common = dict(_flatten(yaml.safe_load((conf / "schema" / "common.yaml").read_text()), ""))
+    common = dict(flatten(yaml.safe_load((conf / "schema" / "common.yaml").read_text()), ""))
     inherited = {}
     for family in options.FAMILIES:
         path = conf / "schema" / f"{family}.yaml"
-        own = dict(_flatten(yaml.safe_load(path.read_text()), "")) if path.is_file() else {}
+        own = dict(flatten(yaml.safe_load(path.read_text()), "")) if path.is_file() else {}
         inherited[family] = {**common, **own}
-    inherited["model"] = dict(_flatten(yaml.safe_load((conf / "schema" / "model.yaml").read_text()), ""))
+    inherited["model"] = dict(flatten(yaml.safe_load((conf / "schema" / "model.yaml").read_text()), ""))
     for path in (conf / "schema" / "adapter").glob("*.yaml"):
-        inherited[f"adapter/{path.stem}"] = dict(_flatten(yaml.safe_load(path.read_text()), ""))
+        inherited[f"adapter/{path.stem}"] = dict(flatten(yaml.safe_load(path.read_text()), ""))
     return inherited
 
 
@@ -241,7 +242,7 @@ def restated_defaults(conf: Path) -> list[str]:
             defaults = {
                 key.removeprefix(f"{group}."): v for key, v in inherited["glue"].items() if key.startswith(group)
             }
-        for key, value in _flatten(data, ""):
+        for key, value in flatten(data, ""):
             if key == "name" and value == path.stem:
                 continue
             if key in defaults and defaults[key] == value:
