@@ -22,6 +22,12 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def described(default: Any, help: str) -> Any:
+    """An adapter option's dataclass field with what it means (listed by `--help`, docs/options.md and
+    the config tree's generated defaults, conf/schema/adapter/)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def parse_options(options_type: type[OptionsT], raw: Mapping[str, Any], adapter_name: str) -> OptionsT:
     """Build `options_type` from `raw`, rejecting keys the adapter does not know.
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from loldu_lightning.adapters.base import Adapter
 from loldu_lightning.adapters.options import (
+    described,
     require_number,
     require_positive_int,
     require_target_modules,
@@ -108,10 +109,13 @@ class LoraOptions:
     """LoRA (Hu et al. 2021): update B A of rank `rank`, scaled by alpha / rank (PEFT's `r` is `rank` here,
     the key every low-rank adapter shares, so `-m adapter=loldu,lora adapter.rank=16` sweeps both)."""
 
-    rank: int = 8
-    alpha: float = 8
-    dropout: float = 0.0
-    target_modules: list[str] | str | None = None
+    rank: int = described(8, "rank r of the update B A (PEFT's r)")
+    alpha: float = described(8, "the update is scaled by alpha / rank (PEFT's lora_alpha)")
+    dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
+    target_modules: list[str] | str | None = described(
+        None,
+        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
+    )
 
     def __post_init__(self) -> None:
         require_positive_int("lora", "rank", self.rank)
@@ -141,16 +145,16 @@ class LoraAdapter(PeftAdapter):
 # -- PiSSA ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PissaOptions:
-    """PiSSA (Meng et al. 2024): LoRA initialised from the top-r singular triplets of W.
+    """PiSSA (Meng et al. 2024): LoRA initialised from the top-r singular triplets of W."""
 
-    `niter`: None runs a full SVD; an integer runs that many fast (randomised) SVD iterations.
-    """
-
-    rank: int = 8
-    alpha: float = 8
-    dropout: float = 0.0
-    target_modules: list[str] | str | None = None
-    niter: int | None = None
+    rank: int = described(8, "rank r of the update B A, initialised from W's top-r singular triplets")
+    alpha: float = described(8, "the update is scaled by alpha / rank (the PiSSA paper: alpha = rank)")
+    dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
+    target_modules: list[str] | str | None = described(
+        None,
+        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
+    )
+    niter: int | None = described(None, "null = a full SVD; an integer = that many fast (randomised) SVD iterations")
 
     def __post_init__(self) -> None:
         require_positive_int("pissa", "rank", self.rank)
@@ -212,11 +216,14 @@ class PissaAdapter(LoraAdapter):
 class VeraOptions:
     """VeRA (Kopiczko et al. 2024): frozen shared random A, B of rank r; trains scaling vectors b and d."""
 
-    rank: int = 256
-    target_modules: list[str] | str | None = None
-    projection_prng_key: int = 0
-    d_initial: float = 0.1
-    dropout: float = 0.0
+    rank: int = described(256, "rank r of the shared frozen random projections A, B")
+    target_modules: list[str] | str | None = described(
+        None,
+        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
+    )
+    projection_prng_key: int = described(0, "seed of the shared random projections")
+    d_initial: float = described(0.1, "initial value of the trained scaling vector d")
+    dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
 
     def __post_init__(self) -> None:
         require_positive_int("vera", "rank", self.rank)
@@ -251,10 +258,13 @@ class VeraAdapter(PeftAdapter):
 class FourierFTOptions:
     """FourierFT (Gao et al. 2024): trains n spectral coefficients per matrix at fixed random frequencies."""
 
-    n_frequency: int = 1000
-    scaling: float = 150.0
-    random_loc_seed: int = 777
-    target_modules: list[str] | str | None = None
+    n_frequency: int = described(1000, "spectral coefficients trained per matrix")
+    scaling: float = described(150.0, "scale of the inverse Fourier transform's output (the paper: 150 GLUE, 300 ViT)")
+    random_loc_seed: int = described(777, "seed of the fixed random frequencies")
+    target_modules: list[str] | str | None = described(
+        None,
+        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
+    )
 
     def __post_init__(self) -> None:
         require_positive_int("fourierft", "n_frequency", self.n_frequency)
@@ -283,17 +293,19 @@ class FourierFTAdapter(PeftAdapter):
 # -- TinyLoRA ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TinyLoraOptions:
-    """TinyLoRA: frozen rank-r SVD of W, steered by a trainable vector of size u through fixed random projections.
+    """TinyLoRA: frozen rank-r SVD of W, steered by a trainable vector of size u through fixed random projections."""
 
-    `weight_tying` in [0, 1] shares that vector across modules (1.0 = one vector for the whole model).
-    """
-
-    rank: int = 2
-    u: int = 64
-    weight_tying: float = 0.0
-    projection_seed: int = 42
-    dropout: float = 0.0
-    target_modules: list[str] | str | None = None
+    rank: int = described(2, "rank r of the frozen SVD of W")
+    u: int = described(64, "size of the trained vector")
+    weight_tying: float = described(
+        0.0, "how widely the vector is shared, in [0, 1]: 0 = one per module, 1 = one for the whole model"
+    )
+    projection_seed: int = described(42, "seed of the fixed random projections")
+    dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
+    target_modules: list[str] | str | None = described(
+        None,
+        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
+    )
 
     def __post_init__(self) -> None:
         require_positive_int("tinylora", "rank", self.rank)

@@ -122,7 +122,7 @@ def adapter_file(name: str, options_type: type) -> str | None:
     if not lines:
         return None
     source = options_type.__module__.removeprefix("loldu_lightning.").replace(".", "/") + ".py"
-    what = f"{options_type.__name__}'s defaults (conf/adapter/{name}.yaml composes this file first)."
+    what = f"The defaults of {options_type.__name__} (conf/adapter/{name}.yaml composes this file first)."
     return HEADER.format(package="adapter", source=source, what=what) + "\n".join(lines) + "\n"
 
 
