@@ -21,10 +21,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
-from loldu_lightning.builders.schema import model_options
-from loldu_lightning.cli.config_tree import model_config
-from loldu_lightning.models import load_model
 from loldu_lightning.peft import LoLDULayer, LoLDUPeftConfig
+from tests.tiny_models import tiny_model
 
 
 @dataclass
@@ -33,13 +31,6 @@ class Case:
     inputs: dict[str, torch.Tensor]
     targets: list[str]
     modules_to_save: list[str] | None = None
-
-
-def _tiny_from_conf(name: str, auto_class: type, seed: int, **kwargs: Any) -> nn.Module:
-    """A tiny model exactly as the framework builds it from conf/model/<name>.yaml."""
-    torch.manual_seed(seed)
-    model = model_options(model_config(name))
-    return load_model(model, auto_class, **kwargs).eval()
 
 
 def _mlp(seed: int) -> nn.Module:
@@ -58,20 +49,18 @@ CASES = {
     "mlp": Case(_mlp, {"input": torch.randn(4, 10, generator=torch.Generator().manual_seed(2))}, ["0", "2"], ["4"]),
     "gpt2-conv1d": Case(_gpt2, {"input_ids": _IDS}, ["c_attn", "c_fc"]),
     "tiny-roberta": Case(
-        lambda seed: _tiny_from_conf(
-            "tiny-roberta", transformers.AutoModelForSequenceClassification, seed, num_labels=2
-        ),
+        lambda seed: tiny_model("tiny-roberta", seed=seed, num_labels=2),
         {"input_ids": _IDS, "attention_mask": torch.ones_like(_IDS)},
         ["query", "value"],
         ["classifier"],
     ),
     "tiny-llama": Case(
-        lambda seed: _tiny_from_conf("tiny-llama", transformers.AutoModelForCausalLM, seed),
+        lambda seed: tiny_model("tiny-llama", seed=seed),
         {"input_ids": _IDS},
         ["q_proj", "v_proj"],
     ),
     "tiny-vit": Case(
-        lambda seed: _tiny_from_conf("tiny-vit", transformers.AutoModelForImageClassification, seed, num_labels=3),
+        lambda seed: tiny_model("tiny-vit", seed=seed, num_labels=3),
         {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))},
         ["query", "value", "q_proj", "v_proj"],
         ["classifier"],

@@ -1,8 +1,7 @@
 """The tiny models of conf/model/tiny-*.yaml, for tests that need the model object rather than a run.
 
 A test's tiny model is the one `model=tiny-roberta` (tiny-llama, tiny-vit) trains: its transformers
-config comes from the YAML's `tiny:` block, built the way models/loading.py's `load_model` builds a tiny
-model (AutoConfig.for_model, then the auto class's from_config). A test that needs another shape passes
+config comes from the YAML's `tiny:` block, built by the package's own `models.load_model`. A test that needs another shape passes
 the fields that differ: `tiny_model("tiny-roberta", hidden_size=16, num_labels=3)`.
 """
 
@@ -16,6 +15,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from loldu_lightning.cli.config_tree import model_config
+from loldu_lightning.models import load_model
+from loldu_lightning.options import ModelOptions
 
 # the head each tiny model's task family puts on it (glue, instruct, vision)
 AUTO_CLASSES = {
@@ -42,4 +43,5 @@ def tiny_model(name: str, auto_class: type | None = None, *, seed: int = 0, **ov
     every call with the same arguments). `auto_class` defaults to the head of the model's task family."""
     auto_class = auto_class or getattr(transformers, AUTO_CLASSES[name])
     torch.manual_seed(seed)
-    return auto_class.from_config(tiny_config(name, **overrides)).eval()
+    options = ModelOptions(name_or_path=name, tiny={**tiny_fields(name), **overrides})
+    return load_model(options, auto_class).eval()
