@@ -4,14 +4,12 @@ the one way a run's adapter is built from its typed options."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..adapters import ADAPTERS, Adapter
 from ..models import alias_target_modules
+from ..options import ModelOptions, RunOptions
 from .plain import plain
-
-if TYPE_CHECKING:
-    from ..options import ModelOptions, RunOptions
 
 
 def adapter_options(config: Mapping[str, Any], model: ModelOptions) -> dict[str, Any]:

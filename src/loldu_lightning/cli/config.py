@@ -8,15 +8,12 @@ composes configs call `register_resolvers()` (idempotent) before anything resolv
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from omegaconf import DictConfig, OmegaConf
+
+from ..options import RunOptions
 
 # the tree's location and value resolvers live in cli/config_tree.py (imported by the schema too)
 from .config_tree import auto_precision, config_dir, glue_dir, package_path, register_value_resolvers
-
-if TYPE_CHECKING:
-    from ..options import RunOptions
 
 __all__ = ["auto_precision", "config_dir", "glue_dir", "package_path", "register_resolvers", "validate_config"]
 

@@ -18,14 +18,12 @@ import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from ..models import BYTE_TOKENIZER, MINILM, SMOLLM2
+from ..options import ModelOptions
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from ..options import ModelOptions
 
 CONNECT_TIMEOUT_S = 3.0
 # the families whose model comes from transformers, with the class each one trains

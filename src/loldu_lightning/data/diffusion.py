@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,10 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from ..options import DiffusionDataOptions
 from .loaders import evaluation_loader, trainer_epoch, training_loader
-
-if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..options import DiffusionDataOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CLASSES_FILE = "prompts_and_classes.txt"

@@ -11,18 +11,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from ..options import GlueDataOptions
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_order, seeded_subset
-
-if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..options import GlueDataOptions
 
 # GLUE sentences contain literal quote characters and some QQP/MNLI rows are long.
 csv.field_size_limit(sys.maxsize)

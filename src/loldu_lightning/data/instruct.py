@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
@@ -31,11 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
+from ..options import InstructDataOptions
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_order, seeded_subset
-
-if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..options import InstructDataOptions
 
 log = logging.getLogger(__name__)
 

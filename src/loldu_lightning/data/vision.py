@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,11 +23,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from ..options import VisionDataOptions
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_subset
-
-if TYPE_CHECKING:  # data/ sits below builders/: the options type is for annotations only
-    from ..options import VisionDataOptions
 
 VIT_DEFAULT_MEAN = (0.5, 0.5, 0.5)
 VIT_DEFAULT_STD = (0.5, 0.5, 0.5)

@@ -17,13 +17,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..options import DiffusionModelOptions
+from ..options import DiffusionModelOptions
 
 TINY_SD = "tiny-sd"
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

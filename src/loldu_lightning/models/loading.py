@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from ..options import ModelOptions
 from .packages import PACKAGED_MODELS, packaged_model_path
-
-if TYPE_CHECKING:
-    from ..options import ModelOptions
 
 MINILM = "minilm"
 SMOLLM2 = "smollm2"

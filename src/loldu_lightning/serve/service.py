@@ -18,16 +18,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from loldu_lightning.loldu import AdapterBank
 from loldu_lightning.loldu.manifest import AdapterManifest
-
-if TYPE_CHECKING:
-    from loldu_lightning.options import ModelOptions
+from loldu_lightning.options import ModelOptions
 
 TASKS = ("classification", "generation")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
