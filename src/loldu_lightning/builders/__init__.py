@@ -2,7 +2,7 @@
 
 `train(cfg)` hands the composed config here; it is read once into typed options
 (`schema.run_options`: every option with its type, default and range) and converted once to plain
-dicts and lists (`plain.py`) for the nodes that pass on whole (`model`, `logger`, `_target_` nodes,
+dicts and lists (`plain.py`) for the nodes that pass on whole (`logger`, `_target_` nodes, the adapter,
 the run's record); each module turns its part into plain objects:
 
 - `run.py`: the `Run` (output folder, seed, resume settings, the adapter, Hydra's runtime)

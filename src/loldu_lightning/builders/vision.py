@@ -1,6 +1,6 @@
 """The `vision` family: ViT with a fresh `num_classes` head over a torchvision dataset or image folder.
 
-Every value comes from the typed options (builders/schema.py declares each default once;
+Every value comes from the typed options (options/ declares each default once;
 conf/vision_common.yaml and the task's file set them); nothing here has a default of its own.
 """
 

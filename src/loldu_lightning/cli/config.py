@@ -1,5 +1,5 @@
 """Config helpers shared by the CLI and `train(cfg)`: where the config tree is, its resolvers, and
-early validation (against the typed schemas of builders/schema.py).
+early validation (against the typed options of options/, read by builders/schema.py).
 
 Validation runs before any model or dataset loads, so a typo costs a second, not a download.
 Importing this module registers nothing: the CLI entries, `validate_config` and the code that
@@ -35,7 +35,7 @@ def register_resolvers() -> None:
 def validate_config(cfg: DictConfig) -> RunOptions:
     """Refuse, in one line naming the key, what Hydra's composition lets through: a value of the wrong
     type or out of range, a name no registry knows, a misspelt key inside a typed group, an adapter
-    option its adapter does not take (builders/schema.py declares every option).
+    option its adapter does not take (options/ declares every option).
 
     Only the config is read here; what the config points at (paths, the hub, the model's shapes) is
     checked by preflight.preflight, which the CLI runs next. Registers the resolvers first, so a config

@@ -1,5 +1,5 @@
 """What `--help` lists: the config groups a user chooses from, and every option with its type,
-default and allowed values (read from the schemas in builders/schema.py).
+default and allowed values (read from the typed options of options/, through builders/schema.py).
 
 Hydra's own list (`$APP_CONFIG_GROUPS`) shows every folder of the config tree. The arms of a study
 (`experiment/studies/...`) are selected by that study's sweep, not by hand, and `schema/` holds the
@@ -79,7 +79,7 @@ def options_page() -> str:
     lines = [
         "# Options",
         "",
-        "<!-- Generated from src/loldu_lightning/builders/schema.py by "
+        "<!-- Generated from src/loldu_lightning/options/ by "
         "`python -m loldu_lightning.cli.options --markdown > docs/options.md`; tests/test_config_schema.py "
         "fails when this page and the schema disagree. -->",
         "",

@@ -56,7 +56,7 @@ def check_override_keys(args: list[str]) -> None:
 
 def add_declared_options(args: list[str]) -> list[str]:
     """`args` with `key=value` turned into `++key=value` for an option the schema declares
-    (builders/schema.py, docs/options.md) that the composed config leaves out, such as
+    (options/, docs/options.md) that the composed config leaves out, such as
     `trainer.max_steps` where the trainer file sets none: every listed option is then set as
     `key=value`, whichever files a run composes. `+key=value` keeps working; other keys are left
     for check_override_keys and Hydra to refuse."""

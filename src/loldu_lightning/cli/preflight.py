@@ -1,6 +1,6 @@
 """Checks against the world outside the config, made before any weights or data load.
 
-- Paths: the files and folders the config names exist (the path options of builders/schema.py).
+- Paths: the files and folders the config names exist (the path options of options/).
 - The hub: a model or dataset named by a hub id needs the Hugging Face hub or a copy in the local
   cache. When the hub cannot be reached (HF_HUB_OFFLINE=1, or no connection within a few seconds)
   and there is no cached copy, the run stops at once with the offline choices; with a cached copy,
