@@ -23,7 +23,13 @@ from loldu_lightning.data.instruct import InstructDataModule
 from loldu_lightning.data.subsets import seeded_order, seeded_subset
 from loldu_lightning.data.vision import VisionDataModule
 from loldu_lightning.models import byte_level_tokenizer
-from loldu_lightning.options import DiffusionDataOptions, GlueDataOptions, InstructDataOptions, VisionDataOptions
+from loldu_lightning.options import (
+    DiffusionDataOptions,
+    GlueDataOptions,
+    InstructDataOptions,
+    VisionDataOptions,
+    VisionTaskOptions,
+)
 from tests.fixtures import write_glue_task, write_image_folder
 
 
@@ -103,10 +109,15 @@ def test_instruct_limits_are_seeded_subsets_of_the_shuffled_splits(tmp_path, tok
     assert train == seeded_subset(full_train, 9, 3) and val == seeded_subset(full_val, 5, 3)
 
 
+def _imagefolder_task(**splits) -> VisionTaskOptions:
+    """An image folder's task options; the splits it leaves null are the folder's own."""
+    return VisionTaskOptions(family="vision", name="imagefolder", **{"train_split": None, "val_split": None, **splits})
+
+
 def test_vision_limits_are_seeded_subsets_of_the_indices(tmp_path):
     root = write_image_folder(tmp_path / "images", classes=4, per_class=6, size=8)
     options = VisionDataOptions(root=str(root), train_limit=7, val_limit=5)
-    module = VisionDataModule("imagefolder", options, seed=2, image_size=8)
+    module = VisionDataModule("imagefolder", options, _imagefolder_task(), seed=2, image_size=8)
     module.setup("fit")
     assert module.train_set.images.indices == random.Random(2).sample(range(24), 7)
     val_size = len(module._combined(module.val_splits))
@@ -173,7 +184,7 @@ def test_instruct_evaluation_loader(tmp_path, tokenizer):
 def test_vision_evaluation_loaders(tmp_path):
     root = write_image_folder(tmp_path / "images", classes=2, per_class=5, size=8)
     options = VisionDataOptions(root=str(root), batch_size=4, eval_batch_size=5, num_workers=1)
-    module = VisionDataModule("imagefolder", options, seed=0, image_size=8, test_split="test")
+    module = VisionDataModule("imagefolder", options, _imagefolder_task(test_split="test"), seed=0, image_size=8)
     module.setup(None)
     pin = torch.cuda.is_available()
     for loader in (module.val_dataloader(), module.test_dataloader()):

@@ -24,7 +24,7 @@ from loldu_lightning.data.vision import (
     build_image_transform,
     resolve_preprocessing,
 )
-from loldu_lightning.options import VisionDataOptions
+from loldu_lightning.options import VisionDataOptions, VisionTaskOptions
 
 IMAGE_SIZE = 16
 DATA_OPTIONS = {option.name for option in dataclasses.fields(VisionDataOptions)}
@@ -58,12 +58,21 @@ def eval_batch(module: VisionDataModule) -> dict[str, torch.Tensor]:
     return next(iter(module.val_dataloader()))
 
 
+TASK_OPTIONS = ("train_split", "val_split", "test_split", "split_seed")
+
+
 def make_module(name: str, root: Path, **overrides) -> VisionDataModule:
-    """`name` under `root`: overrides named like a `data.*` option set the options, the rest the constructor."""
+    """`name` under `root`: overrides named like a `data.*` option set the data options, `eurosat_holdout`
+    and those named like a `task.*` split option the task options (splits left null: the dataset's own),
+    the rest the constructor."""
     data = {key: overrides.pop(key) for key in list(overrides) if key in DATA_OPTIONS}
     data = {"batch_size": 4, **data}
     options = VisionDataOptions(root=str(root), **{"eval_batch_size": data["batch_size"], **data})
-    return VisionDataModule(name, options, **{"seed": 0, "image_size": IMAGE_SIZE, **overrides})
+    task = {key: overrides.pop(key) for key in list(overrides) if key in TASK_OPTIONS}
+    if "eurosat_holdout" in overrides:
+        task["holdout_fraction"] = overrides.pop("eurosat_holdout")
+    task = VisionTaskOptions(family="vision", name=name, **{"train_split": None, "val_split": None, **task})
+    return VisionDataModule(name, options, task, **{"seed": 0, "image_size": IMAGE_SIZE, **overrides})
 
 
 # --- fakes in each torchvision format ------------------------------------------------------------
@@ -298,7 +307,9 @@ def test_bad_options_are_value_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown vision dataset"):
         make_module("mnist", tmp_path)
     with pytest.raises(ValueError, match="data.root"):
-        VisionDataModule("cifar10", VisionDataOptions(root=None), seed=0)
+        VisionDataModule(
+            "cifar10", VisionDataOptions(root=None), VisionTaskOptions(family="vision", name="cifar10"), seed=0
+        )
     with pytest.raises(ValueError, match="val_split"):
         make_module("cifar10", tmp_path, val_split="val")
 

@@ -23,21 +23,7 @@ def build_vision_datamodule(options: RunOptions) -> VisionDataModule:
     """The data module for `task.name`, with preprocessing that follows `model`."""
     data, task = options.data, options.task
     image_size, mean, std = resolve_preprocessing(options.model.name_or_path, options.model.tiny, data.image_size)
-    return VisionDataModule(
-        task.name,
-        data,
-        seed=options.seed,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        train_split=task.train_split,
-        val_split=task.val_split,
-        test_split=task.test_split,
-        # task.holdout_fraction is EuroSAT's validation share (the other datasets have official
-        # splits and do not read it); data.holdout_fraction is the held-out share of any training split
-        eurosat_holdout=task.holdout_fraction,
-        split_seed=task.split_seed,
-    )
+    return VisionDataModule(task.name, data, task, seed=options.seed, image_size=image_size, mean=mean, std=std)
 
 
 def label_options(class_names: list[str], tiny: bool) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from ..options import VisionDataOptions
+from ..options import VisionDataOptions, VisionTaskOptions
 from .loaders import evaluation_loader, trainer_epoch, training_loader
 from .subsets import seeded_subset
 
@@ -332,19 +332,19 @@ def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset,
 class VisionDataModule(L.LightningDataModule):
     """Train/validation loaders for one image-classification dataset.
 
-    Every `data.*` value comes from `options`, except the input size: ``image_size``, ``mean`` and
-    ``std`` are the model's preprocessing (``resolve_preprocessing``, which honours data.image_size).
-    ``seed`` (the run's) draws the limited subsets; the other arguments are the task's.
+    Every `data.*` value comes from `options` and every `task.*` value (the splits, the split seed)
+    from `task`, except the input size: ``image_size``, ``mean`` and ``std`` are the model's
+    preprocessing (``resolve_preprocessing``, which honours data.image_size). ``seed`` (the run's)
+    draws the limited subsets. A split left null is the dataset's own.
 
     Standard splits: CIFAR and Stanford Cars train/test, Flowers102 train/test (``val`` also
     available), FGVC-Aircraft trainval/test, ImageFolder train/val (``test`` when there is no
-    ``val``). EuroSAT has no official split: a stratified, seeded ``eurosat_holdout``
-    (task.holdout_fraction) of each class becomes the validation set (``split_seed`` fixes it across
-    runs and seeds). ``train_split``/``val_split`` may name another split or a list of splits to concatenate.
+    ``val``). EuroSAT has no official split: a stratified, seeded share (task.holdout_fraction) of
+    each class becomes the validation set (task.split_seed fixes it across runs and seeds). ``train_split``/``val_split`` may name another split or a list of splits to concatenate.
 
     Model selection on held-out training data (FourierFT's ViT protocol): data.holdout_fraction holds
-    out a seeded (``split_seed``), stratified share of the training split as the validation set, and
-    ``test_split`` names the split that ``test_dataloader`` serves, evaluated once after training
+    out a seeded (task.split_seed), stratified share of the training split as the validation set, and
+    task.test_split names the split that ``test_dataloader`` serves, evaluated once after training
     with the selected checkpoint.
     """
 
@@ -352,18 +352,18 @@ class VisionDataModule(L.LightningDataModule):
         self,
         dataset: str,
         options: VisionDataOptions,
+        task: VisionTaskOptions,
         *,
         seed: int,
         image_size: int = VIT_DEFAULT_IMAGE_SIZE,
         mean: Sequence[float] = VIT_DEFAULT_MEAN,
         std: Sequence[float] = VIT_DEFAULT_STD,
-        train_split: str | Sequence[str] | None = None,
-        val_split: str | Sequence[str] | None = None,
-        test_split: str | Sequence[str] | None = None,
-        eurosat_holdout: float = 0.2,
-        split_seed: int = 42,
     ) -> None:
         super().__init__()
+        train_split, val_split, test_split = task.train_split, task.val_split, task.test_split
+        # task.holdout_fraction is EuroSAT's validation share (the other datasets have official splits
+        # and do not read it); data.holdout_fraction is the held-out share of any training split
+        eurosat_holdout, split_seed = task.holdout_fraction, task.split_seed
         if dataset not in DATASETS:
             raise ValueError(f"unknown vision dataset {dataset!r}; choose one of {sorted(DATASETS)}")
         if options.root is None or str(options.root) == "":
