@@ -4,7 +4,7 @@ declared once, in Python, and every other YAML file holds only what its config c
 Hydra composes a key only if some YAML file lists it, and a user overrides a listed key as
 `key=value` (an unlisted one needs `+key=value`). The base files list every option the schema marks
 `listed`, with its default and its help as a comment; the primary config and the choice files
-(adapters, tasks) compose them first through their defaults lists:
+(models, adapters, tasks) compose them first through their defaults lists:
 
     conf/schema/common.yaml          top-level options and the groups every family reads
     conf/schema/model.yaml           the model options (each conf/model/<name>.yaml composes it first)
@@ -108,7 +108,7 @@ def family_file(family: str) -> str | None:
 def model_file() -> str:
     what = "The model options' defaults (each conf/model/<name>.yaml composes this file first)."
     lines = _block(options.ModelOptions, "")
-    return HEADER.format(package="model", source="options/groups.py", what=what) + "\n".join(lines) + "\n"
+    return HEADER.format(package="model", source=SCHEMA_SOURCE, what=what) + "\n".join(lines) + "\n"
 
 
 def adapter_file(name: str, options_type: type) -> str | None:
