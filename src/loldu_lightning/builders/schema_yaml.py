@@ -1,8 +1,8 @@
 """The schema's defaults as the config tree's base files (conf/schema/), so that each default is
 declared once, in Python, and every other YAML file holds only what its config changes.
 
-Hydra composes a key only if some YAML file lists it, and a user overrides a listed key as
-`key=value` (an unlisted one needs `+key=value`). The base files list every option the schema marks
+Hydra composes a key only if some YAML file lists it, and overrides a listed key as `key=value`; an
+unlisted one needs `+key=value` in `compose()` (the command line adds the `++` for a typed option). The base files list every option the schema marks
 `listed`, with its default and its help as a comment; the primary config and the choice files
 (models, adapters, tasks) compose them first through their defaults lists:
 
