@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
 from loldu_lightning.builders.schema import model_options
-from loldu_lightning.cli.config_tree import model_config
+from loldu_lightning.cli.overrides import model_config
 from loldu_lightning.models.diffusion import load_sd_parts
 from loldu_lightning.peft import LoLDUPeftConfig
 

@@ -23,7 +23,7 @@ from trl import SFTConfig, SFTTrainer
 
 import loldu_lightning.peft  # noqa: F401  (registers LoLDU with PEFT)
 from loldu_lightning.builders.schema import model_options
-from loldu_lightning.cli.config_tree import model_config
+from loldu_lightning.cli.overrides import model_config
 from loldu_lightning.models import load_model, load_tokenizer
 from loldu_lightning.peft import LoLDUPeftConfig
 

@@ -14,7 +14,7 @@ import transformers
 from omegaconf import OmegaConf
 from torch import nn
 
-from loldu_lightning.cli.config_tree import model_config
+from loldu_lightning.cli.overrides import model_config
 from loldu_lightning.models import load_model
 from loldu_lightning.options import ModelOptions
 

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import peft
 import torch
@@ -103,6 +103,9 @@ class PeftAdapter(Adapter):
         return model
 
 
+TARGET_MODULES_HELP = "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model"
+
+
 # -- LoRA -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoraOptions:
@@ -112,16 +115,15 @@ class LoraOptions:
     rank: int = described(8, "rank r of the update B A (PEFT's r)")
     alpha: float = described(8, "the update is scaled by alpha / rank (PEFT's lora_alpha)")
     dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
-    target_modules: list[str] | str | None = described(
-        None,
-        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
-    )
+    target_modules: list[str] | str | None = described(None, TARGET_MODULES_HELP)
+
+    adapter_name: ClassVar[str] = "lora"  # named in the refusals below
 
     def __post_init__(self) -> None:
-        require_positive_int("lora", "rank", self.rank)
-        require_number("lora", "alpha", self.alpha, minimum=0)
-        require_number("lora", "dropout", self.dropout, minimum=0, maximum=1)
-        require_target_modules("lora", self.target_modules)
+        require_positive_int(self.adapter_name, "rank", self.rank)
+        require_number(self.adapter_name, "alpha", self.alpha, minimum=0)
+        require_number(self.adapter_name, "dropout", self.dropout, minimum=0, maximum=1)
+        require_target_modules(self.adapter_name, self.target_modules)
 
 
 class LoraAdapter(PeftAdapter):
@@ -144,25 +146,17 @@ class LoraAdapter(PeftAdapter):
 
 # -- PiSSA ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PissaOptions:
-    """PiSSA (Meng et al. 2024): LoRA initialised from the top-r singular triplets of W."""
+class PissaOptions(LoraOptions):
+    """PiSSA (Meng et al. 2024): LoRA's options, the update B A initialised from the top-r singular
+    triplets of W (the PiSSA paper sets alpha = rank)."""
 
-    rank: int = described(8, "rank r of the update B A, initialised from W's top-r singular triplets")
-    alpha: float = described(8, "the update is scaled by alpha / rank (the PiSSA paper: alpha = rank)")
-    dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
-    target_modules: list[str] | str | None = described(
-        None,
-        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
-    )
     niter: int | None = described(None, "null = a full SVD; an integer = that many fast (randomised) SVD iterations")
+    adapter_name: ClassVar[str] = "pissa"
 
     def __post_init__(self) -> None:
-        require_positive_int("pissa", "rank", self.rank)
-        require_number("pissa", "alpha", self.alpha, minimum=0)
-        require_number("pissa", "dropout", self.dropout, minimum=0, maximum=1)
-        require_target_modules("pissa", self.target_modules)
+        super().__post_init__()
         if self.niter is not None:
-            require_positive_int("pissa", "niter", self.niter)
+            require_positive_int(self.adapter_name, "niter", self.niter)
 
 
 class PissaAdapter(LoraAdapter):
@@ -217,10 +211,7 @@ class VeraOptions:
     """VeRA (Kopiczko et al. 2024): frozen shared random A, B of rank r; trains scaling vectors b and d."""
 
     rank: int = described(256, "rank r of the shared frozen random projections A, B")
-    target_modules: list[str] | str | None = described(
-        None,
-        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
-    )
+    target_modules: list[str] | str | None = described(None, TARGET_MODULES_HELP)
     projection_prng_key: int = described(0, "seed of the shared random projections")
     d_initial: float = described(0.1, "initial value of the trained scaling vector d")
     dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
@@ -261,10 +252,7 @@ class FourierFTOptions:
     n_frequency: int = described(1000, "spectral coefficients trained per matrix")
     scaling: float = described(150.0, "scale of the inverse Fourier transform's output (the paper: 150 GLUE, 300 ViT)")
     random_loc_seed: int = described(777, "seed of the fixed random frequencies")
-    target_modules: list[str] | str | None = described(
-        None,
-        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
-    )
+    target_modules: list[str] | str | None = described(None, TARGET_MODULES_HELP)
 
     def __post_init__(self) -> None:
         require_positive_int("fourierft", "n_frequency", self.n_frequency)
@@ -302,10 +290,7 @@ class TinyLoraOptions:
     )
     projection_seed: int = described(42, "seed of the fixed random projections")
     dropout: float = described(0.0, "dropout on the adapter's input, in [0, 1]")
-    target_modules: list[str] | str | None = described(
-        None,
-        "modules adapted: names (exact or '.'-suffix), a regex (full match) or 'all-linear'; null = PEFT's default for the model",
-    )
+    target_modules: list[str] | str | None = described(None, TARGET_MODULES_HELP)
 
     def __post_init__(self) -> None:
         require_positive_int("tinylora", "rank", self.rank)

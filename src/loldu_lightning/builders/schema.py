@@ -331,7 +331,7 @@ def run_options(cfg: DictConfig | Mapping[str, Any]) -> RunOptions:
 
 
 def model_options(node: DictConfig | Mapping[str, Any] | None, family: str = "glue") -> ModelOptions:
-    """The `model` node (a composed config's, or a conf/model/<name>.yaml read on its own) as the
+    """The `model` node (a composed config's, or `cli.overrides.model_config(name)`) as the
     family's model options; a key no model schema declares is refused, naming the closest one."""
     where = f" for task.family={family}" if family in MODEL_SCHEMAS else ""
     return read_group(MODEL_SCHEMAS.get(family, ModelOptions), node, "model", where)

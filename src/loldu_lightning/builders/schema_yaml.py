@@ -71,11 +71,6 @@ def _value(value: Any) -> str:
     return yaml.safe_dump([value], default_flow_style=True, width=1_000_000, sort_keys=False).strip()[1:-1]
 
 
-def _own_fields(schema_type: type, base: type) -> set[str]:
-    """The options `schema_type` declares beyond those of `base` (a family's own task or data options)."""
-    return {f.name for f in dataclasses.fields(schema_type)} - {f.name for f in dataclasses.fields(base)}
-
-
 def _section(name: str, lines: list[str]) -> list[str]:
     return [f"{name}:", *lines] if lines else []
 
@@ -92,11 +87,11 @@ def common_file() -> str:
 
 
 def family_file(family: str) -> str | None:
-    task_type, data_type = options.TASK_SCHEMAS[family], options.DATA_SCHEMAS[family]
-    task_skip = {f.name for f in dataclasses.fields(task_type)} - _own_fields(task_type, options.TaskOptions)
-    data_skip = {f.name for f in dataclasses.fields(data_type)} - _own_fields(data_type, options.DataOptions)
-    lines = _section("task", _block(task_type, "  ", task_skip))
-    lines += _section("data", _block(data_type, "  ", data_skip))
+    # a family's own options only: those every family shares are common.yaml's
+    shared_task = {f.name for f in dataclasses.fields(options.TaskOptions)}
+    shared_data = {f.name for f in dataclasses.fields(options.DataOptions)}
+    lines = _section("task", _block(options.TASK_SCHEMAS[family], "  ", shared_task))
+    lines += _section("data", _block(options.DATA_SCHEMAS[family], "  ", shared_data))
     for name, group in options.FAMILY_GROUPS.get(family, {}).items():
         lines += _section(name, _block(group, "  "))
     if not lines:

@@ -63,19 +63,3 @@ def register_value_resolvers() -> None:
         OmegaConf.register_new_resolver("package_path", package_path)
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
-
-
-def model_config(name: str):
-    """conf/model/<name>.yaml as `model=<name>` composes it: over the generated model defaults
-    (conf/schema/model.yaml) that its defaults list names first. For code that reads one model's
-    options without composing a whole run (examples, tests); `builders.schema.model_options` types it."""
-    root = Path(config_dir())
-    path = root / "model" / f"{name}.yaml"
-    if not path.is_file():
-        choices = ", ".join(sorted(p.stem for p in (root / "model").glob("*.yaml")))
-        raise FileNotFoundError(f"model={name} is not a model config: choose one of {choices}")
-    node = OmegaConf.load(path)
-    defaults = list(node.pop("defaults", []))
-    if defaults and defaults != ["/schema/model", "_self_"]:
-        raise ValueError(f"{path}'s defaults list {defaults} is not [/schema/model, _self_]: compose it with Hydra")
-    return OmegaConf.merge(OmegaConf.load(root / "schema" / "model.yaml"), node) if defaults else node

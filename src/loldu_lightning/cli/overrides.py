@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -159,6 +160,18 @@ def compose_single_run(args: list[str]) -> DictConfig | None:
     register_resolvers()  # callers resolve the composed values (the CLI's checks, evaluate's base model)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("config", overrides=app_overrides)
+
+
+@functools.cache
+def _composed_model(name: str) -> dict:
+    return OmegaConf.to_container(compose_single_run([f"model={name}"]).model, resolve=True)
+
+
+def model_config(name: str) -> DictConfig:
+    """The `model` node that `model=<name>` composes (conf/model/<name>.yaml over its generated defaults),
+    for code that reads one model's options without a whole run (examples, tests); composed once per
+    process. `builders.schema.model_options` types it."""
+    return OmegaConf.create(_composed_model(name))
 
 
 def _parse_each(overrides: list[str]) -> list:

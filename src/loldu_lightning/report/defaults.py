@@ -48,9 +48,7 @@ def default_value(key: str, group_choice: str | None = None) -> Any:
     for path, selected in candidates:
         if not path.is_file():
             continue
-        node = OmegaConf.load(path)
-        if OmegaConf.select(node, selected, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT:
-            continue
-        value = OmegaConf.select(node, selected, default=None, throw_on_resolution_failure=False)
-        return value if isinstance(value, (str, int, float, bool)) else None
+        value = OmegaConf.select(OmegaConf.load(path), selected, default=_ABSENT, throw_on_resolution_failure=False)
+        if value is not _ABSENT:
+            return value if isinstance(value, (str, int, float, bool)) else None
     return None
